@@ -1,0 +1,1042 @@
+"""The profile list: compute tiers in KubeSpawner's ``profile_list`` schema.
+
+Pure functions only (no I/O, no hub objects). The pipeline, as in KubeSpawner:
+
+1. ``load_profile_list`` / ``normalize_profile_list``: evaluate a callable,
+   deep-copy, fill slugs and defaults, validate. Broken config raises
+   ``TierConfigError`` naming the tier and the field.
+2. ``options_from_form``: spawn-form data -> ``user_options`` (builds the dict
+   only, like KubeSpawner's ``_options_from_form``).
+3. ``validate_user_options``: check and complete ``user_options``; bad input
+   raises ``TierOptionsError`` carrying an HTTP status and the field at fault.
+4. ``resolve_overrides`` + ``apply_overrides``: merge the chosen tier's and
+   choices' ``spawner_override`` and apply them to the spawner.
+
+Form field names and ``user_options`` keys are KubeSpawner's::
+
+    form field                                  user_options key
+    profile                                     profile
+    profile-option-{slug}--{key}                {key}
+    profile-option-{slug}--{key}--unlisted-choice   {key}--unlisted-choice
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .policy import group_refusal
+
+__all__ = [
+    "OTHER_CHOICE",
+    "Tier",
+    "TierConfigError",
+    "TierOptionsError",
+    "apply_overrides",
+    "default_slug",
+    "form_context",
+    "get_tier",
+    "load_profile_list",
+    "normalize_profile_list",
+    "options_from_form",
+    "parse_bytes",
+    "resolve_overrides",
+    "slugify",
+    "tiers_of",
+    "validate_user_options",
+]
+
+#: value of the <select> entry that stands for "type your own value"
+OTHER_CHOICE = "unlisted-choice"
+UNLISTED_SUFFIX = "--" + OTHER_CHOICE
+FORM_OPTION_PREFIX = "profile-option-"
+
+_PROFILE_FIELDS = frozenset(
+    {
+        "display_name",
+        "slug",
+        "description",
+        "default",
+        "profile_options",
+        "spawner_override",
+        "kubespawner_override",
+        "cpu",
+        "mem",
+        "gpu",
+        "hourly_cost",
+        "allowed_groups",
+        "max_servers",
+        "idle_downshift_after",
+        "backend",
+        "volume",
+        "extra",
+    }
+)
+_OPTION_FIELDS = frozenset({"display_name", "choices", "unlisted_choice"})
+_CHOICE_FIELDS = frozenset(
+    {
+        "display_name",
+        "description",
+        "default",
+        "allowed_groups",
+        "spawner_override",
+        "kubespawner_override",
+    }
+)
+_UNLISTED_FIELDS = frozenset(
+    {
+        "enabled",
+        "display_name",
+        "display_name_in_choices",
+        "validation_regex",
+        "validation_message",
+        "spawner_override",
+        "kubespawner_override",
+    }
+)
+_SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([KMGT])(?:i?B?))?\s*$")
+_UNIT = {None: 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_VALUE_RE = re.compile(r"\{\{|\}\}|\{value\}")
+_MAX_SHOWN_VALUE = 80
+
+
+class TierConfigError(ValueError):
+    """``profile_list`` is broken (an operator error, raised at hub start)."""
+
+
+class TierOptionsError(ValueError):
+    """``user_options`` are refused (a user error).
+
+    ``status`` is the HTTP status to answer (400 bad input, 403 refused by
+    group), ``field`` the ``user_options`` key at fault, ``message`` a short
+    text safe to show the user.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.status = status
+
+
+# ---------------------------------------------------------------------------
+# small helpers
+
+
+def slugify(name: str) -> str:
+    """``"GPU (A100), 1×"`` -> ``"gpu-a100-1"``: lowercase ASCII letters,
+    digits and single dashes, like python-slugify (which KubeSpawner uses)."""
+    text = unicodedata.normalize("NFKD", str(name))
+    text = text.encode("ascii", "ignore").decode("ascii").lower()
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+
+
+def parse_bytes(value: Any) -> int:
+    """Bytes from an int or a JupyterHub ``ByteSpecification``-style string.
+
+    ``"512M"``, ``"2G"``, ``"1.5T"`` use powers of 1024 (``"2Gi"``, ``"2GiB"``
+    and ``"2GB"`` mean the same). Raises ValueError for anything else or a
+    value that is not positive.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected bytes, got {value!r}")
+    if isinstance(value, (int, float)):
+        number, unit = value, None
+    elif isinstance(value, str) and _BYTES_RE.match(value):
+        m = _BYTES_RE.match(value)
+        number, unit = float(m.group(1)), m.group(2)
+    else:
+        raise ValueError(f"must be bytes or a string like '2G' or '512M', got {value!r}")
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+    return int(number * _UNIT[unit])
+
+
+def _copy(obj: Any) -> Any:
+    """Copy the dict/list structure, keep leaves (callables!) as they are.
+
+    ``copy.deepcopy`` would also copy the instance bound to a method
+    override or the arguments of a ``functools.partial``.
+    """
+    if isinstance(obj, dict):
+        return {k: _copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_copy(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_copy(v) for v in obj)
+    if isinstance(obj, set):
+        return {_copy(v) for v in obj}
+    return obj
+
+
+def _shown(value: Any) -> str:
+    """repr of a user value, cut short for messages."""
+    text = repr(value)
+    if len(text) > _MAX_SHOWN_VALUE:
+        text = text[: _MAX_SHOWN_VALUE - 4] + "...'"
+    return text
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ---------------------------------------------------------------------------
+# 1. config: normalize and validate profile_list
+
+
+class _Checker:
+    """Raises TierConfigError with 'profile_list: tier X: field Y ...'."""
+
+    def __init__(self, tier: str):
+        self.tier = tier
+
+    def fail(self, path: str | None, problem: str):
+        where = f"profile_list: tier {self.tier!r}"
+        if path:
+            where += f": field {path!r}"
+        raise TierConfigError(f"{where} {problem}")
+
+    def known(self, d: dict, allowed: frozenset, path: str, what: str):
+        for key in d:
+            if key not in allowed:
+                sub = f"{path}.{key}" if path else str(key)
+                self.fail(
+                    sub,
+                    f"is not a known {what} field (known: {', '.join(sorted(allowed))})",
+                )
+
+    def dict_(self, value: Any, path: str) -> dict:
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a dict, got {type(value).__name__}")
+        return value
+
+    def text(self, d: dict, key: str, path: str, required=False) -> None:
+        sub = f"{path}.{key}" if path else key
+        if key not in d:
+            if required:
+                self.fail(sub, "is required")
+            return
+        if not isinstance(d[key], str) or (required and not d[key].strip()):
+            self.fail(sub, f"must be a non-empty string, got {_shown(d[key])}")
+
+    def bool_(self, d: dict, key: str, path: str) -> None:
+        sub = f"{path}.{key}" if path else key
+        if key in d and not isinstance(d[key], bool):
+            self.fail(sub, f"must be true or false, got {_shown(d[key])}")
+
+    def groups(self, d: dict, key: str, path: str) -> None:
+        sub = f"{path}.{key}" if path else key
+        value = d.get(key)
+        if value is None:
+            d.pop(key, None)
+            return
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            self.fail(sub, f"must be a list of group names, got {_shown(value)}")
+        if not value:
+            self.fail(sub, "must not be empty (leave it out to allow everyone)")
+        for g in value:
+            if not isinstance(g, str) or not g:
+                self.fail(sub, f"must hold non-empty group names, got {_shown(g)}")
+        d[key] = list(value)
+
+    def override(self, d: dict, path: str) -> None:
+        """Accept kubespawner_override as an alias of spawner_override."""
+        sub = f"{path}." if path else ""
+        if "kubespawner_override" in d:
+            if "spawner_override" in d:
+                self.fail(
+                    f"{sub}kubespawner_override",
+                    "is an alias of 'spawner_override'; set only one of them",
+                )
+            d["spawner_override"] = d.pop("kubespawner_override")
+        if "spawner_override" in d:
+            value = self.dict_(d["spawner_override"], f"{sub}spawner_override")
+            for k in value:
+                if not isinstance(k, str) or not k:
+                    self.fail(
+                        f"{sub}spawner_override",
+                        f"keys must be setting names, got {_shown(k)}",
+                    )
+
+
+def _check_resources(c: _Checker, p: dict) -> None:
+    # cpu: cores, or "all" (resolved with os.cpu_count() in Tier)
+    if "cpu" not in p:
+        c.fail("cpu", "is required (cores, e.g. 2 or 0.5, or 'all')")
+    cpu = p["cpu"]
+    if cpu != "all":
+        if isinstance(cpu, str):
+            try:
+                cpu = float(cpu)
+            except ValueError:
+                pass
+        if not _is_number(cpu) or cpu <= 0:
+            c.fail("cpu", f"must be a number of cores > 0 or 'all', got {_shown(cpu)}")
+        p["cpu"] = float(cpu)
+    if "mem" not in p:
+        c.fail("mem", "is required (bytes, or a string like '2G' or '512M')")
+    try:
+        p["mem"] = parse_bytes(p["mem"])
+    except ValueError as e:
+        c.fail("mem", str(e))
+    gpu = p.setdefault("gpu", 0)
+    if not isinstance(gpu, int) or isinstance(gpu, bool) or gpu < 0:
+        c.fail("gpu", f"must be an integer >= 0, got {_shown(gpu)}")
+    if "hourly_cost" not in p:
+        c.fail("hourly_cost", "is required (a price per hour >= 0, e.g. 0.04)")
+    cost = p["hourly_cost"]
+    if not _is_number(cost):
+        c.fail("hourly_cost", f"must be a number, got {_shown(cost)}")
+    if cost < 0:
+        c.fail("hourly_cost", f"must be >= 0, got {cost!r}")
+    p["hourly_cost"] = float(cost)
+    c.groups(p, "allowed_groups", "")
+    m = p.get("max_servers")
+    if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 0):
+        c.fail("max_servers", f"must be an integer >= 0 or None, got {_shown(m)}")
+    idle = p.get("idle_downshift_after")
+    if idle is not None and (not _is_number(idle) or idle <= 0):
+        c.fail(
+            "idle_downshift_after",
+            f"must be a number of seconds > 0 or None, got {_shown(idle)}",
+        )
+    for key in ("backend", "volume"):
+        value = p.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            c.fail(key, f"must be a non-empty string or None, got {_shown(value)}")
+    if "extra" in p:
+        c.dict_(p["extra"], "extra")
+
+
+def _check_option(c: _Checker, key: Any, option: Any) -> None:
+    path = f"profile_options.{key}"
+    if not isinstance(key, str) or not _SLUG_RE.match(key):
+        c.fail(path, "option keys must be letters, digits, '.', '_' or '-'")
+    if key == "profile" or key.endswith(UNLISTED_SUFFIX):
+        c.fail(path, f"option key {key!r} is reserved")
+    c.dict_(option, path)
+    c.known(option, _OPTION_FIELDS, path, "profile option")
+    c.text(option, "display_name", path)
+
+    choices = option.get("choices")
+    if choices is None:
+        option.pop("choices", None)
+        choices = {}
+    c.dict_(choices, f"{path}.choices")
+    defaults = []
+    for ckey, choice in choices.items():
+        cpath = f"{path}.choices.{ckey}"
+        if not isinstance(ckey, str) or not ckey:
+            c.fail(cpath, "choice keys must be non-empty strings")
+        if ckey == OTHER_CHOICE:
+            c.fail(cpath, f"choice key {OTHER_CHOICE!r} is reserved")
+        c.dict_(choice, cpath)
+        c.known(choice, _CHOICE_FIELDS, cpath, "choice")
+        c.text(choice, "display_name", cpath, required=True)
+        c.text(choice, "description", cpath)
+        c.bool_(choice, "default", cpath)
+        c.groups(choice, "allowed_groups", cpath)
+        c.override(choice, cpath)
+        if choice.get("default"):
+            defaults.append(ckey)
+    if len(defaults) > 1:
+        c.fail(
+            f"{path}.choices",
+            f"has more than one default choice: {', '.join(defaults)}",
+        )
+    if choices and not defaults:
+        # like KubeSpawner: the first choice is the default
+        next(iter(choices.values()))["default"] = True
+
+    upath = f"{path}.unlisted_choice"
+    unlisted = option.setdefault("unlisted_choice", {})
+    c.dict_(unlisted, upath)
+    c.known(unlisted, _UNLISTED_FIELDS, upath, "unlisted_choice")
+    unlisted.setdefault("enabled", False)
+    c.bool_(unlisted, "enabled", upath)
+    for k in (
+        "display_name",
+        "display_name_in_choices",
+        "validation_regex",
+        "validation_message",
+    ):
+        c.text(unlisted, k, upath)
+    if "validation_regex" in unlisted:
+        try:
+            re.compile(unlisted["validation_regex"])
+        except re.error as e:
+            c.fail(f"{upath}.validation_regex", f"is not a valid regex: {e}")
+    c.override(unlisted, upath)
+    if unlisted["enabled"]:
+        unlisted.setdefault("display_name_in_choices", "Other...")
+    if not choices and not unlisted["enabled"]:
+        c.fail(path, "needs 'choices' or an enabled 'unlisted_choice'")
+
+
+def _normalize_profile(p: Any, index: int, key: Any) -> dict:
+    if not isinstance(p, dict):
+        name = key if key is not None else f"#{index + 1}"
+        raise TierConfigError(f"profile_list: tier {name!r} must be a dict, got {type(p).__name__}")
+    name = p.get("slug") or key or p.get("display_name") or f"#{index + 1}"
+    c = _Checker(str(name))
+    c.known(p, _PROFILE_FIELDS, "", "tier")
+    c.text(p, "display_name", "", required=True)
+    if "slug" not in p:
+        # a dict profile_list is keyed by slug; else derive it like KubeSpawner
+        p["slug"] = key if key is not None else slugify(p["display_name"])
+        if not p["slug"]:
+            c.fail("slug", "is missing and cannot be derived from display_name")
+    if not isinstance(p["slug"], str) or not _SLUG_RE.match(p["slug"]):
+        c.fail(
+            "slug",
+            f"must be letters, digits, '.', '_' or '-' (starting with a letter"
+            f" or digit), got {_shown(p['slug'])}",
+        )
+    c.text(p, "description", "")
+    c.bool_(p, "default", "")
+    c.override(p, "")
+    _check_resources(c, p)
+    options = p.get("profile_options")
+    if options is None:
+        p.pop("profile_options", None)
+    else:
+        c.dict_(options, "profile_options")
+        for okey, option in options.items():
+            _check_option(c, okey, option)
+    return p
+
+
+def normalize_profile_list(profile_list: Any) -> list[dict]:
+    """Validated deep copy of a ``profile_list`` (list or dict keyed by slug).
+
+    Fills ``slug`` (the dict key, else slugified ``display_name``), makes
+    exactly one tier the default (the first if none is marked) and one choice
+    of each option the default, renames ``kubespawner_override`` to
+    ``spawner_override``, and canonicalizes ``cpu`` (float or ``"all"``),
+    ``mem`` (int bytes), ``gpu`` (int, default 0) and ``hourly_cost``
+    (float). A dict is ordered by key, like KubeSpawner. Idempotent.
+
+    Raises TierConfigError naming the tier and field, e.g.
+    ``profile_list: tier 'gpu': field 'hourly_cost' must be >= 0, got -1``.
+    """
+    if isinstance(profile_list, Mapping):
+        items = [(k, profile_list[k]) for k in sorted(profile_list, key=str)]
+    elif isinstance(profile_list, (list, tuple)):
+        items = [(None, p) for p in profile_list]
+    else:
+        raise TierConfigError(
+            "profile_list must be a list, a dict keyed by slug or a callable,"
+            f" got {type(profile_list).__name__}"
+        )
+    if not items:
+        raise TierConfigError("profile_list: no tiers configured")
+
+    profiles = [_normalize_profile(_copy(p), i, k) for i, (k, p) in enumerate(items)]
+    seen: dict[str, str] = {}
+    for p in profiles:
+        if p["slug"] in seen:
+            raise TierConfigError(
+                f"profile_list: tier {p['slug']!r}: field 'slug' is not unique"
+                f" (tiers {seen[p['slug']]!r} and {p['display_name']!r})"
+            )
+        seen[p["slug"]] = p["display_name"]
+    defaults = [p["slug"] for p in profiles if p.get("default")]
+    if len(defaults) > 1:
+        raise TierConfigError(
+            f"profile_list: tier {defaults[1]!r}: field 'default' is also set"
+            f" on tier {defaults[0]!r}; only one tier may be the default"
+        )
+    if not defaults:
+        profiles[0]["default"] = True
+    return profiles
+
+
+async def load_profile_list(profile_list: Any, spawner: Any) -> list[dict]:
+    """Evaluate a (sync or async) callable ``profile_list(spawner)``, then
+    normalize. Lists and dicts are normalized directly."""
+    if callable(profile_list):
+        profile_list = profile_list(spawner)
+        if inspect.isawaitable(profile_list):
+            profile_list = await profile_list
+    return normalize_profile_list(profile_list)
+
+
+# ---------------------------------------------------------------------------
+# the Tier model
+
+
+@dataclass(frozen=True)
+class Tier:
+    """One compute tier, resolved from a normalized profile dict."""
+
+    slug: str
+    display_name: str
+    description: str
+    default: bool
+    cpu: float
+    mem: int
+    gpu: int
+    hourly_cost: float
+    allowed_groups: tuple[str, ...] | None
+    max_servers: int | None
+    idle_downshift_after: float | None
+    backend: str | None
+    volume: str | None
+    extra: dict = field(default_factory=dict, hash=False)
+    raw: dict = field(default_factory=dict, hash=False, repr=False)
+
+    @classmethod
+    def from_profile(cls, profile: dict) -> "Tier":
+        cpu = profile["cpu"]
+        if cpu == "all":
+            cpu = float(os.cpu_count() or 1)
+        groups = profile.get("allowed_groups")
+        return cls(
+            slug=profile["slug"],
+            display_name=profile["display_name"],
+            description=profile.get("description") or "",
+            default=bool(profile.get("default")),
+            cpu=float(cpu),
+            mem=int(profile["mem"]),
+            gpu=int(profile.get("gpu", 0)),
+            hourly_cost=float(profile["hourly_cost"]),
+            allowed_groups=tuple(groups) if groups is not None else None,
+            max_servers=profile.get("max_servers"),
+            idle_downshift_after=profile.get("idle_downshift_after"),
+            backend=profile.get("backend"),
+            volume=profile.get("volume"),
+            extra=_copy(profile.get("extra") or {}),
+            raw=profile,
+        )
+
+    def public(self) -> dict:
+        """The JSON-able fields of ``DS_COMPUTE_TIER_INFO``."""
+        return {
+            "slug": self.slug,
+            "display_name": self.display_name,
+            "description": self.description,
+            "cpu": self.cpu,
+            "mem": self.mem,
+            "gpu": self.gpu,
+            "hourly_cost": self.hourly_cost,
+        }
+
+
+def tiers_of(profiles: Any) -> list[Tier]:
+    """Every tier of a profile list, in order."""
+    return [Tier.from_profile(p) for p in normalize_profile_list(profiles)]
+
+
+def _find(profiles: list[dict], slug: str) -> dict | None:
+    return next((p for p in profiles if p["slug"] == slug), None)
+
+
+def _refusal(profile: dict, user_groups) -> str | None:
+    return group_refusal(
+        profile.get("allowed_groups"),
+        user_groups,
+        what=f"tier {profile['display_name']!r}",
+    )
+
+
+def _default_profile(profiles: list[dict], user_groups) -> dict | None:
+    """The default tier if the user may use it, else their first usable one."""
+    ordered = sorted(profiles, key=lambda p: not p.get("default"))
+    return next(
+        (p for p in ordered if _refusal(p, user_groups) is None and _usable_options(p, user_groups) is None),
+        None,
+    )
+
+
+def default_slug(profiles: Any, user_groups=None) -> str | None:
+    """Slug of the tier an empty ``user_options`` gets for this user."""
+    p = _default_profile(normalize_profile_list(profiles), user_groups)
+    return p["slug"] if p else None
+
+
+def get_tier(profiles: Any, slug: str | None) -> Tier:
+    """The tier with this slug (the default tier when slug is empty).
+
+    Raises TierOptionsError (400, field ``profile``) for an unknown slug.
+    """
+    profiles = normalize_profile_list(profiles)
+    if not slug:
+        return Tier.from_profile(next(p for p in profiles if p.get("default")))
+    p = _find(profiles, slug)
+    if p is None:
+        raise TierOptionsError(
+            f"unknown tier {_shown(slug)}; valid tiers:" f" {', '.join(p['slug'] for p in profiles)}",
+            field="profile",
+        )
+    return Tier.from_profile(p)
+
+
+# ---------------------------------------------------------------------------
+# 2. form -> user_options
+
+
+def options_from_form(formdata: dict[str, list[str]]) -> dict:
+    """Spawn-form data to ``user_options``, exactly like KubeSpawner.
+
+    ``{'profile': ['gpu'], 'profile-option-gpu--image': ['base']}`` ->
+    ``{'profile': 'gpu', 'image': 'base'}``. Only fields of the chosen tier
+    are taken (``profile-option-{slug}--``); others are ignored. Nothing is
+    validated here: that is ``validate_user_options``' job.
+    """
+    slug = (formdata.get("profile") or [None])[0]
+    user_options: dict = {}
+    if slug:
+        user_options["profile"] = slug
+        prefix = f"{FORM_OPTION_PREFIX}{slug}--"
+        for key, values in formdata.items():
+            if key.startswith(prefix) and values:
+                user_options[key[len(prefix) :]] = values[0]
+    return user_options
+
+
+# ---------------------------------------------------------------------------
+# 3. validate user_options
+
+
+def _choice_refusal(option_key: str, choice_key: str, choice: dict, user_groups):
+    return group_refusal(
+        choice.get("allowed_groups"),
+        user_groups,
+        what=f"choice {choice_key!r} of option {option_key!r}",
+    )
+
+
+def _default_choice(option: dict, user_groups, check_groups: bool) -> str | None:
+    """Default choice key, else the first the user may use, else None."""
+    choices = option.get("choices") or {}
+    ordered = sorted(choices, key=lambda k: not choices[k].get("default"))
+    for key in ordered:
+        if not check_groups or _choice_refusal("", key, choices[key], user_groups) is None:
+            return key
+    return None
+
+
+def _usable_options(profile: dict, user_groups) -> str | None:
+    """Reason a tier is unusable through its options alone, else None."""
+    for key, option in (profile.get("profile_options") or {}).items():
+        if option.get("choices") and _default_choice(option, user_groups, True) is None:
+            if not option["unlisted_choice"]["enabled"]:
+                return f"no choice of option {key!r} is available to your groups"
+    return None
+
+
+def _select(
+    profiles: list[dict],
+    user_options: Any,
+    user_groups,
+    check_groups: bool,
+) -> tuple[dict, dict]:
+    """The chosen profile and ``{option key: ("choice"|"unlisted", value)}``."""
+    if user_options is None:
+        user_options = {}
+    if not isinstance(user_options, dict):
+        raise TierOptionsError(
+            f"user_options must be an object, got {type(user_options).__name__}",
+            field="user_options",
+        )
+    for key, value in user_options.items():
+        if not isinstance(key, str):
+            raise TierOptionsError(f"option names must be strings, got {_shown(key)}")
+        if not isinstance(value, str):
+            raise TierOptionsError(f"{key!r} must be a string, got {type(value).__name__}", field=key)
+
+    slug = user_options.get("profile")
+    if not slug:
+        profile = (
+            _default_profile(profiles, user_groups)
+            if check_groups
+            else next(p for p in profiles if p.get("default"))
+        )
+        if profile is None:
+            raise TierOptionsError("no tier is available to your groups", field="profile", status=403)
+    else:
+        profile = _find(profiles, slug)
+        if profile is None:
+            valid = [p["slug"] for p in profiles if not check_groups or _refusal(p, user_groups) is None]
+            raise TierOptionsError(
+                f"unknown tier {_shown(slug)}; valid tiers: {', '.join(valid)}",
+                field="profile",
+            )
+        if check_groups:
+            reason = _refusal(profile, user_groups)
+            if reason:
+                raise TierOptionsError(reason, field="profile", status=403)
+
+    options = profile.get("profile_options") or {}
+    allowed = {"profile"}
+    for key, option in options.items():
+        allowed.add(key)
+        if option["unlisted_choice"]["enabled"]:
+            allowed.add(key + UNLISTED_SUFFIX)
+    for key in user_options:
+        if key not in allowed:
+            raise TierOptionsError(
+                f"{key!r} is not an option of tier {profile['slug']!r};"
+                f" valid keys: {', '.join(sorted(allowed))}",
+                field=key,
+            )
+
+    selections = {}
+    for key, option in options.items():
+        ukey = key + UNLISTED_SUFFIX
+        unlisted_cfg = option["unlisted_choice"]
+        choices = option.get("choices") or {}
+        choice = user_options.get(key) or None
+        unlisted = user_options.get(ukey) or None
+        if choice == OTHER_CHOICE and unlisted_cfg["enabled"]:
+            if unlisted is None:
+                raise TierOptionsError(
+                    f"{ukey!r} is required when {key!r} is {OTHER_CHOICE!r}",
+                    field=ukey,
+                )
+            choice = None
+        if unlisted is not None:
+            if choice is not None:
+                raise TierOptionsError(f"give either {key!r} or {ukey!r}, not both", field=ukey)
+            regex = unlisted_cfg.get("validation_regex")
+            # fullmatch, like the HTML pattern attribute of the form's input
+            if regex and not re.fullmatch(regex, unlisted):
+                hint = unlisted_cfg.get("validation_message") or f"must match {regex}"
+                raise TierOptionsError(f"{ukey!r}: {_shown(unlisted)} is not valid: {hint}", field=ukey)
+            selections[key] = ("unlisted", unlisted)
+            continue
+        if choice is not None:
+            if choice not in choices:
+                valid = [
+                    k
+                    for k, ch in choices.items()
+                    if not check_groups or _choice_refusal(key, k, ch, user_groups) is None
+                ]
+                hint = f" (or set {ukey!r})" if unlisted_cfg["enabled"] else ""
+                raise TierOptionsError(
+                    f"unknown choice {_shown(choice)} for {key!r}; valid"
+                    f" choices: {', '.join(valid)}{hint}",
+                    field=key,
+                )
+            if check_groups:
+                reason = _choice_refusal(key, choice, choices[choice], user_groups)
+                if reason:
+                    raise TierOptionsError(reason, field=key, status=403)
+            selections[key] = ("choice", choice)
+            continue
+        default = _default_choice(option, user_groups, check_groups)
+        if default is None:
+            if choices:
+                raise TierOptionsError(
+                    f"no choice of {key!r} is available to your groups",
+                    field=key,
+                    status=403,
+                )
+            raise TierOptionsError(
+                f"{ukey!r} is required: option {key!r} has no predefined choices",
+                field=ukey,
+            )
+        selections[key] = ("choice", default)
+    return profile, selections
+
+
+def _complete(profile: dict, selections: dict) -> dict:
+    result = {"profile": profile["slug"]}
+    for key, (kind, value) in selections.items():
+        result[key + UNLISTED_SUFFIX if kind == "unlisted" else key] = value
+    return result
+
+
+def validate_user_options(
+    profiles: Any,
+    user_options: Any,
+    user_groups: Iterable[str] | None = None,
+    is_admin: bool = False,
+) -> dict:
+    """Check ``user_options`` and return them complete and normalized.
+
+    The result has ``profile`` (the chosen slug; the user's default tier when
+    absent or empty) and, for each option of that tier, either ``{key}`` (the
+    choice; its default when absent or empty) or ``{key}--unlisted-choice``.
+    Validating the result again gives the same result.
+
+    Raises TierOptionsError: status 400 for an unknown tier, choice or key, a
+    non-string value, or an unlisted value failing its regex (``fullmatch``);
+    403 when the user's groups may not use the tier or choice. ``user_groups``
+    None counts as no groups. ``is_admin`` does not lift group limits (see
+    ``policy.group_refusal``).
+    """
+    profiles = normalize_profile_list(profiles)
+    groups = list(user_groups or ())
+    profile, selections = _select(profiles, user_options, groups, check_groups=True)
+    return _complete(profile, selections)
+
+
+# ---------------------------------------------------------------------------
+# 4. overrides
+
+
+def _substitute(obj: Any, value: str) -> Any:
+    """Put ``value`` where ``{value}`` is, ``{{``/``}}`` -> ``{``/``}``,
+    recursively through dict keys and values, lists, tuples and sets. Other
+    ``{placeholders}`` stay as they are (like KubeSpawner's recursive_format).
+    """
+    if isinstance(obj, str):
+        return _VALUE_RE.sub(lambda m: {"{{": "{", "}}": "}"}.get(m.group(0), value), obj)
+    if isinstance(obj, dict):
+        return {_substitute(k, value): _substitute(v, value) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_substitute(v, value) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_substitute(v, value) for v in obj)
+    if isinstance(obj, set):
+        return {_substitute(v, value) for v in obj}
+    return obj
+
+
+def _merge(target: dict, new: dict) -> dict:
+    """Merge override layers: dicts merge, None markers are kept (they
+    delete when applied), anything else replaces."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = _copy(value)
+    return target
+
+
+def resolve_overrides(profiles: Any, user_options: Any) -> dict:
+    """The merged ``spawner_override`` for these (validated) ``user_options``.
+
+    Layers, later winning: the tier's ``spawner_override``, then for each
+    option in order the chosen choice's ``spawner_override`` or the
+    ``unlisted_choice`` one with ``{value}`` substituted. Dicts merge
+    recursively; ``None`` values are kept so ``apply_overrides`` deletes.
+    Group limits are not checked here (``validate_user_options`` does).
+    """
+    profiles = normalize_profile_list(profiles)
+    profile, selections = _select(profiles, user_options, None, check_groups=False)
+    merged = _merge({}, profile.get("spawner_override") or {})
+    for key, option in (profile.get("profile_options") or {}).items():
+        kind, value = selections[key]
+        if kind == "unlisted":
+            layer = option["unlisted_choice"].get("spawner_override") or {}
+            layer = _substitute(layer, value)
+        else:
+            layer = option["choices"][value].get("spawner_override") or {}
+        _merge(merged, layer)
+    return merged
+
+
+def _merged_dict(current: dict, new: dict) -> dict:
+    """A new dict: ``current`` updated recursively by ``new``; None deletes."""
+    result = _copy(current)
+    for key, value in new.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _merged_dict(result[key], value)
+        elif isinstance(value, dict):
+            result[key] = _merged_dict({}, value)
+        else:
+            result[key] = _copy(value)
+    return result
+
+
+def _has_setting(spawner: Any, name: str) -> bool:
+    has_trait = getattr(spawner, "has_trait", None)
+    if has_trait is not None and has_trait(name):
+        return True
+    return hasattr(spawner, name)
+
+
+def apply_overrides(spawner: Any, overrides: dict) -> None:
+    """Apply ``resolve_overrides`` output to a spawner.
+
+    A callable value is called with the spawner and its result used (it must
+    be synchronous). A dict merges recursively into a dict trait (a nested
+    ``None`` deletes that key); a top-level ``None`` resets the trait to its
+    class default (``trait_defaults``; plain attributes are deleted); other
+    values are set. Unknown settings and values the trait refuses raise
+    TierConfigError naming the setting.
+    """
+    for name, value in overrides.items():
+        source = ""
+        if callable(value):
+            value = value(spawner)
+            source = " (callable result)"
+            if inspect.isawaitable(value):
+                if inspect.iscoroutine(value):
+                    value.close()
+                raise TierConfigError(
+                    f"spawner override {name!r}: the callable returned an"
+                    " awaitable; override callables must be synchronous"
+                )
+        if not _has_setting(spawner, name):
+            raise TierConfigError(
+                f"spawner override {name!r}: {type(spawner).__name__} has no" f" setting {name!r}"
+            )
+        try:
+            if value is None:
+                if getattr(spawner, "has_trait", lambda n: False)(name):
+                    setattr(spawner, name, _copy(spawner.trait_defaults(name)))
+                    spawner.log.debug("Override %s reset to its default", name)
+                else:
+                    delattr(spawner, name)
+                    spawner.log.debug("Override %s deleted", name)
+                continue
+            current = getattr(spawner, name, None)
+            if isinstance(value, dict):
+                base = current if isinstance(current, dict) else {}
+                value = _merged_dict(base, value)
+            setattr(spawner, name, value)
+        except TierConfigError:
+            raise
+        except Exception as e:
+            raise TierConfigError(f"spawner override {name!r}: {e}") from e
+        spawner.log.debug("Override %s=%r%s", name, value, source)
+
+
+# ---------------------------------------------------------------------------
+# the spawn form
+
+
+def _trim(number: float, digits: int) -> str:
+    text = f"{number:.{digits}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2)):
+        if n >= size:
+            return f"{_trim(n / size, 2)} {unit}"
+    if n >= 1024:
+        return f"{_trim(n / 1024, 2)} KiB"
+    return f"{n} B"
+
+
+def _price(cost: float) -> str:
+    if 0 < cost < 0.005:
+        return f"${cost:.4g}/h"
+    return f"${cost:.2f}/h"
+
+
+def _choice_context(slug, key, option, user_groups, chosen) -> dict:
+    field_name = f"{FORM_OPTION_PREFIX}{slug}--{key}"
+    unlisted_cfg = option["unlisted_choice"]
+    kind, value = chosen if chosen else (None, None)
+    choices = []
+    for ckey, choice in (option.get("choices") or {}).items():
+        if _choice_refusal(key, ckey, choice, user_groups):
+            continue
+        choices.append(
+            {
+                "key": ckey,
+                "display_name": choice["display_name"],
+                "description": choice.get("description") or "",
+                "selected": kind == "choice" and value == ckey,
+            }
+        )
+    unlisted = None
+    if unlisted_cfg["enabled"]:
+        unlisted = {
+            "field_name": field_name + UNLISTED_SUFFIX,
+            "display_name": unlisted_cfg.get("display_name") or option.get("display_name") or key,
+            "display_name_in_choices": unlisted_cfg["display_name_in_choices"],
+            "validation_regex": unlisted_cfg.get("validation_regex") or "",
+            "validation_message": unlisted_cfg.get("validation_message") or "",
+            "selected": kind == "unlisted" or not choices,
+            "value": value if kind == "unlisted" else "",
+        }
+    return {
+        "key": key,
+        "display_name": option.get("display_name") or key,
+        "field_name": field_name,
+        "choices": choices,
+        "unlisted": unlisted,
+    }
+
+
+def form_context(
+    profiles: Any,
+    user_groups: Iterable[str] | None,
+    gpu_devices_available: int | None,
+    is_admin: bool = False,
+    user_options: dict | None = None,
+) -> list[dict]:
+    """Per tier, what ``templates/form.html`` needs.
+
+    Tiers (and choices) the user's groups may not use are left out; for an
+    admin such tiers stay in the list with ``allowed`` False and the
+    ``reason`` (shown disabled), so admins see why. ``user_options``
+    (e.g. the server's previous ones) preselect tier and choices when they
+    are still valid. ``gpu_warning`` is set when the tier needs more GPUs
+    than ``gpu_devices_available`` (None: unknown, no warning).
+    """
+    profiles = normalize_profile_list(profiles)
+    groups = list(user_groups or ())
+    previous = None
+    if user_options:
+        try:
+            previous = _select(profiles, user_options, groups, check_groups=True)
+        except TierOptionsError:
+            previous = None
+    default = _default_profile(profiles, groups)
+    selected_slug = previous[0]["slug"] if previous else (default["slug"] if default else None)
+
+    result = []
+    for profile in profiles:
+        tier = Tier.from_profile(profile)
+        reason = _refusal(profile, groups) or _usable_options(profile, groups)
+        if reason and not is_admin:
+            continue
+        if previous and previous[0] is profile:
+            selections = previous[1]
+        elif reason:
+            selections = {}
+        else:
+            selections = _select(profiles, {"profile": tier.slug}, groups, True)[1]
+        options = [
+            _choice_context(tier.slug, key, option, groups, selections.get(key))
+            for key, option in (profile.get("profile_options") or {}).items()
+        ]
+        gpu_short = gpu_devices_available is not None and tier.gpu > max(gpu_devices_available, 0)
+        result.append(
+            {
+                "slug": tier.slug,
+                "field_id": f"profile-item-{tier.slug}",
+                "display_name": tier.display_name,
+                "description": tier.description,
+                "default": default is profile,
+                "selected": tier.slug == selected_slug,
+                "allowed": reason is None,
+                "reason": reason,
+                "cpu": tier.cpu,
+                "cpu_label": f"{_trim(tier.cpu, 2)} CPU" + ("" if tier.cpu == 1 else "s"),
+                "mem": tier.mem,
+                "mem_label": _human_bytes(tier.mem),
+                "gpu": tier.gpu,
+                "gpu_label": (f"{tier.gpu} GPU" + ("" if tier.gpu == 1 else "s")) if tier.gpu else "",
+                "hourly_cost": tier.hourly_cost,
+                "price": _price(tier.hourly_cost),
+                "gpu_warning": gpu_short,
+                "gpu_warning_message": (
+                    (
+                        f"needs {tier.gpu} GPU{'s' if tier.gpu != 1 else ''}, this"
+                        f" host has {max(gpu_devices_available or 0, 0)}"
+                    )
+                    if gpu_short
+                    else ""
+                ),
+                "options": options,
+            }
+        )
+    return result
