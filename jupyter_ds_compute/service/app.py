@@ -1,0 +1,416 @@
+"""The ``ds-compute`` hub service: switch a user's server between tiers.
+
+A managed JupyterHub service (tornado + HubOAuth). It answers the switch
+requests of the server extension (with the server's own token) and of users
+(a user token, or the browser's HubOAuth cookie for the pages), then stops
+the server and starts it again with the new ``user_options`` through the hub
+REST API, recording every step and outcome in SQLite.
+
+Hub configuration (``jupyterhub_config.py``)::
+
+    import json, sys
+    c.JupyterHub.services = [{
+        "name": "ds-compute",
+        "url": "http://127.0.0.1:10101",           # proxy route + JUPYTERHUB_SERVICE_URL
+        "command": [sys.executable, "-m", "jupyter_ds_compute.service"],
+        "oauth_no_confirm": True,                   # no "Authorize access" page
+        "environment": {
+            "DS_COMPUTE_PROFILE_LIST": json.dumps(profile_list),
+            "DS_COMPUTE_DATA_DIR": "/srv/jupyterhub/ds-compute",
+        },
+    }]
+    # the minimum: `servers` = read/start/delete (and PATCH user_options of)
+    # servers; `read:users:groups` = the owner's groups for tier checks.
+    # Not needed: read:users, admin:servers, admin:users.
+    c.JupyterHub.load_roles = [{
+        "name": "ds-compute",
+        "scopes": ["servers", "read:users:groups"],
+        "services": ["ds-compute"],
+    }]
+    # browsers (pages, OAuth) and user tokens may reach the service
+    c.JupyterHub.extra_user_scopes = {"access:services!service=ds-compute"}
+    # servers' tokens may call it (keep the two defaults)
+    c.Spawner.server_token_scopes = [
+        "users:activity!user",
+        "access:servers!server",
+        "access:services!service=ds-compute",
+    ]
+
+Environment read (all set by the hub except the ``DS_COMPUTE_*`` ones):
+``JUPYTERHUB_API_URL``, ``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_SERVICE_URL``,
+``JUPYTERHUB_SERVICE_PREFIX``, ``JUPYTERHUB_BASE_URL``,
+``JUPYTERHUB_CLIENT_ID`` and friends (HubOAuth), ``DS_COMPUTE_PROFILE_LIST``
+(JSON list or dict of tiers, the spawner's ``profile_list``),
+``DS_COMPUTE_DATA_DIR`` (database and cookie secret),
+``DS_COMPUTE_STOP_TIMEOUT``, ``DS_COMPUTE_START_TIMEOUT``.
+
+Run by hand: ``python -m jupyter_ds_compute.service --help-all``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+from textwrap import dedent
+from urllib.parse import urlparse
+
+import jinja2
+from jupyterhub.services.auth import HubOAuth
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets import Any, Float, Unicode, default, validate
+from traitlets.config import Application
+
+from .. import tiers
+from .._version import __version__
+from .handlers import default_handlers
+from .hubapi import HubAPI
+from .orchestrator import Orchestrator
+from .store import Store
+
+__all__ = ["DSComputeService", "create_application", "main"]
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _env_float(name: str, fallback: float) -> float:
+    value = os.environ.get(name, "")
+    try:
+        return float(value) if value else fallback
+    except ValueError:
+        raise ValueError(f"${name} must be a number of seconds, got {value!r}") from None
+
+
+class DSComputeService(Application):
+    """The ds-compute JupyterHub service."""
+
+    name = "jupyter-ds-compute-service"
+    version = __version__
+    description = "Switch JupyterHub servers between compute tiers (a JupyterHub service)."
+
+    aliases = {
+        "config": "DSComputeService.config_file",
+        "data-dir": "DSComputeService.data_dir",
+        "db-url": "DSComputeService.db_url",
+        "service-url": "DSComputeService.service_url",
+        "stop-timeout": "DSComputeService.stop_timeout",
+        "start-timeout": "DSComputeService.start_timeout",
+        "log-level": "Application.log_level",
+    }
+
+    config_file = Unicode(
+        "",
+        help="A Python config file (``c.DSComputeService.x = ...``) to load, if any.",
+    ).tag(config=True)
+
+    hub_api_url = Unicode(
+        help=dedent(
+            """
+            The hub's REST API, e.g. ``http://127.0.0.1:8081/hub/api``.
+            Default: ``$JUPYTERHUB_API_URL`` (set by the hub).
+            """
+        ).strip()
+    ).tag(config=True)
+
+    @default("hub_api_url")
+    def _default_hub_api_url(self):
+        return os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
+
+    api_token = Unicode(
+        help="The service's token for the hub API. Default: ``$JUPYTERHUB_API_TOKEN``."
+    ).tag(config=True)
+
+    @default("api_token")
+    def _default_api_token(self):
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    service_url = Unicode(
+        help=dedent(
+            """
+            Where the service listens, e.g. ``http://127.0.0.1:10101``.
+            Default: ``$JUPYTERHUB_SERVICE_URL`` (the service's ``url`` in the hub config).
+            """
+        ).strip()
+    ).tag(config=True)
+
+    @default("service_url")
+    def _default_service_url(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+
+    service_prefix = Unicode(
+        help="URL prefix of the service. Default: ``$JUPYTERHUB_SERVICE_PREFIX`` or ``/services/ds-compute/``."
+    ).tag(config=True)
+
+    @default("service_prefix")
+    def _default_service_prefix(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/ds-compute/")
+
+    base_url = Unicode(
+        help="The hub's base URL (``c.JupyterHub.base_url``). Default: ``$JUPYTERHUB_BASE_URL`` or ``/``."
+    ).tag(config=True)
+
+    @default("base_url")
+    def _default_base_url(self):
+        return os.environ.get("JUPYTERHUB_BASE_URL", "/")
+
+    @validate("service_prefix", "base_url")
+    def _slashes(self, proposal):
+        value = proposal["value"] or "/"
+        if not value.startswith("/"):
+            value = "/" + value
+        if not value.endswith("/"):
+            value += "/"
+        return value
+
+    data_dir = Unicode(
+        help=dedent(
+            """
+            Directory of the service's database and cookie secret. Created if absent.
+            Default: ``$DS_COMPUTE_DATA_DIR``, else ``./ds-compute-service``
+            (relative to the hub's working directory).
+
+            Example: ``c.DSComputeService.data_dir = "/srv/jupyterhub/ds-compute"``
+            """
+        ).strip()
+    ).tag(config=True)
+
+    @default("data_dir")
+    def _default_data_dir(self):
+        return os.environ.get("DS_COMPUTE_DATA_DIR") or os.path.abspath("ds-compute-service")
+
+    db_url = Unicode(
+        help=dedent(
+            """
+            SQLite URL of the switch records and audit log.
+            Default: ``sqlite:///<data_dir>/ds-compute.sqlite``.
+            """
+        ).strip()
+    ).tag(config=True)
+
+    @default("db_url")
+    def _default_db_url(self):
+        return "sqlite:///" + os.path.join(self.data_dir, "ds-compute.sqlite")
+
+    profile_list = Any(
+        help=dedent(
+            """
+            The tiers: the spawner's ``profile_list`` (list, or dict keyed by slug).
+            A callable profile list cannot reach the service; give the service
+            the evaluated list. Validated with ``tiers.normalize_profile_list``.
+            Default: JSON from ``$DS_COMPUTE_PROFILE_LIST``.
+
+            Example (hub config)::
+
+                "environment": {"DS_COMPUTE_PROFILE_LIST": json.dumps(c.DSComputeSpawner.profile_list)}
+            """
+        ).strip()
+    ).tag(config=True)
+
+    @default("profile_list")
+    def _default_profile_list(self):
+        raw = os.environ.get("DS_COMPUTE_PROFILE_LIST", "")
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise ValueError(f"$DS_COMPUTE_PROFILE_LIST is not valid JSON: {e}") from None
+
+    stop_timeout = Float(
+        help=dedent(
+            """
+            Seconds to wait for a server to stop (DELETE until ``stopped``).
+            Default: ``$DS_COMPUTE_STOP_TIMEOUT`` or 300.
+            """
+        ).strip()
+    ).tag(config=True)
+
+    @default("stop_timeout")
+    def _default_stop_timeout(self):
+        return _env_float("DS_COMPUTE_STOP_TIMEOUT", 300)
+
+    start_timeout = Float(
+        help=dedent(
+            """
+            Seconds to wait for a server to be ready after the start request
+            (also bounds waiting for a pending start or stop at reconcile).
+            Default: ``$DS_COMPUTE_START_TIMEOUT`` or 600.
+            """
+        ).strip()
+    ).tag(config=True)
+
+    @default("start_timeout")
+    def _default_start_timeout(self):
+        return _env_float("DS_COMPUTE_START_TIMEOUT", 600)
+
+    request_timeout = Float(
+        30, help="Seconds to wait for one answer of the hub API."
+    ).tag(config=True)
+
+    poll_interval = Float(
+        0.5, help="Seconds between two polls of a server's state while waiting."
+    ).tag(config=True)
+
+    cookie_secret = Any(
+        help=dedent(
+            """
+            Secret (bytes) signing the HubOAuth cookie. Default: read from
+            ``<data_dir>/cookie_secret``, created (mode 0600) if absent, so
+            browser sessions survive a restart of the service.
+            """
+        ).strip()
+    ).tag(config=True)
+
+    @default("cookie_secret")
+    def _default_cookie_secret(self):
+        path = os.path.join(self.data_dir, "cookie_secret")
+        os.makedirs(self.data_dir, exist_ok=True)
+        try:
+            with open(path) as f:
+                return bytes.fromhex(f.read().strip())
+        except FileNotFoundError:
+            pass
+        secret = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret.hex())
+        return secret
+
+    @default("log_level")
+    def _default_log_level(self):
+        return logging.INFO
+
+    _log_formatter_cls = logging.Formatter
+
+    @default("log_format")
+    def _default_log_format(self):
+        return "[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s] %(message)s"
+
+    def initialize(self, argv=None):
+        super().initialize(argv)
+        if self.config_file:
+            self.load_config_file(self.config_file)
+        # tornado's and the hub auth's loggers go where ours go
+        for name in ("tornado.access", "tornado.application", "tornado.general", "jupyterhub"):
+            logger = logging.getLogger(name)
+            logger.parent = self.log
+            logger.setLevel(self.log.level)
+        if self.profile_list is None:
+            self.log.critical(
+                "No tiers configured: set $DS_COMPUTE_PROFILE_LIST (JSON) in the service's"
+                " environment or c.DSComputeService.profile_list."
+            )
+            self.exit(1)
+        try:
+            self.profiles = tiers.normalize_profile_list(self.profile_list)
+        except tiers.TierConfigError as e:
+            self.log.critical("Bad tier configuration: %s", e)
+            self.exit(1)
+        if not self.api_token:
+            self.log.critical("No hub API token: run as a JupyterHub service or set $JUPYTERHUB_API_TOKEN.")
+            self.exit(1)
+
+    def make_parts(self):
+        """The store, the hub client, the orchestrator and the tornado app."""
+        self.store = Store(self.db_url)
+        self.hub_api = HubAPI(
+            self.hub_api_url,
+            self.api_token,
+            request_timeout=self.request_timeout,
+            poll_interval=self.poll_interval,
+        )
+        self.orchestrator = Orchestrator(
+            self.hub_api,
+            self.store,
+            stop_timeout=self.stop_timeout,
+            start_timeout=self.start_timeout,
+            log=self.log,
+        )
+        self.web_app = create_application(self)
+        return self.web_app
+
+    async def run(self) -> None:
+        self.make_parts()
+        url = urlparse(self.service_url)
+        server = HTTPServer(self.web_app, xheaders=True)
+        server.listen(url.port or (443 if url.scheme == "https" else 80), url.hostname or "127.0.0.1")
+        self.log.info(
+            "ds-compute service %s listening on %s (prefix %s), %d tiers: %s",
+            __version__,
+            self.service_url,
+            self.service_prefix,
+            len(self.profiles),
+            ", ".join(p["slug"] for p in self.profiles),
+        )
+        await self.orchestrator.reconcile()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        self.log.info("Stopping; switches in flight are resumed at the next start")
+        server.stop()
+        await self.orchestrator.stop()
+        self.store.close()
+
+    def start(self):
+        asyncio.run(self.run())
+
+
+def create_application(service: DSComputeService) -> web.Application:
+    """The tornado application of a configured :class:`DSComputeService`."""
+    prefix = service.service_prefix
+    hub_auth = HubOAuth(
+        api_url=service.hub_api_url,
+        api_token=service.api_token,
+        base_url=prefix,
+        cache_max_age=60,
+    )
+    jinja_env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(os.path.join(HERE, "templates")),
+        autoescape=True,
+    )
+    settings = dict(
+        log=service.log,
+        log_function=_log_request(service.log),
+        store=service.store,
+        hub_api=service.hub_api,
+        orchestrator=service.orchestrator,
+        profiles=service.profiles,
+        base_url=service.base_url,
+        service_prefix=prefix,
+        hub_auth=hub_auth,
+        cookie_secret=service.cookie_secret,
+        jinja_env=jinja_env,
+    )
+    return web.Application(default_handlers(prefix), **settings)
+
+
+def _log_request(log):
+    def log_request(handler):
+        status = handler.get_status()
+        level = log.info if status < 400 else log.warning if status < 500 else log.error
+        if status < 300 and handler.request.method == "GET" and "/api/" in handler.request.path:
+            level = log.debug  # the progress page polls twice a second
+        user = getattr(handler, "_hub_auth_user_cache", None)
+        level(
+            "%d %s %s (%s) %.1fms",
+            status,
+            handler.request.method,
+            handler.request.uri,
+            user["name"] if user else handler.request.remote_ip,
+            1000 * handler.request.request_time(),
+        )
+
+    return log_request
+
+
+main = DSComputeService.launch_instance
+
+if __name__ == "__main__":
+    sys.exit(main())

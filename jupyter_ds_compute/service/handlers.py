@@ -1,0 +1,486 @@
+"""Tornado handlers of the ds-compute service (REST API + pages).
+
+Every handler is ``HubOAuthenticated``: a request is identified by an
+``Authorization: token ...`` header (a server's or a user's token) or by the
+HubOAuth cookie set after the browser's OAuth round trip. The hub checks that
+the token or cookie carries ``access:services!service=ds-compute``.
+
+The user is looked up asynchronously in :meth:`BaseHandler.prepare` (HubAuth's
+own ``get_current_user`` blocks the event loop on every cache miss).
+
+No ``xsrf_cookies``: tornado would check xsrf before HubAuth sees a token and
+refuse token POSTs; HubOAuth checks xsrf itself for cookie-authenticated
+POSTs (notes/hub-service.md).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import posixpath
+import re
+import traceback
+from http.client import responses
+from urllib.parse import quote, urlencode, urlparse
+
+from jupyterhub.services.auth import (
+    HubOAuthCallbackHandler,
+    HubOAuthenticated,
+    UserNotAllowed,
+)
+from tornado import web
+
+from .. import policy, tiers
+from .hubapi import HubAPIError, server_label
+from .orchestrator import profile_of
+from .store import SwitchInFlight, isoformat, utcnow
+
+__all__ = ["default_handlers", "safe_next_url"]
+
+_SERVER_SCOPE = re.compile(r"^access:servers!server=([^/]+)/(.*)$")
+
+
+class APIError(web.HTTPError):
+    """An API error answered as ``{"message", **extra}``."""
+
+    def __init__(self, status: int, message: str, **extra):
+        super().__init__(status, "%s", message)
+        self.message = message
+        self.extra = extra
+
+
+def safe_next_url(next_url, user: str, server_name: str, base_url: str = "/") -> str:
+    """Where to send the browser after a switch: ``next`` if it is safe, else Lab.
+
+    Safe means a plain path (no scheme, no host, no ``..``, no backslash or
+    control characters) under ``{base_url}user/<user>/`` or
+    ``{base_url}hub/user/<user>/``. Anything else (another user's server,
+    another site) gives ``{base_url}user/<user>/[<server>/]lab``.
+    """
+    user_prefix = f"{base_url}user/{quote(user, safe='')}/"
+    fallback = user_prefix + (f"{quote(server_name, safe='')}/" if server_name else "") + "lab"
+    if not isinstance(next_url, str) or not next_url or len(next_url) > 2000:
+        return fallback
+    if "\\" in next_url or any(ord(c) < 32 or ord(c) == 127 for c in next_url):
+        return fallback
+    parsed = urlparse(next_url)
+    if parsed.scheme or parsed.netloc or not parsed.path.startswith("/"):
+        return fallback
+    if next_url.startswith("//"):
+        return fallback
+    path = parsed.path
+    if "%2e" in path.lower() or "%2f" in path.lower():
+        return fallback
+    if ".." in path.split("/") or posixpath.normpath(path) + ("/" if path.endswith("/") else "") != path:
+        return fallback
+    if path.startswith(user_prefix) or path.startswith(f"{base_url}hub/user/{quote(user, safe='')}/"):
+        return next_url
+    return fallback
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    """Common parts: settings access, async auth, error rendering."""
+
+    @property
+    def hub_auth(self):
+        return self.settings["hub_auth"]
+
+    @property
+    def log(self):
+        return self.settings["log"]
+
+    @property
+    def store(self):
+        return self.settings["store"]
+
+    @property
+    def hub(self):
+        return self.settings["hub_api"]
+
+    @property
+    def orchestrator(self):
+        return self.settings["orchestrator"]
+
+    @property
+    def profiles(self) -> list[dict]:
+        return self.settings["profiles"]
+
+    @property
+    def base_url(self) -> str:
+        return self.settings["base_url"]
+
+    @property
+    def prefix(self) -> str:
+        return self.settings["service_prefix"]
+
+    async def prepare(self):
+        # identify the caller without blocking the loop (HubAuth.get_user
+        # with sync=True runs the request in a thread and waits for it)
+        if hasattr(self, "_hub_auth_user_cache"):
+            return
+        try:
+            model = await self.hub_auth.get_user(self, sync=False)
+        except web.HTTPError:
+            raise
+        except Exception as e:
+            self.log.error("Could not identify the caller with the hub: %s", e)
+            raise web.HTTPError(502, "Could not reach JupyterHub to identify you; try again shortly.")
+        if model:
+            try:
+                model = self.check_hub_user(model)
+            except UserNotAllowed:
+                self._hub_auth_user_cache = None
+                raise web.HTTPError(
+                    403,
+                    f"{model.get('kind', 'user')} {model['name']} may not use the ds-compute service",
+                )
+        self._hub_auth_user_cache = model
+
+    def is_admin(self) -> bool:
+        return bool(self.current_user and self.current_user.get("admin"))
+
+    def may_see(self, record: dict) -> bool:
+        return self.is_admin() or (
+            self.current_user is not None
+            and self.current_user.get("kind", "user") == "user"
+            and self.current_user["name"] == record["user"]
+        )
+
+    def get_switch_or_404(self, switch_id: str) -> dict:
+        record = self.store.get_switch(switch_id)
+        if record is None:
+            raise APIError(404, f"No switch with id {switch_id!r}.")
+        if not self.may_see(record):
+            raise APIError(403, f"Only {record['user']} or an admin may see this switch.")
+        return record
+
+
+class APIHandler(BaseHandler):
+    """JSON API: errors are ``{"message": ...}``, never a stack trace."""
+
+    def set_default_headers(self):
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+
+    def require_user(self) -> dict:
+        user = self.current_user
+        if user is None:
+            raise APIError(
+                403,
+                "Authentication required: send 'Authorization: token <token>' "
+                "(your server's JUPYTERHUB_API_TOKEN or a user token from the hub's token page).",
+            )
+        return user
+
+    def get_json_body(self) -> dict:
+        if not self.request.body:
+            return {}
+        try:
+            body = json.loads(self.request.body)
+        except ValueError:
+            raise APIError(400, "The request body is not valid JSON.")
+        if not isinstance(body, dict):
+            raise APIError(400, "The request body must be a JSON object.")
+        return body
+
+    def write_json(self, data, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data))
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        body = {"message": responses.get(status_code, "Error")}
+        if isinstance(exc, APIError):
+            body["message"] = exc.message
+            body.update(exc.extra)
+        elif isinstance(exc, web.HTTPError) and exc.log_message:
+            body["message"] = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code >= 500:
+            body["message"] = "Internal error in the ds-compute service; see its log."
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+
+class HealthHandler(APIHandler):
+    async def prepare(self):
+        pass  # unauthenticated
+
+    def get(self):
+        self.write_json({"ok": True})
+
+
+class SwitchListHandler(APIHandler):
+    """``POST api/switches`` starts a switch; ``GET api/switches?user=`` lists."""
+
+    def get(self):
+        caller = self.require_user()
+        user = self.get_argument("user", None)
+        limit = max(1, min(int(self.get_argument("limit", "100") or 100), 1000))
+        if not self.is_admin():
+            if user not in (None, caller["name"]):
+                raise APIError(403, "Only admins may list other users' switches.")
+            user = caller["name"]
+        self.write_json({"switches": self.store.list_switches(user=user, limit=limit)})
+
+    async def post(self):
+        caller = self.require_user()
+        body = self.get_json_body()
+        actor = caller["name"]
+        target = {"user": None, "server_name": None, "profile": body.get("profile")}
+
+        def refuse(status, message, **extra):
+            self.store.audit(
+                "request",
+                actor=actor,
+                user=target["user"],
+                server_name=target["server_name"],
+                to_profile=target["profile"] if isinstance(target["profile"], str) else None,
+                outcome="refused",
+                reason=f"{status}: {message}",
+            )
+            self.log.info(
+                "Refused switch of %s to %r by %s: %s",
+                server_label(target["user"] or "?", target["server_name"] or ""),
+                target["profile"],
+                actor,
+                message,
+            )
+            return APIError(status, message, **extra)
+
+        if caller.get("kind", "user") != "user":
+            raise refuse(403, "Only users (and their servers) may switch servers.")
+        is_admin = bool(caller.get("admin"))
+        owner = body.pop("user", None) or caller["name"]
+        if not isinstance(owner, str):
+            raise refuse(400, "'user' must be a user name.", field="user")
+        target["user"] = owner
+        server_name = body.pop("server_name", None)
+        if server_name is None:
+            server_name = self._token_server(caller, owner)
+        if not isinstance(server_name, str):
+            raise refuse(400, "'server_name' must be a string ('' for the default server).", field="server_name")
+        target["server_name"] = server_name
+        next_url = body.pop("next", None)
+        if next_url is not None and not isinstance(next_url, str):
+            raise refuse(400, "'next' must be a URL path.", field="next")
+        if owner != caller["name"] and not is_admin:
+            raise refuse(403, f"Only {owner} or an admin may switch {owner}'s server.")
+        if not isinstance(body.get("profile"), str) or not body.get("profile"):
+            raise refuse(400, "'profile' (the tier to switch to) is required.", field="profile")
+        label = server_label(owner, server_name)
+
+        try:
+            owner_model = await self.hub.get_user(owner)
+        except HubAPIError as e:
+            self.log.error("Could not read user %s from the hub: %s", owner, e)
+            raise refuse(502, "Could not ask JupyterHub about the user; try again shortly.")
+        if owner_model is None:
+            raise refuse(404, f"No such user: {owner}.")
+        groups = owner_model.get("groups") or []
+
+        # tier and option checks before anything is stopped
+        try:
+            options = tiers.validate_user_options(self.profiles, body, groups, is_admin)
+        except tiers.TierOptionsError as e:
+            extra = {"field": e.field} if e.field else {}
+            raise refuse(e.status, e.message, **extra)
+
+        try:
+            server = await self.hub.get_server(owner, server_name)
+        except HubAPIError as e:
+            self.log.error("Could not read server %s from the hub: %s", label, e)
+            raise refuse(502, "Could not ask JupyterHub about the server; try again shortly.")
+        what = f"{owner}'s server {server_name!r}" if server_name else f"{owner}'s default server"
+        if server is None:
+            raise refuse(404, f"{what} does not exist.")
+        if server.get("pending"):
+            raise refuse(
+                409, f"{what} is busy ({server['pending']} pending); try again when it has finished."
+            )
+        if not server.get("ready"):
+            raise refuse(
+                409,
+                f"{what} is not running. Start it from the hub's home page and pick the tier there.",
+            )
+        current = profile_of(server) or tiers.default_slug(self.profiles, groups)
+        from_options = dict(server.get("user_options") or {})
+        if current:
+            from_options["profile"] = current
+        if current == options["profile"]:
+            try:
+                same = tiers.validate_user_options(self.profiles, from_options, groups, is_admin) == options
+            except tiers.TierOptionsError:
+                same = False
+            if same:
+                tier = tiers.get_tier(self.profiles, current)
+                raise refuse(400, f"{what} is already on tier {tier.display_name} ({current}).", field="profile")
+
+        tier = tiers.get_tier(self.profiles, options["profile"])
+        try:
+            record = self.store.create_switch(
+                user=owner,
+                server_name=server_name,
+                requested_by=actor,
+                from_profile=current,
+                to_profile=options["profile"],
+                from_options=from_options,
+                to_options=options,
+                next_url=safe_next_url(next_url, owner, server_name, self.base_url),
+                validate_message=f"{tier.display_name} allowed for {owner}",
+            )
+        except SwitchInFlight as e:
+            raise refuse(
+                409,
+                f"A switch of {what} is already in progress; follow it or wait until it ends.",
+                id=e.switch_id,
+            )
+        self.store.audit(
+            "request",
+            actor=actor,
+            user=owner,
+            server_name=server_name,
+            switch_id=record["id"],
+            from_profile=current,
+            to_profile=options["profile"],
+            outcome="accepted",
+        )
+        self.log.info(
+            "Accepted switch %s of %s from %s to %s (requested by %s)",
+            record["id"],
+            label,
+            current,
+            options["profile"],
+            actor,
+        )
+        progress_url = f"{self.prefix}switches/{record['id']}"
+        if next_url:
+            progress_url += "?" + urlencode({"next": record["next"]})
+        # reply before stopping: the caller may be a kernel of this very server
+        self.set_status(202)
+        await self.finish(json.dumps({"id": record["id"], "progress_url": progress_url}))
+        self.orchestrator.launch(record["id"])
+
+    @staticmethod
+    def _token_server(caller: dict, owner: str) -> str:
+        """The server a server token belongs to (``access:servers!server=alice/``)."""
+        for scope in caller.get("scopes") or ():
+            m = _SERVER_SCOPE.match(scope)
+            if m and m.group(1) == owner:
+                return m.group(2)
+        return ""
+
+
+class SwitchHandler(APIHandler):
+    """``GET api/switches/<id>``: the record (owner or admin)."""
+
+    def get(self, switch_id):
+        self.require_user()
+        record = self.get_switch_or_404(switch_id)
+        record["now"] = isoformat(utcnow())
+        self.write_json(record)
+
+
+class TiersHandler(APIHandler):
+    """``GET api/tiers``: every tier with ``allowed``/``reason``/``default`` for the caller."""
+
+    async def get(self):
+        caller = self.require_user()
+        user = self.get_argument("user", None) or caller["name"]
+        if user != caller["name"] and not self.is_admin():
+            raise APIError(403, "Only admins may see another user's tiers.")
+        if user == caller["name"] and "groups" in caller:
+            groups = caller.get("groups") or []
+        else:
+            try:
+                model = await self.hub.get_user(user)
+            except HubAPIError as e:
+                self.log.error("Could not read user %s from the hub: %s", user, e)
+                raise APIError(502, "Could not ask JupyterHub about the user; try again shortly.")
+            if model is None:
+                raise APIError(404, f"No such user: {user}.")
+            groups = model.get("groups") or []
+        default = tiers.default_slug(self.profiles, groups)
+        out = []
+        for tier in tiers.tiers_of(self.profiles):
+            reason = policy.group_refusal(
+                tier.allowed_groups, groups, self.is_admin(), what=f"tier {tier.display_name!r}"
+            )
+            out.append({**tier.public(), "allowed": reason is None, "reason": reason, "default": tier.slug == default})
+        self.write_json({"tiers": out})
+
+
+class PageHandler(BaseHandler):
+    """HTML pages (HubOAuth cookie; anonymous browsers go through OAuth)."""
+
+    def render_page(self, name: str, **ns):
+        env = self.settings["jinja_env"]
+        ns.setdefault("user", self.current_user)
+        ns.setdefault("base_url", self.base_url)
+        ns.setdefault("prefix", self.prefix)
+        ns.setdefault("hub_static", f"{self.base_url}hub/static/")
+        self.finish(env.get_template(name).render(**ns))
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = responses.get(status_code, "Error")
+        if isinstance(exc, APIError):
+            message = exc.message
+        elif isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        if status_code >= 500 and not isinstance(exc, web.HTTPError):
+            self.log.error("Error rendering a page: %s", "".join(traceback.format_exception(*kwargs["exc_info"])))
+            message = "Internal error in the ds-compute service; see its log."
+        try:
+            self.render_page("error.html", status_code=status_code, message=message)
+        except Exception:
+            self.finish(f"<h1>{status_code}</h1><p>{html.escape(message)}</p>")
+
+
+class ProgressPageHandler(PageHandler):
+    """``GET switches/<id>``: live progress, then back to ``next``."""
+
+    @web.authenticated
+    def get(self, switch_id):
+        record = self.get_switch_or_404(switch_id)
+        next_url = safe_next_url(
+            self.get_argument("next", None) or record["next"],
+            record["user"],
+            record["server_name"],
+            self.base_url,
+        )
+        self.render_page(
+            "progress.html",
+            record=record,
+            api_url=f"{self.prefix}api/switches/{switch_id}",
+            next_url=next_url,
+            home_url=f"{self.base_url}hub/home",
+        )
+
+
+class IndexHandler(PageHandler):
+    """``GET /services/ds-compute/``: the user's recent switches (the Services menu link)."""
+
+    @web.authenticated
+    def get(self):
+        user = self.current_user
+        switches = self.store.list_switches(user=None if self.is_admin() else user["name"], limit=50)
+        self.render_page("index.html", switches=switches)
+
+
+class OAuthCallbackHandler(HubOAuthCallbackHandler):
+    @property
+    def hub_auth(self):
+        return self.settings["hub_auth"]
+
+
+def default_handlers(prefix: str) -> list[tuple]:
+    """Routes under the service prefix (``/services/ds-compute/``)."""
+    return [
+        (prefix + "oauth_callback", OAuthCallbackHandler),
+        (prefix + "api/health", HealthHandler),
+        (prefix + "api/switches", SwitchListHandler),
+        (prefix + r"api/switches/([A-Za-z0-9_-]+)", SwitchHandler),
+        (prefix + "api/tiers", TiersHandler),
+        (prefix + r"switches/([A-Za-z0-9_-]+)", ProgressPageHandler),
+        (prefix.rstrip("/") + "/?", IndexHandler),
+    ]

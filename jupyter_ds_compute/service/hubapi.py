@@ -1,0 +1,246 @@
+"""A small async client of the JupyterHub REST API (JupyterHub >= 6.0).
+
+Only the calls the switch needs, each bounded by ``request_timeout``; the
+waits poll with a fixed interval and are bounded by the timeout they are
+given. Scopes needed by the service's token: ``servers`` (read, start,
+delete, patch ``user_options``, ``/progress``) and ``read:users:groups``
+(the owner's groups for tier checks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from urllib.parse import quote
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+__all__ = ["HubAPI", "HubAPIError", "server_label"]
+
+log = logging.getLogger(__name__)
+
+
+class HubAPIError(Exception):
+    """A hub API call failed: ``status`` (0 for no answer) and the hub's message."""
+
+    def __init__(self, status: int, message: str, *, method: str = "", path: str = ""):
+        super().__init__(f"{method} {path}: {status} {message}".strip())
+        self.status = status
+        self.message = message
+        self.method = method
+        self.path = path
+
+
+def server_label(user: str, server_name: str) -> str:
+    """``user:server`` as logs and messages name a server (``alice:`` is the default one)."""
+    return f"{user}:{server_name}"
+
+
+def _server_path(user: str, server_name: str) -> str:
+    u = quote(user, safe="")
+    if server_name:
+        return f"/users/{u}/servers/{quote(server_name, safe='')}"
+    return f"/users/{u}/server"
+
+
+class HubAPI:
+    """Async hub REST API calls made with the service's own token."""
+
+    def __init__(
+        self,
+        api_url: str,
+        api_token: str,
+        *,
+        request_timeout: float = 30,
+        poll_interval: float = 0.5,
+    ):
+        self.api_url = api_url.rstrip("/")
+        self.api_token = api_token
+        self.request_timeout = request_timeout
+        self.poll_interval = poll_interval
+        self.client = AsyncHTTPClient()
+
+    async def request(self, method: str, path: str, body=None, *, ok=(200, 201, 202, 204)):
+        """One API call; returns ``(status, parsed JSON or text or None)``.
+
+        Raises :class:`HubAPIError` for statuses not in ``ok`` and when the
+        hub does not answer within ``request_timeout``.
+        """
+        headers = {"Authorization": f"token {self.api_token}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        req = HTTPRequest(
+            self.api_url + path,
+            method=method,
+            headers=headers,
+            body=None if body is None else json.dumps(body),
+            request_timeout=self.request_timeout,
+            connect_timeout=self.request_timeout,
+            # POST/DELETE without a body
+            allow_nonstandard_methods=True,
+        )
+        try:
+            resp = await asyncio.wait_for(
+                self.client.fetch(req, raise_error=False), self.request_timeout + 5
+            )
+        except asyncio.TimeoutError:
+            raise HubAPIError(
+                0, f"no answer within {self.request_timeout:g}s", method=method, path=path
+            ) from None
+        except (OSError, HTTPClientError) as e:
+            raise HubAPIError(0, f"hub unreachable: {e}", method=method, path=path) from None
+        text = resp.body.decode("utf8", "replace") if resp.body else ""
+        data = None
+        if text:
+            try:
+                data = json.loads(text)
+            except ValueError:
+                data = text
+        if resp.code not in ok:
+            if resp.code == 599:
+                message = f"hub unreachable: {resp.error}"
+            elif isinstance(data, dict) and data.get("message"):
+                message = str(data["message"])
+            else:
+                message = resp.reason or "error"
+            raise HubAPIError(resp.code, message, method=method, path=path)
+        return resp.code, data
+
+    # models
+
+    async def get_user(self, user: str) -> dict | None:
+        """The user model (as far as the token may read it), None if no such user."""
+        try:
+            _, data = await self.request("GET", f"/users/{quote(user, safe='')}")
+        except HubAPIError as e:
+            if e.status == 404:
+                return None
+            raise
+        return data
+
+    async def get_server(self, user: str, server_name: str = "") -> dict | None:
+        """The server model (``ready``, ``pending``, ``stopped``, ``user_options``...).
+
+        None if the user has no such server.
+        """
+        try:
+            _, data = await self.request("GET", _server_path(user, server_name))
+        except HubAPIError as e:
+            if e.status == 404:
+                return None
+            raise
+        return data
+
+    # actions
+
+    async def stop_server(self, user: str, server_name: str = "") -> int:
+        """DELETE the server: 204 stopped, 202 stop pending."""
+        status, _ = await self.request("DELETE", _server_path(user, server_name))
+        return status
+
+    async def patch_user_options(self, user: str, server_name: str, user_options: dict) -> dict:
+        """Store ``user_options`` on a *stopped* server (JupyterHub 6.0)."""
+        _, data = await self.request(
+            "PATCH", _server_path(user, server_name), {"user_options": user_options}
+        )
+        return data
+
+    async def start_server(self, user: str, server_name: str, user_options: dict) -> str:
+        """POST the server with ``user_options``.
+
+        Returns ``"ready"`` (201), ``"pending"`` (202) or ``"already-running"``
+        (400 "already running": someone started it in the gap; the caller must
+        check ``user_options`` afterwards).
+        """
+        try:
+            status, _ = await self.request(
+                "POST", _server_path(user, server_name), {"user_options": user_options}
+            )
+        except HubAPIError as e:
+            if e.status == 400 and "already running" in e.message:
+                return "already-running"
+            raise
+        return "ready" if status == 201 else "pending"
+
+    # waits
+
+    async def wait_for(
+        self,
+        user: str,
+        server_name: str,
+        done: Callable[[dict | None], bool],
+        timeout: float,
+        what: str,
+    ) -> dict | None:
+        """Poll the server model until ``done(model)``; returns that model.
+
+        Raises :class:`asyncio.TimeoutError` (with ``what`` in the message)
+        after ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            model = await self.get_server(user, server_name)
+            if done(model):
+                return model
+            if loop.time() >= deadline:
+                raise asyncio.TimeoutError(
+                    f"{server_label(user, server_name)} not {what} after {timeout:g}s"
+                )
+            await asyncio.sleep(self.poll_interval)
+
+    async def wait_stopped(self, user: str, server_name: str, timeout: float) -> dict | None:
+        return await self.wait_for(
+            user,
+            server_name,
+            lambda m: m is None or (m["stopped"] and not m["pending"]),
+            timeout,
+            "stopped",
+        )
+
+    async def progress(
+        self,
+        user: str,
+        server_name: str,
+        on_event: Callable[[dict], Awaitable[None] | None],
+        timeout: float,
+    ) -> None:
+        """Follow the hub's spawn-progress event stream, calling ``on_event(event)``.
+
+        Ends when the hub ends the stream (spawn ready or failed) or after
+        ``timeout``. The hub answers 400 unless a spawn is pending, so call it
+        after the POST.
+        """
+        path = _server_path(user, server_name) + "/progress"
+        buf = b""
+
+        def on_chunk(chunk: bytes) -> None:
+            nonlocal buf
+            buf += chunk
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                for line in block.decode("utf8", "replace").splitlines():
+                    if not line.startswith("data:"):
+                        continue
+                    try:
+                        event = json.loads(line[5:].strip())
+                    except ValueError:
+                        continue
+                    if isinstance(event, dict):
+                        res = on_event(event)
+                        if asyncio.iscoroutine(res):
+                            asyncio.ensure_future(res)
+
+        req = HTTPRequest(
+            self.api_url + path,
+            headers={"Authorization": f"token {self.api_token}", "Accept": "text/event-stream"},
+            streaming_callback=on_chunk,
+            request_timeout=timeout,
+            connect_timeout=self.request_timeout,
+        )
+        try:
+            await asyncio.wait_for(self.client.fetch(req, raise_error=False), timeout + 5)
+        except asyncio.TimeoutError:
+            pass

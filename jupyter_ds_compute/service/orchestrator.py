@@ -1,0 +1,465 @@
+"""The switch state machine: stop, patch options, start, wait ready, verify;
+roll back to the previous tier on failure; reconcile after a restart.
+
+Order and races follow ``notes/hub-service.md`` (JupyterHub 6.1):
+
+1. ``stop``: ``DELETE`` the server, poll until ``stopped and not pending``.
+2. ``patch-options``: ``PATCH`` the stopped server's ``user_options``, so a
+   "Launch Server" click by the user in the gap also starts the new tier.
+3. ``start``: ``POST`` with the new ``user_options``; 400 "already running"
+   means someone started it in the gap, which ``verify`` then judges.
+4. ``wait-ready``: poll until ``ready`` while copying the hub's spawn
+   progress messages into the step's message.
+5. ``verify``: ``user_options.profile`` of the running server is the target.
+
+Any failure records why, then restarts the server on the previous tier with
+the previous ``user_options`` (``rolled_back``). If that fails too the server
+is left stopped and the switch is ``failed``. Every wait is bounded.
+
+State lives in the :class:`~.store.Store`, so :meth:`Orchestrator.reconcile`
+can finish any switch a killed service left behind, judging from the hub's
+server model where the switch really is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .hubapi import HubAPIError, server_label
+from .store import STEP_NAMES, Store
+
+__all__ = ["Orchestrator", "StepFailed", "profile_of"]
+
+
+class StepFailed(Exception):
+    """A step failed; ``reason`` is what the user and the audit log see."""
+
+    def __init__(self, step: str, reason: str):
+        super().__init__(f"{step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+def profile_of(model: dict | None) -> str | None:
+    """The tier slug a server model was started with (``user_options.profile``)."""
+    if not model:
+        return None
+    return (model.get("user_options") or {}).get("profile")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, HubAPIError):
+        if exc.status:
+            return f"the hub answered {exc.status}: {exc.message}"
+        return exc.message
+    if isinstance(exc, asyncio.TimeoutError):
+        return str(exc) or "timed out"
+    return str(exc) or type(exc).__name__
+
+
+class Orchestrator:
+    """Runs switches recorded in ``store`` against the hub API ``hub``.
+
+    ``hub`` is a :class:`~.hubapi.HubAPI` (tests pass a fake with the same
+    methods). Timeouts are in seconds.
+    """
+
+    def __init__(
+        self,
+        hub,
+        store: Store,
+        *,
+        stop_timeout: float = 300,
+        start_timeout: float = 600,
+        log: logging.Logger | None = None,
+    ):
+        self.hub = hub
+        self.store = store
+        self.stop_timeout = stop_timeout
+        self.start_timeout = start_timeout
+        self.log = log or logging.getLogger(__name__)
+        self.tasks: dict[str, asyncio.Task] = {}
+
+    # entry points
+
+    def launch(self, switch_id: str, *, resume: bool = False) -> asyncio.Task:
+        """Run (or resume) a switch in the background; returns its task."""
+        task = self.tasks.get(switch_id)
+        if task is not None and not task.done():
+            return task
+        task = asyncio.ensure_future(self.run(switch_id, resume=resume))
+        self.tasks[switch_id] = task
+        task.add_done_callback(lambda t: self._task_done(switch_id, t))
+        return task
+
+    def _task_done(self, switch_id: str, task: asyncio.Task) -> None:
+        if self.tasks.get(switch_id) is task:
+            del self.tasks[switch_id]
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.log.error(
+                "Switch %s ended with an unexpected error: %s", switch_id, exc, exc_info=exc
+            )
+
+    async def reconcile(self) -> list[asyncio.Task]:
+        """Resume every switch that is not in a final state (at service start)."""
+        tasks = []
+        for sw in self.store.unfinished_switches():
+            self.log.info(
+                "Reconciling switch %s of %s (%s -> %s, state %s)",
+                sw["id"],
+                server_label(sw["user"], sw["server_name"]),
+                sw["from_profile"],
+                sw["to_profile"],
+                sw["state"],
+            )
+            tasks.append(self.launch(sw["id"], resume=sw["state"] != "pending"))
+        return tasks
+
+    async def stop(self) -> None:
+        """Cancel running switches (they are resumed by the next reconcile)."""
+        tasks = list(self.tasks.values())
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    # the state machine
+
+    async def run(self, switch_id: str, *, resume: bool = False) -> dict:
+        """Drive one switch to a final state; returns the final record."""
+        sw = self.store.get_switch(switch_id)
+        if sw is None:
+            raise KeyError(switch_id)
+        label = server_label(sw["user"], sw["server_name"])
+        t0 = time.monotonic()
+        self.store.set_state(switch_id, "running")
+        try:
+            if resume:
+                done = await self._resume(sw)
+                if done:
+                    return self.store.get_switch(switch_id)
+            else:
+                self.log.info(
+                    "Switching %s from tier %s to %s (switch %s)",
+                    label,
+                    sw["from_profile"],
+                    sw["to_profile"],
+                    switch_id,
+                )
+                await self._forward(sw, "stop")
+        except StepFailed as e:
+            reason = f"step {e.step} failed: {e.reason}"
+            self.log.warning("Switch %s of %s failed, rolling back: %s", switch_id, label, reason)
+            await self._rollback(sw, reason)
+        else:
+            self._finish(sw, "succeeded", None)
+        self.log.info(
+            "Switch %s of %s finished in %.1fs: %s",
+            switch_id,
+            label,
+            time.monotonic() - t0,
+            self.store.get_switch(switch_id)["state"],
+        )
+        return self.store.get_switch(switch_id)
+
+    async def _forward(self, sw: dict, start_at: str) -> None:
+        """Run the forward steps from ``start_at`` on; raises StepFailed."""
+        user, name = sw["user"], sw["server_name"]
+        target = sw["to_options"]
+        steps = {
+            "stop": lambda: self._do_stop(user, name),
+            "patch-options": lambda: self._do_patch(user, name, target),
+            "start": lambda: self._do_start(user, name, target),
+            "wait-ready": lambda: self._do_wait_ready(sw, "wait-ready"),
+            "verify": lambda: self._do_verify(user, name, sw["to_profile"]),
+        }
+        names = list(STEP_NAMES[1:])
+        for step_name in names[names.index(start_at) :]:
+            await self._step(sw, step_name, steps[step_name])
+
+    async def _step(self, sw: dict, step_name: str, action) -> str:
+        """Run one step, recording status, timing, message and audit."""
+        sid = sw["id"]
+        self.store.set_step(sid, step_name, "running")
+        t0 = time.monotonic()
+        try:
+            message = await action()
+        except asyncio.CancelledError:
+            raise
+        except StepFailed as e:
+            reason = e.reason
+        except (HubAPIError, asyncio.TimeoutError) as e:
+            reason = _describe(e)
+        except Exception as e:
+            self.log.exception(
+                "Unexpected error in step %s of switch %s (%s)",
+                step_name,
+                sid,
+                server_label(sw["user"], sw["server_name"]),
+            )
+            reason = f"internal error: {_describe(e)} (see the service log)"
+        else:
+            duration = time.monotonic() - t0
+            self.store.set_step(sid, step_name, "done", message or "")
+            self._audit_step(sw, step_name, "done", duration, message)
+            return message
+        duration = time.monotonic() - t0
+        self.store.set_step(sid, step_name, "failed", reason)
+        self._audit_step(sw, step_name, "failed", duration, reason)
+        raise StepFailed(step_name, reason)
+
+    # step actions (return the step's final message)
+
+    async def _do_stop(self, user: str, name: str) -> str:
+        t0 = time.monotonic()
+        status = await self.hub.stop_server(user, name)
+        if status == 202:
+            await self.hub.wait_stopped(user, name, self.stop_timeout)
+        return f"stopped in {time.monotonic() - t0:.1f}s"
+
+    async def _do_patch(self, user: str, name: str, options: dict) -> str:
+        await self.hub.patch_user_options(user, name, options)
+        return f"stored options {_short(options)}"
+
+    async def _do_start(self, user: str, name: str, options: dict) -> str:
+        result = await self.hub.start_server(user, name, options)
+        if result == "already-running":
+            return "the server was already started by someone else; checking its tier"
+        if result == "ready":
+            return "started"
+        return "start requested"
+
+    async def _do_wait_ready(self, sw: dict, step_name: str) -> str:
+        user, name, sid = sw["user"], sw["server_name"], sw["id"]
+        last = {"message": ""}
+
+        def on_event(event: dict) -> None:
+            message = str(event.get("message") or "").strip()
+            if message:
+                last["message"] = message
+                self.store.set_step(sid, step_name, message=message)
+
+        progress = asyncio.ensure_future(
+            self.hub.progress(user, name, on_event, self.start_timeout)
+        )
+        t0 = time.monotonic()
+        try:
+            model = await self.hub.wait_for(
+                user,
+                name,
+                lambda m: m is None or m["ready"] or (m["stopped"] and not m["pending"]),
+                self.start_timeout,
+                "ready",
+            )
+            if model is None:
+                raise StepFailed(step_name, "the server no longer exists")
+            if not model["ready"]:
+                # give the stream a moment to deliver "Spawn failed: <why>"
+                try:
+                    await asyncio.wait_for(asyncio.shield(progress), 2)
+                except asyncio.TimeoutError:
+                    pass
+                why = last["message"] or "the server stopped while starting"
+                raise StepFailed(step_name, why)
+        finally:
+            if not progress.done():
+                progress.cancel()
+        return f"ready in {time.monotonic() - t0:.1f}s"
+
+    async def _do_verify(self, user: str, name: str, profile: str | None) -> str:
+        model = await self.hub.get_server(user, name)
+        if model is None or not model["ready"]:
+            raise StepFailed("verify", "the server is not running")
+        actual = profile_of(model)
+        if actual != profile:
+            raise StepFailed("verify", f"the server runs on tier {actual!r}, not {profile!r}")
+        return f"running on tier {profile}"
+
+    # rollback
+
+    async def _rollback(self, sw: dict, reason: str) -> None:
+        sid = sw["id"]
+        user, name = sw["user"], sw["server_name"]
+        label = server_label(user, name)
+        previous = sw["from_options"]
+        self.store.set_state(sid, "running", error=reason)
+        self.store.add_step(sid, "rollback")
+        self.store.set_step(
+            sid, "rollback", "running", f"restarting on the previous tier {sw['from_profile']}"
+        )
+        t0 = time.monotonic()
+        try:
+            model = await self.hub.get_server(user, name)
+            if model and model["ready"] and not model["pending"] and (
+                profile_of(model) == sw["from_profile"]
+            ):
+                message = f"the server is still running on tier {sw['from_profile']}"
+            else:
+                if model and (not model["stopped"] or model["pending"]):
+                    self.store.set_step(sid, "rollback", message="stopping")
+                    status = await self.hub.stop_server(user, name)
+                    if status == 202 or model["pending"]:
+                        await self.hub.wait_stopped(user, name, self.stop_timeout)
+                self.store.set_step(
+                    sid, "rollback", message=f"starting on tier {sw['from_profile']}"
+                )
+                await self.hub.patch_user_options(user, name, previous)
+                await self.hub.start_server(user, name, previous)
+                await self._do_wait_ready(sw, "rollback")
+                await self._do_verify(user, name, sw["from_profile"])
+                message = f"running again on tier {sw['from_profile']}"
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            why = e.reason if isinstance(e, StepFailed) else _describe(e)
+            if not isinstance(e, (StepFailed, HubAPIError, asyncio.TimeoutError)):
+                self.log.exception("Unexpected error rolling back %s (switch %s)", label, sid)
+            duration = time.monotonic() - t0
+            self.store.set_step(sid, "rollback", "failed", why)
+            self._audit_step(sw, "rollback", "failed", duration, why)
+            stopped = await self._ensure_stopped(user, name)
+            error = (
+                f"{reason}. Restarting on the previous tier {sw['from_profile']} failed too: {why}. "
+                + (
+                    "The server is stopped; start it again from the hub's home page, "
+                    "and tell an administrator if that fails."
+                    if stopped
+                    else "The server could not be stopped either; an administrator must look at it."
+                )
+            )
+            self.log.error("Rollback of %s failed (switch %s): %s", label, sid, why)
+            self._finish(sw, "failed", error)
+            return
+        duration = time.monotonic() - t0
+        self.store.set_step(sid, "rollback", "done", message)
+        self._audit_step(sw, "rollback", "done", duration, message)
+        self._finish(
+            sw,
+            "rolled_back",
+            f"{reason}. The server was restarted on the previous tier {sw['from_profile']}.",
+        )
+
+    async def _ensure_stopped(self, user: str, name: str) -> bool:
+        """Best effort: leave the server stopped (never half-started)."""
+        try:
+            model = await self.hub.get_server(user, name)
+            if model is None or (model["stopped"] and not model["pending"]):
+                return True
+            await self.hub.stop_server(user, name)
+            await self.hub.wait_stopped(user, name, self.stop_timeout)
+            return True
+        except Exception as e:
+            self.log.error("Could not stop %s after a failed rollback: %s", server_label(user, name), _describe(e))
+            return False
+
+    # reconcile
+
+    async def _resume(self, sw: dict) -> bool:
+        """Pick up a switch a previous service process left running.
+
+        Returns True when the switch was finished here, False when the
+        forward path ran to success (the caller records ``succeeded``);
+        raises StepFailed to make the caller roll back.
+        """
+        sid = sw["id"]
+        user, name = sw["user"], sw["server_name"]
+        for step in sw["steps"]:
+            if step["status"] == "running":
+                self.store.set_step(
+                    sid, step["name"], message="interrupted by a restart of the service; resuming"
+                )
+        # a start or stop may still be in progress: let it settle first
+        try:
+            model = await self.hub.wait_for(
+                user,
+                name,
+                lambda m: m is None or not m["pending"],
+                self.start_timeout,
+                "settled",
+            )
+        except (HubAPIError, asyncio.TimeoutError) as e:
+            raise StepFailed("reconcile", _describe(e)) from None
+        in_rollback = any(s["name"] == "rollback" for s in sw["steps"])
+        if model is None:
+            self._close_steps(sw, "failed", "the server no longer exists")
+            self._finish(sw, "failed", "The server was deleted during the switch.")
+            return True
+        actual = profile_of(model)
+        if in_rollback:
+            reason = sw["error"] or "the switch was interrupted"
+            if model["ready"] and actual == sw["from_profile"]:
+                self._close_steps(sw, "done", f"running again on tier {sw['from_profile']}")
+                self._finish(
+                    sw,
+                    "rolled_back",
+                    f"{reason}. The server was restarted on the previous tier {sw['from_profile']}.",
+                )
+            else:
+                await self._rollback(sw, reason)
+            return True
+        if model["ready"]:
+            if actual == sw["to_profile"]:
+                self._close_steps(sw, "done", f"confirmed after a service restart: running on tier {actual}")
+                return False
+            if actual == sw["from_profile"]:
+                self._close_steps(sw, "skipped", "not done: the service restarted before this step")
+                self._finish(
+                    sw,
+                    "rolled_back",
+                    f"The service restarted during the switch; the server is still running on tier {actual}. "
+                    "Switch again if you still want to.",
+                )
+                return True
+            raise StepFailed("verify", f"the server runs on tier {actual!r}, not {sw['to_profile']!r}")
+        # stopped: everything up to the stop is done; start on the target tier
+        for step in sw["steps"]:
+            if step["name"] == "stop" and step["status"] != "done":
+                self.store.set_step(sid, "stop", "done", "confirmed stopped after a service restart")
+        await self._forward(self.store.get_switch(sid), "patch-options")
+        return False
+
+    def _close_steps(self, sw: dict, status: str, message: str) -> None:
+        for step in self.store.get_switch(sw["id"])["steps"]:
+            if step["status"] in ("pending", "running"):
+                self.store.set_step(sw["id"], step["name"], status, message)
+
+    # records
+
+    def _finish(self, sw: dict, state: str, error: str | None) -> None:
+        sid = sw["id"]
+        self.store.set_state(sid, state, error=error)
+        record = self.store.get_switch(sid)
+        self.store.audit(
+            "final",
+            actor=sw["requested_by"],
+            user=sw["user"],
+            server_name=sw["server_name"],
+            switch_id=sid,
+            from_profile=sw["from_profile"],
+            to_profile=sw["to_profile"],
+            outcome=state,
+            duration=record["duration"],
+            reason=error,
+        )
+
+    def _audit_step(self, sw, step_name, status, duration, message) -> None:
+        self.store.audit(
+            "step",
+            actor=sw["requested_by"],
+            user=sw["user"],
+            server_name=sw["server_name"],
+            switch_id=sw["id"],
+            from_profile=sw["from_profile"],
+            to_profile=sw["to_profile"],
+            outcome=f"{step_name}:{status}",
+            duration=round(duration, 3),
+            reason=message or None,
+        )
+
+
+def _short(options: dict) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,423 @@
+"""SQLite store of the ds-compute service: switches, their steps, the audit log.
+
+Plain :mod:`sqlite3`, one connection, every call a short transaction. The
+service runs one process with one event loop, so calls are made from that
+loop; each is a few indexed statements on a local file (well under a
+millisecond), which is cheaper than hopping to a thread.
+
+Tables
+------
+``switches``
+    one row per accepted switch request; ``state`` is ``pending``,
+    ``running``, ``succeeded``, ``rolled_back`` or ``failed``. A partial
+    unique index makes "one switch per server at a time" hold even if two
+    requests race: the second insert fails and the caller answers 409.
+``steps``
+    the steps of a switch in order (``validate``, ``stop``,
+    ``patch-options``, ``start``, ``wait-ready``, ``verify``, ``rollback``),
+    each ``pending``/``running``/``done``/``failed``/``skipped``.
+``audit``
+    append-only: every request (accepted or refused, with the reason),
+    every step outcome and every final outcome, with who, when,
+    from -> to, duration and reason. The admin page reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from datetime import datetime, timezone
+
+__all__ = [
+    "ACTIVE_STATES",
+    "FINAL_STATES",
+    "STEP_NAMES",
+    "Store",
+    "SwitchInFlight",
+    "isoformat",
+    "utcnow",
+]
+
+ACTIVE_STATES = ("pending", "running")
+FINAL_STATES = ("succeeded", "rolled_back", "failed")
+STEP_NAMES = ("validate", "stop", "patch-options", "start", "wait-ready", "verify")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS switches (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    server_name TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    from_profile TEXT,
+    to_profile TEXT NOT NULL,
+    from_options TEXT NOT NULL,
+    to_options TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT,
+    next TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    finished REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_active_switch_per_server
+    ON switches (user, server_name) WHERE state IN ('pending', 'running');
+CREATE INDEX IF NOT EXISTS switches_by_user ON switches (user, created);
+CREATE TABLE IF NOT EXISTS steps (
+    switch_id TEXT NOT NULL REFERENCES switches (id),
+    idx INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started REAL,
+    finished REAL,
+    message TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (switch_id, name)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    actor TEXT,
+    user TEXT,
+    server_name TEXT,
+    switch_id TEXT,
+    event TEXT NOT NULL,
+    from_profile TEXT,
+    to_profile TEXT,
+    outcome TEXT,
+    duration REAL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_by_ts ON audit (ts);
+"""
+
+
+def utcnow() -> float:
+    """Current unix time.
+
+    Only a standalone function for mocking purposes.
+    """
+    return time.time()
+
+
+def isoformat(ts: float | None) -> str | None:
+    """Unix time -> ISO 8601 UTC with milliseconds and a ``Z``, like JupyterHub."""
+    if ts is None:
+        return None
+    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+class SwitchInFlight(Exception):
+    """A switch of that server is already pending or running."""
+
+    def __init__(self, switch_id: str):
+        super().__init__(switch_id)
+        self.switch_id = switch_id
+
+
+def sqlite_path(db_url: str) -> str:
+    """The file of a ``sqlite:///path`` URL (``sqlite:///:memory:`` allowed)."""
+    prefix = "sqlite:///"
+    if not db_url.startswith(prefix):
+        raise ValueError(
+            f"db_url must be a sqlite URL like 'sqlite:///path/to/ds-compute.sqlite', got {db_url!r}"
+        )
+    return db_url[len(prefix) :] or ":memory:"
+
+
+class Store:
+    """The service's persistent records (see the module docstring)."""
+
+    def __init__(self, db_url: str = "sqlite:///:memory:"):
+        path = sqlite_path(db_url)
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=10)
+        self.db.row_factory = sqlite3.Row
+        if path != ":memory:":
+            self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # switches
+
+    def create_switch(
+        self,
+        *,
+        user: str,
+        server_name: str,
+        requested_by: str,
+        from_profile: str | None,
+        to_profile: str,
+        from_options: dict,
+        to_options: dict,
+        next_url: str | None = None,
+        validate_message: str = "",
+    ) -> dict:
+        """Record an accepted switch (state ``pending``) with its steps.
+
+        The ``validate`` step is recorded as done (validation happens before
+        the request is accepted). Raises :class:`SwitchInFlight` with the id
+        of the switch already in flight for that server.
+        """
+        switch_id = uuid.uuid4().hex[:12]
+        now = utcnow()
+        try:
+            with self._tx():
+                self.db.execute(
+                    "INSERT INTO switches (id, user, server_name, requested_by, from_profile,"
+                    " to_profile, from_options, to_options, state, next, created, updated)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                    (
+                        switch_id,
+                        user,
+                        server_name,
+                        requested_by,
+                        from_profile,
+                        to_profile,
+                        json.dumps(from_options),
+                        json.dumps(to_options),
+                        next_url,
+                        now,
+                        now,
+                    ),
+                )
+                for idx, name in enumerate(STEP_NAMES):
+                    done = name == "validate"
+                    self.db.execute(
+                        "INSERT INTO steps (switch_id, idx, name, status, started, finished, message)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            switch_id,
+                            idx,
+                            name,
+                            "done" if done else "pending",
+                            now if done else None,
+                            now if done else None,
+                            validate_message if done else "",
+                        ),
+                    )
+        except sqlite3.IntegrityError:
+            active = self.active_switch(user, server_name)
+            if active is None:  # pragma: no cover - finished in between; let the caller retry
+                raise
+            raise SwitchInFlight(active["id"]) from None
+        return self.get_switch(switch_id)
+
+    def get_switch(self, switch_id: str) -> dict | None:
+        """The switch record as the REST API returns it, or None."""
+        row = self.db.execute("SELECT * FROM switches WHERE id = ?", (switch_id,)).fetchone()
+        if row is None:
+            return None
+        return self._switch_model(row)
+
+    def active_switch(self, user: str, server_name: str) -> dict | None:
+        row = self.db.execute(
+            "SELECT * FROM switches WHERE user = ? AND server_name = ? AND state IN ('pending', 'running')",
+            (user, server_name),
+        ).fetchone()
+        return None if row is None else self._switch_model(row)
+
+    def unfinished_switches(self) -> list[dict]:
+        """Every switch not in a final state, oldest first (for reconcile)."""
+        rows = self.db.execute(
+            "SELECT * FROM switches WHERE state IN ('pending', 'running') ORDER BY created"
+        ).fetchall()
+        return [self._switch_model(r) for r in rows]
+
+    def list_switches(self, user: str | None = None, limit: int = 100) -> list[dict]:
+        """Newest first; all users when ``user`` is None."""
+        if user is None:
+            rows = self.db.execute(
+                "SELECT * FROM switches ORDER BY created DESC LIMIT ?", (int(limit),)
+            ).fetchall()
+        else:
+            rows = self.db.execute(
+                "SELECT * FROM switches WHERE user = ? ORDER BY created DESC LIMIT ?",
+                (user, int(limit)),
+            ).fetchall()
+        return [self._switch_model(r) for r in rows]
+
+    def set_state(self, switch_id: str, state: str, error: str | None = None) -> None:
+        """Move a switch to ``state``; final states record ``finished``."""
+        now = utcnow()
+        finished = now if state in FINAL_STATES else None
+        with self._tx():
+            if error is None:
+                self.db.execute(
+                    "UPDATE switches SET state = ?, updated = ?, finished = ? WHERE id = ?",
+                    (state, now, finished, switch_id),
+                )
+            else:
+                self.db.execute(
+                    "UPDATE switches SET state = ?, error = ?, updated = ?, finished = ? WHERE id = ?",
+                    (state, error, now, finished, switch_id),
+                )
+
+    # steps
+
+    def add_step(self, switch_id: str, name: str) -> None:
+        """Append a step (e.g. ``rollback``) if it is not there yet."""
+        with self._tx():
+            (idx,) = self.db.execute(
+                "SELECT COALESCE(MAX(idx), -1) + 1 FROM steps WHERE switch_id = ?", (switch_id,)
+            ).fetchone()
+            self.db.execute(
+                "INSERT OR IGNORE INTO steps (switch_id, idx, name, status) VALUES (?, ?, ?, 'pending')",
+                (switch_id, idx, name),
+            )
+
+    def set_step(
+        self, switch_id: str, name: str, status: str | None = None, message: str | None = None
+    ) -> None:
+        """Update a step: ``running`` stamps ``started``, final statuses ``finished``."""
+        now = utcnow()
+        sets, args = ["message = COALESCE(?, message)"], [message]
+        if status is not None:
+            sets.append("status = ?")
+            args.append(status)
+            if status == "running":
+                sets.append("started = COALESCE(started, ?)")
+                args.append(now)
+            elif status in ("done", "failed", "skipped"):
+                sets.append("finished = ?")
+                args.append(now)
+                sets.append("started = COALESCE(started, ?)")
+                args.append(now)
+        with self._tx():
+            self.db.execute(
+                f"UPDATE steps SET {', '.join(sets)} WHERE switch_id = ? AND name = ?",
+                (*args, switch_id, name),
+            )
+            self.db.execute("UPDATE switches SET updated = ? WHERE id = ?", (now, switch_id))
+
+    def get_step(self, switch_id: str, name: str) -> dict | None:
+        row = self.db.execute(
+            "SELECT * FROM steps WHERE switch_id = ? AND name = ?", (switch_id, name)
+        ).fetchone()
+        return None if row is None else self._step_model(row)
+
+    # audit
+
+    def audit(
+        self,
+        event: str,
+        *,
+        actor: str | None = None,
+        user: str | None = None,
+        server_name: str | None = None,
+        switch_id: str | None = None,
+        from_profile: str | None = None,
+        to_profile: str | None = None,
+        outcome: str | None = None,
+        duration: float | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Append one audit event.
+
+        ``event`` is ``request`` (outcome ``accepted``/``refused``), ``step``
+        (``<name>:<status>``) or ``final`` (the switch's final state).
+        """
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO audit (ts, actor, user, server_name, switch_id, event, from_profile,"
+                " to_profile, outcome, duration, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    utcnow(),
+                    actor,
+                    user,
+                    server_name,
+                    switch_id,
+                    event,
+                    from_profile,
+                    to_profile,
+                    outcome,
+                    duration,
+                    reason,
+                ),
+            )
+
+    def list_audit(
+        self, limit: int = 200, user: str | None = None, switch_id: str | None = None
+    ) -> list[dict]:
+        """Newest first, optionally for one user or one switch."""
+        where, args = [], []
+        if user is not None:
+            where.append("user = ?")
+            args.append(user)
+        if switch_id is not None:
+            where.append("switch_id = ?")
+            args.append(switch_id)
+        sql = "SELECT * FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        rows = self.db.execute(sql, (*args, int(limit))).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["time"] = isoformat(d.pop("ts"))
+            out.append(d)
+        return out
+
+    # helpers
+
+    def _tx(self):
+        return _Transaction(self.db)
+
+    def _step_model(self, row) -> dict:
+        return {
+            "name": row["name"],
+            "status": row["status"],
+            "started": isoformat(row["started"]),
+            "finished": isoformat(row["finished"]),
+            "duration": (
+                round(row["finished"] - row["started"], 3)
+                if row["finished"] is not None and row["started"] is not None
+                else None
+            ),
+            "message": row["message"],
+        }
+
+    def _switch_model(self, row) -> dict:
+        steps = self.db.execute(
+            "SELECT * FROM steps WHERE switch_id = ? ORDER BY idx", (row["id"],)
+        ).fetchall()
+        finished = row["finished"]
+        return {
+            "id": row["id"],
+            "user": row["user"],
+            "server_name": row["server_name"],
+            "requested_by": row["requested_by"],
+            "from_profile": row["from_profile"],
+            "to_profile": row["to_profile"],
+            "from_options": json.loads(row["from_options"]),
+            "to_options": json.loads(row["to_options"]),
+            "state": row["state"],
+            "steps": [self._step_model(s) for s in steps],
+            "error": row["error"],
+            "created": isoformat(row["created"]),
+            "finished": isoformat(finished),
+            "duration": None if finished is None else round(finished - row["created"], 3),
+            "next": row["next"],
+        }
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` / ``ROLLBACK`` on an autocommit connection."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
