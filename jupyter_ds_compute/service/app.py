@@ -171,7 +171,8 @@ class DSComputeService(Application):
         help=dedent(
             """
             Directory of the service's database and cookie secret. Created if absent.
-            Default: ``$DS_COMPUTE_DATA_DIR``, else ``./ds-compute-service``
+            Default: ``$DS_COMPUTE_DATA_DIR`` (or ``$DS_COMPUTE_SERVICE_DATA``),
+            else ``./ds-compute-service``
             (relative to the hub's working directory).
 
             Example: ``c.DSComputeService.data_dir = "/srv/jupyterhub/ds-compute"``
@@ -181,7 +182,11 @@ class DSComputeService(Application):
 
     @default("data_dir")
     def _default_data_dir(self):
-        return os.environ.get("DS_COMPUTE_DATA_DIR") or os.path.abspath("ds-compute-service")
+        return (
+            os.environ.get("DS_COMPUTE_DATA_DIR")
+            or os.environ.get("DS_COMPUTE_SERVICE_DATA")
+            or os.path.abspath("ds-compute-service")
+        )
 
     db_url = Unicode(
         help=dedent(
