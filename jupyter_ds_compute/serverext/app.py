@@ -1,0 +1,269 @@
+"""The jupyter-server extension ``ds_compute``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+from jupyter_server.extension.application import ExtensionApp
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from traitlets import Bool, Float, default
+
+from .context import ServerContext, utcnow
+from .envs import LAST_USED_MARKER, EnvScanner, EnvSizes, default_roots
+from .handlers import default_handlers
+from .kernelspecs import DSComputeKernelSpecManager
+from .volume import VolumeUsage, check_notebook_dir
+
+KERNEL_ACTIONS_SCHEMA = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
+
+
+class DSComputeExtension(ExtensionApp):
+    """REST API for Lab and the magics (``/ds-compute/api/*``), volume check,
+    kernels for the environments on the volume."""
+
+    name = "ds_compute"
+    load_other_extensions = True
+
+    manage_kernelspecs = Bool(
+        None,
+        allow_none=True,
+        help="""Offer every environment on the volume that has ipykernel as a kernel,
+        and load ``%ds_compute`` in every IPython kernel.
+
+        Sets ``ServerApp.kernel_spec_manager_class`` to
+        ``DSComputeKernelSpecManager`` unless that was configured explicitly.
+        Default (None): on when the spawner gave ``DS_COMPUTE_VOLUME_PATH``.
+
+            c.DSComputeExtension.manage_kernelspecs = False
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    service_timeout = Float(
+        3.0,
+        help="""Seconds to wait for the hub service on ``GET tiers`` before falling back to DS_COMPUTE_TIERS.""",
+    ).tag(config=True)
+
+    switch_timeout = Float(
+        15.0,
+        help="""Seconds to wait for the hub service to accept a switch (it answers 202 before stopping anything).""",
+    ).tag(config=True)
+
+    volume_usage_cache_seconds = Float(
+        120.0,
+        help="""How long the size of a plain-directory volume is cached (it is computed by walking it).""",
+    ).tag(config=True)
+
+    @default("manage_kernelspecs")
+    def _default_manage(self):
+        return None
+
+    # -- linking: before the ServerApp creates its configurables ------------
+    def _link_jupyter_server_extension(self, serverapp):
+        super()._link_jupyter_server_extension(serverapp)
+        self._install_kernel_spec_manager(serverapp)
+
+    def _install_kernel_spec_manager(self, serverapp) -> None:
+        manage = self.manage_kernelspecs
+        if manage is None:
+            manage = bool(os.environ.get("DS_COMPUTE_VOLUME_PATH"))
+        if not manage:
+            return
+        configured = serverapp.config.get("ServerApp", {})
+        if "kernel_spec_manager_class" in configured:
+            cls = serverapp.kernel_spec_manager_class
+            if not (isinstance(cls, type) and issubclass(cls, DSComputeKernelSpecManager)):
+                self.log.warning(
+                    "ds-compute: ServerApp.kernel_spec_manager_class is set to %s; "
+                    "environments on the volume are not offered as kernels",
+                    cls,
+                )
+            return
+        gateway = serverapp.config.get("GatewayClient", {}).get("url") or os.environ.get("JUPYTER_GATEWAY_URL")
+        if gateway:
+            self.log.info("ds-compute: kernels come from a gateway; not offering volume environments")
+            return
+        serverapp.kernel_spec_manager_class = DSComputeKernelSpecManager
+
+    # -- settings and handlers ------------------------------------------------
+    def initialize_settings(self):
+        self.context = ServerContext.from_environ(os.environ)
+        for problem in self.context.problems:
+            self.log.warning("ds-compute: %s", problem)
+        root_dir = self.serverapp.root_dir
+        self.is_notebook_dir, self.volume_warning = check_notebook_dir(self.context.volume_path, root_dir)
+        if self.volume_warning and (self.context.volume_path or self.context.under_hub):
+            self.log.warning(
+                "ds-compute: VOLUME CHECK FAILED: notebook directory %s, volume %s: %s",
+                root_dir,
+                self.context.volume_path,
+                self.volume_warning,
+            )
+        vol = self.context.volume_path or root_dir
+        self.volume_usage = VolumeUsage(vol, cache_seconds=self.volume_usage_cache_seconds)
+        self.env_sizes = EnvSizes()
+        self._own_scanner: EnvScanner | None = None
+        self._background: list[asyncio.Future] = []
+        self.settings["ds_compute"] = self
+
+    def initialize_handlers(self):
+        self.handlers.extend(default_handlers("/ds-compute"))
+
+    async def _start_jupyter_server_extension(self, serverapp):
+        # Nothing here is awaited: server start must not wait for discovery.
+        self._background.append(asyncio.ensure_future(self._warm_up()))
+        try:
+            serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS_SCHEMA, listener=self._on_kernel_action)
+        except Exception as e:  # older jupyter_events: no "last used" recording
+            self.log.info("ds-compute: cannot listen to kernel events: %s", e)
+
+    async def _warm_up(self) -> None:
+        try:
+            self.volume_usage.refresh()
+            ksm = self.kernel_spec_manager
+            scanner = self.env_scanner
+            envs = await asyncio.to_thread(scanner.envs)
+            if ksm is not None:
+                ksm.schedule_checks()
+            else:
+                await scanner.check_pending()
+            self.env_sizes.refresh([e.path for e in envs])
+        except Exception:
+            self.log.exception("ds-compute: background discovery failed")
+
+    async def stop_extension(self):
+        for task in self._background:
+            task.cancel()
+
+    # -- pieces the handlers use ---------------------------------------------
+    @property
+    def kernel_spec_manager(self) -> DSComputeKernelSpecManager | None:
+        ksm = getattr(self.serverapp, "kernel_spec_manager", None)
+        return ksm if isinstance(ksm, DSComputeKernelSpecManager) else None
+
+    @property
+    def env_scanner(self) -> EnvScanner:
+        ksm = self.kernel_spec_manager
+        if ksm is not None:
+            return ksm.scanner
+        if self._own_scanner is None:
+            self._own_scanner = EnvScanner(default_roots(os.environ), self.context.volume_path)
+        return self._own_scanner
+
+    async def _on_kernel_action(self, logger, schema_id, data) -> None:
+        if data.get("action") != "start" or data.get("status") != "success":
+            return
+        ksm = self.kernel_spec_manager
+        env = ksm.env_for_kernel(data.get("kernel_name") or "") if ksm else None
+        if env is None:
+            return
+        try:
+            with open(os.path.join(env.path, LAST_USED_MARKER), "a"):
+                pass
+            os.utime(os.path.join(env.path, LAST_USED_MARKER))
+        except OSError:  # a read-only env: no record, no harm
+            pass
+
+    async def status(self) -> dict:
+        ctx = self.context
+        now = utcnow()
+        usage = await self.volume_usage.snapshot(wait=1.0)
+        return {
+            "user": ctx.user,
+            "server_name": ctx.server_name,
+            "tier": ctx.tier,
+            "started_at": ctx.started_at,
+            "seconds_on_tier": ctx.seconds_on_tier(now),
+            "cost_so_far": ctx.cost_so_far(now),
+            "volume": dict(
+                {
+                    "id": ctx.volume_id,
+                    "driver": ctx.volume_driver,
+                    "path": ctx.volume_path,
+                    "is_notebook_dir": self.is_notebook_dir,
+                    "warning": self.volume_warning,
+                    "notebook_dir": self.serverapp.root_dir,
+                },
+                **usage,
+            ),
+            "backend": ctx.backend,
+            "under_hub": ctx.under_hub,
+        }
+
+    async def _service(self, method: str, path: str, body: dict | None, timeout: float):
+        ctx = self.context
+        request = HTTPRequest(
+            ctx.service_url + path,
+            method=method,
+            headers={"Authorization": f"token {ctx.api_token}", "Content-Type": "application/json"},
+            body=None if body is None else json.dumps(body),
+            connect_timeout=timeout,
+            request_timeout=timeout,
+        )
+        try:
+            return await AsyncHTTPClient().fetch(request, raise_error=False)
+        except Exception as e:  # connection refused, timeout, DNS, TLS...
+            return HTTPResponse(request, 599, error=e)
+
+    async def tiers(self) -> dict:
+        ctx = self.context
+        tiers, source, warning = ctx.tiers, "environment", None
+        if ctx.service_url and ctx.api_token:
+            resp = await self._service("GET", "api/tiers", None, self.service_timeout)
+            if resp.code == 200:
+                try:
+                    got = json.loads(resp.body)["tiers"]
+                    if not isinstance(got, list):
+                        raise TypeError("tiers is not a list")
+                    tiers, source = [t for t in got if isinstance(t, dict)], "service"
+                except (ValueError, KeyError, TypeError) as e:
+                    warning = f"the ds-compute service sent a bad tier list ({e}); showing the tiers known at start"
+            else:
+                reason = resp.error if resp.code == 599 else f"HTTP {resp.code}"
+                warning = f"the ds-compute service did not answer ({reason}); showing the tiers known at start"
+            if warning:
+                self.log.warning("ds-compute: %s", warning)
+        return {"current": ctx.tier_slug, "tiers": ctx.tiers_with_current(tiers), "source": source, "warning": warning}
+
+    async def forward_switch(self, body: dict) -> tuple[int, dict]:
+        ctx = self.context
+        if not ctx.service_url:
+            return 503, {"message": "DS_COMPUTE_SERVICE_URL is not set: this server does not know the ds-compute service"}
+        payload = {k: v for k, v in body.items() if k not in ("user", "server_name")}
+        payload["server_name"] = ctx.server_name
+        payload.setdefault("next", self.serverapp.base_url.rstrip("/") + "/lab")
+        resp = await self._service("POST", "api/switches", payload, self.switch_timeout)
+        if resp.code == 599:
+            self.log.error("ds-compute: switch to %s: service %s unreachable: %s", body.get("profile"), ctx.service_url, resp.error)
+            return 502, {"message": f"could not reach the ds-compute service at {ctx.service_url}: {resp.error}"}
+        try:
+            reply = json.loads(resp.body or b"{}")
+        except ValueError:
+            text = (resp.body or b"").decode(errors="replace")[:300]
+            reply = {"message": f"the ds-compute service answered {resp.code} with a non-JSON body: {text}"}
+        if not isinstance(reply, dict):
+            reply = {"message": f"the ds-compute service answered {resp.code}", "body": reply}
+        self.log.info("ds-compute: switch of %s to %s: service answered %s", ctx.server_name or "default server", body.get("profile"), resp.code)
+        return resp.code, reply
+
+    async def envs_model(self, wait: float = 0.0) -> dict:
+        scanner = self.env_scanner
+        ksm = self.kernel_spec_manager
+        envs = scanner.envs()
+        tasks: list[asyncio.Future] = []
+        check = ksm.schedule_checks() if ksm else asyncio.ensure_future(scanner.check_pending())
+        if check is not None:
+            tasks.append(check)
+        tasks += self.env_sizes.refresh([e.path for e in envs])
+        if wait and tasks:
+            await asyncio.wait([asyncio.shield(t) for t in tasks], timeout=wait)
+            envs = scanner.envs()
+        return {
+            "volume_path": self.context.volume_path,
+            "roots": scanner.roots,
+            "kernels_managed": ksm is not None,
+            "envs": [e.to_model(self.env_sizes.get(e.path)) for e in envs],
+        }

@@ -1,0 +1,89 @@
+"""REST handlers of the server extension: ``/ds-compute/api/*``.
+
+Contract: ``docs/internals.md``, "Server extension REST API". Only the
+server's owner (``JUPYTERHUB_USER``) may call; others get 403.
+"""
+
+from __future__ import annotations
+
+import json
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+
+
+class DSComputeHandler(APIHandler):
+    @property
+    def ds(self):
+        return self.settings["ds_compute"]
+
+    def check_owner(self) -> None:
+        """403 unless the caller is the server's owner (under JupyterHub)."""
+        owner = self.ds.context.user
+        if owner is None:  # not under JupyterHub: whoever the server authenticates
+            return
+        user = self.current_user
+        name = getattr(user, "username", None) or getattr(user, "name", None)
+        if name != owner:
+            self.log.warning("ds-compute: %s tried to use the ds-compute API of %s's server", name, owner)
+            raise web.HTTPError(403, "only the owner of this server (%s) may use ds-compute" % owner)
+
+    def reply_error(self, status: int, message: str, **extra) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(dict(message=message, **extra)))
+
+
+class StatusHandler(DSComputeHandler):
+    @web.authenticated
+    async def get(self):
+        self.check_owner()
+        self.finish(json.dumps(await self.ds.status()))
+
+
+class TiersHandler(DSComputeHandler):
+    @web.authenticated
+    async def get(self):
+        self.check_owner()
+        self.finish(json.dumps(await self.ds.tiers()))
+
+
+class SwitchHandler(DSComputeHandler):
+    @web.authenticated
+    async def post(self):
+        self.check_owner()
+        if not self.ds.context.under_hub:
+            return self.reply_error(409, "not running under JupyterHub: there is no other machine to switch to")
+        try:
+            body = json.loads(self.request.body or b"null")
+        except ValueError:
+            return self.reply_error(400, "the request body is not valid JSON", field=None)
+        if not isinstance(body, dict):
+            return self.reply_error(400, "the request body must be a JSON object like {\"profile\": \"gpu\"}", field=None)
+        profile = body.get("profile")
+        if not isinstance(profile, str) or not profile:
+            return self.reply_error(400, "profile must be a non-empty string: the slug of the tier to switch to", field="profile")
+        if "next" in body and not isinstance(body["next"], str):
+            return self.reply_error(400, "next must be a string (a path under this server)", field="next")
+        status, reply = await self.ds.forward_switch(body)
+        self.set_status(status)
+        self.finish(json.dumps(reply))
+
+
+class EnvsHandler(DSComputeHandler):
+    @web.authenticated
+    async def get(self):
+        self.check_owner()
+        try:
+            wait = float(self.get_argument("wait", "0"))
+        except ValueError:
+            return self.reply_error(400, "wait must be a number of seconds", field="wait")
+        self.finish(json.dumps(await self.ds.envs_model(wait=min(max(wait, 0.0), 30.0))))
+
+
+def default_handlers(prefix: str) -> list[tuple[str, type]]:
+    return [
+        (rf"{prefix}/api/status", StatusHandler),
+        (rf"{prefix}/api/tiers", TiersHandler),
+        (rf"{prefix}/api/switch", SwitchHandler),
+        (rf"{prefix}/api/envs", EnvsHandler),
+    ]

@@ -1,0 +1,388 @@
+"""The ds_compute server extension's REST API (``/ds-compute/api/*``).
+
+A real jupyter server (pytest-jupyter), real HTTP, auth required; the hub
+service is a small tornado app on 127.0.0.1 started by the test.
+"""
+
+import asyncio
+import json
+import os
+import socket
+import time
+
+import pytest
+from jupyter_server.auth.identity import IdentityProvider, User
+from tornado import httpserver, netutil, web
+from tornado.httpclient import HTTPClientError
+
+from jupyter_ds_compute.serverext.context import ServerContext
+from jupyter_ds_compute.serverext.kernelspecs import DSComputeKernelSpecManager
+from jupyter_ds_compute.serverext.volume import check_notebook_dir
+
+TIER_SMALL = {"slug": "small", "display_name": "Small", "description": "", "cpu": 1.0, "mem": 2**31, "gpu": 0, "hourly_cost": 2.0}
+TIER_GPU = {"slug": "gpu", "display_name": "GPU", "description": "", "cpu": 8.0, "mem": 2**35, "gpu": 1, "hourly_cost": 3.5}
+ENV_TIERS = [dict(TIER_SMALL, allowed=True, reason=None, default=True), dict(TIER_GPU, allowed=True, reason=None, default=False)]
+
+
+class TokenUsers(IdentityProvider):
+    """Test double of JupyterHub's identity provider: each token is one user."""
+
+    users = {"alice-token": "alice", "bob-token": "bob"}
+
+    async def get_user_token(self, handler):
+        name = self.users.get(self.get_token(handler) or "")
+        return User(username=name) if name else None
+
+
+class FakeService:
+    """The hub service's /api/tiers and /api/switches, recording calls."""
+
+    def __init__(self):
+        self.sockets = netutil.bind_sockets(0, "127.0.0.1")
+        port = self.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/services/ds-compute/"
+        self.calls = []
+        self.tiers_reply = (200, {"tiers": [dict(t, reason="live") for t in ENV_TIERS]})
+        self.switch_reply = (202, {"id": "sw1", "progress_url": "/services/ds-compute/switches/sw1?next=/user/alice/lab"})
+        self.delay = 0.0
+        self.server = None
+
+    async def start(self):
+        fake = self
+
+        class Handler(web.RequestHandler):
+            async def handle(self):
+                fake.calls.append(
+                    {
+                        "method": self.request.method,
+                        "path": self.request.path,
+                        "auth": self.request.headers.get("Authorization"),
+                        "body": json.loads(self.request.body) if self.request.body else None,
+                    }
+                )
+                if fake.delay:
+                    await asyncio.sleep(fake.delay)
+                code, body = fake.tiers_reply if self.request.path.endswith("/api/tiers") else fake.switch_reply
+                self.set_status(code)
+                self.finish(body if isinstance(body, (bytes, str)) else json.dumps(body))
+
+            get = post = handle
+
+        self.server = httpserver.HTTPServer(web.Application([(r"/services/ds-compute/api/.*", Handler)]))
+        self.server.add_sockets(self.sockets)
+
+    def stop(self):
+        if self.server:
+            self.server.stop()
+        for s in self.sockets:
+            s.close()
+
+
+def closed_port_url():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}/services/ds-compute/"
+
+
+@pytest.fixture
+def run(jp_asyncio_loop):
+    """Run a coroutine on pytest-jupyter's loop (the one the server runs on).
+
+    The tests are sync on purpose: pytest-asyncio (asyncio_mode=auto) would run
+    ``async def`` tests on its own loop, where the server never answers.
+    """
+    return jp_asyncio_loop.run_until_complete
+
+
+@pytest.fixture
+def fake_service():
+    fake = FakeService()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def hub_env(monkeypatch, jp_root_dir, fake_service):
+    """The environment the spawner gives a server of alice on tier small."""
+    values = {
+        "JUPYTERHUB_USER": "alice",
+        "JUPYTERHUB_SERVER_NAME": "",
+        "JUPYTERHUB_API_TOKEN": "server-token-of-alice",
+        "DS_COMPUTE_TIER": "small",
+        "DS_COMPUTE_TIER_INFO": json.dumps(TIER_SMALL),
+        "DS_COMPUTE_TIERS": json.dumps(ENV_TIERS),
+        "DS_COMPUTE_STARTED_AT": str(time.time() - 1800),
+        "DS_COMPUTE_VOLUME_ID": "alice",
+        "DS_COMPUTE_VOLUME_PATH": str(jp_root_dir),
+        "DS_COMPUTE_VOLUME_DRIVER": "local",
+        "DS_COMPUTE_BACKEND": "local",
+        "DS_COMPUTE_SERVICE_URL": fake_service.url,
+    }
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    return values
+
+
+@pytest.fixture
+def no_hub_env(monkeypatch):
+    for k in list(os.environ):
+        if k.startswith(("JUPYTERHUB_", "DS_COMPUTE_")):
+            monkeypatch.delenv(k)
+
+
+def server_config(**extension):
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {"jupyter_ds_compute": True},
+            "identity_provider_class": TokenUsers,
+            "allow_unauthenticated_access": False,
+        },
+        "IdentityProvider": {"token": "alice-token"},
+        "DSComputeExtension": extension,
+    }
+
+
+@pytest.fixture
+def jp_server_config(hub_env):
+    return server_config(service_timeout=1.0)
+
+
+BOB = {"Authorization": "token bob-token"}
+
+
+async def fetch_json(jp_fetch, *parts, **kw):
+    resp = await jp_fetch("ds-compute", "api", *parts, **kw)
+    return resp.code, json.loads(resp.body)
+
+
+async def fetch_error(jp_fetch, *parts, **kw):
+    with pytest.raises(HTTPClientError) as e:
+        await jp_fetch("ds-compute", "api", *parts, **kw)
+    body = e.value.response.body if e.value.response is not None else b"{}"
+    return e.value.code, json.loads(body or b"{}")
+
+
+# -- status ------------------------------------------------------------------
+def test_status_under_hub(run, jp_fetch, jp_root_dir, monkeypatch, hub_env):
+    (jp_root_dir / "data.bin").write_bytes(os.urandom(2**20))
+    started = float(hub_env["DS_COMPUTE_STARTED_AT"])
+    monkeypatch.setattr("jupyter_ds_compute.serverext.app.utcnow", lambda: started + 5400)
+    code, st = run(fetch_json(jp_fetch, "status"))
+    assert code == 200
+    assert st["user"] == "alice" and st["server_name"] == "" and st["under_hub"] is True
+    assert st["tier"] == TIER_SMALL
+    assert st["seconds_on_tier"] == pytest.approx(5400)
+    assert st["cost_so_far"] == pytest.approx(2.0 * 1.5)
+    vol = st["volume"]
+    assert vol["id"] == "alice" and vol["driver"] == "local" and vol["path"] == str(jp_root_dir)
+    assert vol["is_notebook_dir"] is True and vol["warning"] is None
+    # a plain directory volume: used = the directory's own size (walked in a thread)
+    assert vol["usage_source"] == "directory"
+    assert vol["used_bytes"] >= 2**20
+    assert vol["size_bytes"] >= vol["used_bytes"]
+
+
+def test_status_requires_auth(run, jp_fetch):
+    code, _ = run(fetch_error(jp_fetch, "status", headers={"Authorization": "token wrong"}))
+    assert code == 403
+
+
+@pytest.mark.parametrize("method,path,body", [("GET", "status", None), ("GET", "tiers", None), ("POST", "switch", {"profile": "gpu"}), ("GET", "envs", None)])
+def test_only_owner(run, jp_fetch, fake_service, method, path, body):
+    run(fake_service.start())
+    kw = {"method": method, "headers": BOB}
+    if body is not None:
+        kw["body"] = json.dumps(body)
+    code, reply = run(fetch_error(jp_fetch, path, **kw))
+    assert code == 403
+    assert "owner" in reply["message"]
+    assert fake_service.calls == []  # nothing reached the service
+
+
+# -- tiers ---------------------------------------------------------------------
+def test_tiers_from_service(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    code, model = run(fetch_json(jp_fetch, "tiers"))
+    assert code == 200
+    assert model["source"] == "service" and model["warning"] is None
+    assert model["current"] == "small"
+    assert [(t["slug"], t["current"], t["reason"]) for t in model["tiers"]] == [("small", True, "live"), ("gpu", False, "live")]
+    (call,) = fake_service.calls
+    assert call["method"] == "GET" and call["path"] == "/services/ds-compute/api/tiers"
+    assert call["auth"] == "token server-token-of-alice"
+
+
+def test_tiers_fallback_when_service_down(run, jp_fetch, jp_serverapp):
+    jp_serverapp.web_app.settings["ds_compute"].context.service_url = closed_port_url()
+    code, model = run(fetch_json(jp_fetch, "tiers"))
+    assert code == 200
+    assert model["source"] == "environment"
+    assert "did not answer" in model["warning"]
+    assert [(t["slug"], t["current"]) for t in model["tiers"]] == [("small", True), ("gpu", False)]
+
+
+def test_tiers_fallback_is_bounded(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    fake_service.delay = 5.0
+    t0 = time.monotonic()
+    code, model = run(fetch_json(jp_fetch, "tiers"))
+    elapsed = time.monotonic() - t0
+    assert code == 200 and model["source"] == "environment"
+    assert elapsed < 3.0  # service_timeout=1.0 in jp_server_config
+
+
+# -- switch ------------------------------------------------------------------------
+def test_switch_forwards_to_service(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    body = {"profile": "gpu", "profile-option-gpu--image": "torch", "next": "/user/alice/lab/tree/a.ipynb", "server_name": "other", "user": "bob"}
+    code, reply = run(fetch_json(jp_fetch, "switch", method="POST", body=json.dumps(body)))
+    assert code == 202
+    assert reply == fake_service.switch_reply[1]  # the service's body, unchanged
+    (call,) = fake_service.calls
+    assert call["method"] == "POST" and call["path"] == "/services/ds-compute/api/switches"
+    assert call["auth"] == "token server-token-of-alice"
+    # this server's name, never the caller's; no "user" (only admins may name one, not through a server)
+    assert call["body"] == {"profile": "gpu", "profile-option-gpu--image": "torch", "next": "/user/alice/lab/tree/a.ipynb", "server_name": ""}
+
+
+def test_switch_default_next(run, jp_fetch, fake_service, jp_base_url):
+    run(fake_service.start())
+    run(fetch_json(jp_fetch, "switch", method="POST", body=json.dumps({"profile": "gpu"})))
+    assert fake_service.calls[0]["body"]["next"] == jp_base_url.rstrip("/") + "/lab"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        (409, {"message": "a switch of this server is in flight", "id": "sw0"}),
+        (400, {"message": "No such tier: huge. Options include: small, gpu", "field": "profile"}),
+        (403, {"message": "you may not use gpu"}),
+    ],
+)
+def test_switch_passes_service_errors_through(run, jp_fetch, fake_service, reply):
+    run(fake_service.start())
+    fake_service.switch_reply = reply
+    code, body = run(fetch_error(jp_fetch, "switch", method="POST", body=json.dumps({"profile": "gpu"})))
+    assert (code, body) == reply
+
+
+def test_switch_service_unreachable(run, jp_fetch, jp_serverapp):
+    url = closed_port_url()
+    jp_serverapp.web_app.settings["ds_compute"].context.service_url = url
+    code, body = run(fetch_error(jp_fetch, "switch", method="POST", body=json.dumps({"profile": "gpu"})))
+    assert code == 502
+    assert "could not reach the ds-compute service" in body["message"] and url in body["message"]
+
+
+@pytest.mark.parametrize(
+    "raw,field",
+    [
+        (b"not json", None),
+        (b"[1, 2]", None),
+        (b"{}", "profile"),
+        (b'{"profile": 3}', "profile"),
+        (b'{"profile": ""}', "profile"),
+        (b'{"profile": "gpu", "next": 5}', "next"),
+    ],
+)
+def test_switch_bad_body(run, jp_fetch, fake_service, raw, field):
+    run(fake_service.start())
+    code, body = run(fetch_error(jp_fetch, "switch", method="POST", body=raw))
+    assert code == 400
+    assert body["field"] == field
+    if field:
+        assert field in body["message"]
+    assert fake_service.calls == []
+
+
+# -- not under JupyterHub --------------------------------------------------------------
+class TestStandalone:
+    @pytest.fixture
+    def jp_server_config(self, no_hub_env):
+        return server_config()
+
+    def test_status_says_not_under_hub(self, run, jp_fetch, jp_serverapp):
+        code, st = run(fetch_json(jp_fetch, "status"))
+        assert code == 200
+        assert st["under_hub"] is False and st["user"] is None and st["tier"] is None
+        assert st["cost_so_far"] is None
+
+    def test_switch_is_409(self, run, jp_fetch):
+        code, body = run(fetch_error(jp_fetch, "switch", method="POST", body=json.dumps({"profile": "gpu"})))
+        assert code == 409
+        assert "not running under JupyterHub" in body["message"]
+
+    def test_no_kernelspec_takeover(self, run, jp_serverapp):
+        assert not isinstance(jp_serverapp.kernel_spec_manager, DSComputeKernelSpecManager)
+
+
+def test_kernelspec_manager_installed_under_spawner(run, jp_serverapp):
+    assert isinstance(jp_serverapp.kernel_spec_manager, DSComputeKernelSpecManager)
+
+
+# -- the volume check ---------------------------------------------------------------------
+class TestVolumeNotNotebookDir:
+    @pytest.fixture
+    def jp_server_config(self, hub_env, monkeypatch, tmp_path, capfd):
+        elsewhere = tmp_path / "the-volume"
+        elsewhere.mkdir()
+        monkeypatch.setenv("DS_COMPUTE_VOLUME_PATH", str(elsewhere))
+        return server_config()
+
+    def test_warning_in_status_and_log(self, run, jp_fetch, jp_root_dir, tmp_path, capfd):
+        code, st = run(fetch_json(jp_fetch, "status"))
+        vol = st["volume"]
+        assert vol["is_notebook_dir"] is False
+        assert str(jp_root_dir) in vol["warning"] and str(tmp_path / "the-volume") in vol["warning"]
+        # the server's log (stderr), at warning level, names both paths
+        logged = [line for line in capfd.readouterr().err.splitlines() if "VOLUME CHECK FAILED" in line]
+        assert len(logged) == 1 and logged[0].startswith("[W ")
+        assert str(jp_root_dir) in logged[0] and str(tmp_path / "the-volume") in logged[0]
+
+
+def test_check_notebook_dir(tmp_path):
+    vol = tmp_path / "vol"
+    (vol / "work").mkdir(parents=True)
+    assert check_notebook_dir(str(vol), str(vol)) == (True, None)
+    assert check_notebook_dir(str(vol), str(vol / "work")) == (True, None)
+    ok, why = check_notebook_dir(str(vol / "work"), str(vol))
+    assert not ok and str(vol) in why and "NOT follow" in why
+    ok, why = check_notebook_dir(str(tmp_path / "missing"), str(vol))
+    assert not ok and "does not exist" in why
+    ok, why = check_notebook_dir(None, str(vol))
+    assert not ok and "DS_COMPUTE_VOLUME_PATH is not set" in why
+    # a sibling with a common string prefix is not "inside"
+    (tmp_path / "vol2").mkdir()
+    assert check_notebook_dir(str(vol), str(tmp_path / "vol2"))[0] is False
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_check_notebook_dir_read_only(tmp_path):
+    vol = tmp_path / "ro"
+    vol.mkdir()
+    vol.chmod(0o555)
+    try:
+        ok, why = check_notebook_dir(str(vol), str(vol))
+        assert not ok and "not writable" in why
+    finally:
+        vol.chmod(0o755)
+
+
+def test_context_from_environ():
+    ctx = ServerContext.from_environ(
+        {
+            "JUPYTERHUB_USER": "alice",
+            "DS_COMPUTE_TIER_INFO": json.dumps(TIER_GPU),
+            "DS_COMPUTE_TIERS": "{not json",
+            "DS_COMPUTE_STARTED_AT": "100",
+            "DS_COMPUTE_SERVICE_URL": "http://hub/services/ds-compute",
+        }
+    )
+    assert ctx.under_hub and ctx.tier_slug == "gpu"
+    assert ctx.service_url == "http://hub/services/ds-compute/"
+    assert ctx.tiers == [] and any("DS_COMPUTE_TIERS" in p for p in ctx.problems)
+    assert ctx.cost_so_far(now=100 + 7200) == pytest.approx(7.0)
+    assert ServerContext.from_environ({"DS_COMPUTE_STARTED_AT": "soon"}).problems
+    assert ServerContext.from_environ({}).cost_so_far(now=5) is None
