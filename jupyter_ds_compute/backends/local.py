@@ -1,0 +1,400 @@
+"""Backend ``local``: the server runs as a process on the hub's machine.
+
+- As the user's system user when the hub runs as root (like
+  ``LocalProcessSpawner``), as the hub's own user otherwise
+  (``c.LocalBackend.run_as``), so the embedded default needs no root.
+- CPU, memory and pids limits of the tier through cgroups (v2 or v1); where
+  neither can be written, warn once and run unlimited.
+- ``stop`` ends every process of the server, kernels included: through the
+  cgroup when there is one, else by the marker variable every process of the
+  server inherits (``DS_COMPUTE_SERVER_KEY``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+
+from jupyterhub.utils import random_port
+from traitlets import Bool, CaselessStrEnum, Integer, Unicode, default
+
+from . import cgroups
+from .base import Backend, BackendError, HostInfo
+
+_cgroup_warned = False
+
+
+def _set_user(username):
+    """Resolve uid, gid and groups of ``username`` (raise a clear error)."""
+    try:
+        pw = pwd.getpwnam(username)
+    except KeyError:
+        raise BackendError(
+            f"No system user {username!r} on this machine: create it, or set "
+            "c.LocalBackend.create_system_users = True, or c.LocalBackend.run_as = 'hub'"
+        ) from None
+    return pw.pw_uid, pw.pw_gid, os.getgrouplist(username, pw.pw_gid)
+
+
+def unreachable_dir(path, uid, gids):
+    """The first directory on ``path`` that ``uid`` cannot traverse, or None."""
+    import stat
+
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(1, len(parts) + 1):
+        d = os.sep.join(parts[:i]) or os.sep
+        try:
+            st = os.stat(d)
+        except OSError:
+            return d
+        if st.st_uid == uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in gids:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            return d
+    return None
+
+
+class LocalBackend(Backend):
+    """Run ``jupyterhub-singleuser`` on this machine, limited by cgroups."""
+
+    name = "local"
+
+    run_as = CaselessStrEnum(
+        ["auto", "system", "hub"],
+        "auto",
+        help="""
+        Which system user runs the server.
+
+        - ``auto``: the user's own system user when the hub runs as root,
+          else the hub's own user.
+        - ``system``: always the user's system user (the hub must be root).
+        - ``hub``: always the hub's own user (no isolation between users;
+          fine for one person's machine).
+
+        Example::
+
+            c.LocalBackend.run_as = "hub"
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    create_system_users = Bool(
+        False,
+        help="""
+        Create a missing system user (``useradd``, no login shell) when a
+        server has to run as the user's system user. Off by default: the hub
+        should not add accounts to a machine unless asked.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    pids_limit = Integer(
+        4096,
+        help="""Maximum number of processes/threads of one server (cgroup ``pids.max``); 0 for none.""",
+    ).tag(config=True)
+
+    term_timeout = Integer(
+        5,
+        help="""Seconds to wait after SIGTERM (the server shuts its kernels down) before SIGKILL.""",
+    ).tag(config=True)
+
+    kill_timeout = Integer(5, help="""Seconds to wait for processes to die after SIGKILL.""").tag(config=True)
+
+    cgroup_parent = Unicode(
+        "ds-compute",
+        help="""Name of the parent cgroup that holds one group per server.""",
+    ).tag(config=True)
+
+    log_dir = Unicode(
+        help="""
+        Directory for each server's output (``<user>--<server>.log``), owned
+        by the hub. Used for error messages when a server dies at start.
+        Default: ``ds-compute-logs`` in the hub's working directory.
+        """,
+    ).tag(config=True)
+
+    @default("log_dir")
+    def _default_log_dir(self):
+        return os.path.abspath("ds-compute-logs")
+
+    ip = Unicode("127.0.0.1", help="Address the server listens on.").tag(config=True)
+
+    # state
+    pid = 0
+    port = 0
+    cgroup = ""
+    key = ""
+    uid = None
+
+    def __init__(self, spawner, **kwargs):
+        super().__init__(spawner, **kwargs)
+        self.proc = None
+        self._hierarchy = None
+
+    # -- who runs it -------------------------------------------------------
+
+    @property
+    def as_system_user(self):
+        if self.run_as == "hub":
+            return False
+        if self.run_as == "system":
+            if os.geteuid() != 0:
+                raise BackendError("c.LocalBackend.run_as = 'system' needs the hub to run as root")
+            return True
+        return os.geteuid() == 0
+
+    async def _ensure_system_user(self, username):
+        try:
+            pwd.getpwnam(username)
+            return
+        except KeyError:
+            if not self.create_system_users:
+                _set_user(username)  # raises the clear error
+        self.log.info("Creating system user %s for %s", username, self.log_name)
+        proc = await asyncio.create_subprocess_exec(
+            "useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--", username,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode not in (0, 9):  # 9: exists (race with another spawn)
+            raise BackendError(
+                f"Could not create system user {username!r}",
+                log_message=f"useradd {username} failed: {out.decode(errors='replace')}",
+            )
+
+    async def owner(self):
+        """``(uid, gid)`` the server and its volume belong to."""
+        if self.as_system_user:
+            await self._ensure_system_user(self.spawner.user.name)
+            uid, gid, _ = _set_user(self.spawner.user.name)
+            return uid, gid
+        return os.getuid(), os.getgid()
+
+    # -- Backend interface ---------------------------------------------------
+
+    async def prepare(self, tier):
+        self.port = self.port or random_port()
+        return HostInfo(kind="local", id=socket.gethostname())
+
+    def bind(self):
+        return self.ip, self.port
+
+    def _hierarchy_or_warn(self):
+        global _cgroup_warned
+        if self._hierarchy is None:
+            self._hierarchy = cgroups.detect(parent=self.cgroup_parent) or False
+            if not self._hierarchy and not _cgroup_warned:
+                _cgroup_warned = True
+                self.log.warning(
+                    "No writable cgroup hierarchy (v2 or v1) on this machine: servers "
+                    "run WITHOUT cpu/memory/pids limits. Run the hub as root on a host "
+                    "with /sys/fs/cgroup writable to enforce tier limits."
+                )
+        return self._hierarchy or None
+
+    def _log_path(self):
+        name = self.spawner._log_name.replace("/", "_").replace(":", "--")
+        return os.path.join(self.log_dir, f"{name}.log")
+
+    async def start(self, tier, cmd, env, volume_path):
+        self.key = env["DS_COMPUTE_SERVER_KEY"]
+        hierarchy = self._hierarchy_or_warn()
+        procs_files = []
+        if hierarchy:
+            self.cgroup = self.key
+            limits = cgroups.Limits(cpu=tier.cpu or None, mem=tier.mem or None, pids=self.pids_limit or None)
+            paths = hierarchy.create(self.cgroup, limits)
+            procs_files = cgroups.join_procs_files(paths)
+            self.emit(
+                f"Limits for tier {tier.display_name}: {tier.cpu:g} CPU, "
+                f"{tier.mem / 2**30:.1f} GiB memory (cgroup v{hierarchy.version})"
+            )
+        uid, gid, groups = None, None, None
+        if self.as_system_user:
+            uid, gid, groups = _set_user(self.spawner.user.name)
+            blocked = unreachable_dir(volume_path, uid, groups)
+            if blocked:
+                raise BackendError(
+                    f"The volume {volume_path} is not reachable by system user "
+                    f"{self.spawner.user.name!r}: {blocked} does not let them through. "
+                    "Put c.LocalVolume.root under a directory every user can traverse (mode o+x).",
+                )
+        os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+        log_path = self._log_path()
+        logf = open(log_path, "ab", buffering=0)
+
+        def preexec():
+            # runs in the child between fork and exec: join the cgroup first
+            # (as root), then drop privileges
+            for f in procs_files:
+                with open(f, "w") as fh:
+                    fh.write(str(os.getpid()))
+            if uid is not None:
+                os.setgid(gid)
+                os.setgroups(groups)
+                os.setuid(uid)
+            os.chdir(volume_path)
+
+        self.log.info("Spawning %s for %s", " ".join(shlex.quote(c) for c in cmd), self.log_name)
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                preexec_fn=preexec,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except (OSError, subprocess.SubprocessError) as e:
+            raise BackendError(
+                f"Could not start the server: {e}",
+                log_message=f"Popen {cmd} failed for {self.log_name}: {e}",
+            ) from None
+        finally:
+            logf.close()
+        self.pid = self.proc.pid
+        self.uid = uid if uid is not None else os.getuid()
+        return self.ip, self.port
+
+    async def poll(self):
+        if self.proc is not None:
+            status = self.proc.poll()
+            return status
+        if not self.pid:
+            return 0
+        return None if self._pid_is_ours(self.pid) else 0
+
+    def _pid_is_ours(self, pid):
+        """True if ``pid`` is alive and carries our marker (no pid reuse mix-up)."""
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        except PermissionError:
+            # not ours to read: someone else's process now has that pid
+            return False
+        if self.key:
+            return f"DS_COMPUTE_SERVER_KEY={self.key}".encode() in environ.split(b"\0")
+        return True
+
+    def _marked_pids(self):
+        """Every process that inherited our marker (kernels included)."""
+        if not self.key:
+            return set()
+        marker = f"DS_COMPUTE_SERVER_KEY={self.key}".encode()
+        found = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if marker in f.read().split(b"\0"):
+                        found.add(int(entry))
+            except OSError:
+                continue
+        found.discard(os.getpid())
+        return found
+
+    def _all_pids(self):
+        pids = self._marked_pids()
+        hierarchy = self._hierarchy_or_warn() if self.cgroup else None
+        if hierarchy:
+            pids |= hierarchy.pids(self.cgroup)
+        if self.pid and self._pid_is_ours(self.pid):
+            pids.add(self.pid)
+        return pids
+
+    def _signal_all(self, sig):
+        n = 0
+        for pid in self._all_pids():
+            try:
+                os.kill(pid, sig)
+                n += 1
+            except ProcessLookupError:
+                pass
+        return n
+
+    async def _wait_gone(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None:
+                self.proc.poll()
+            if not self._all_pids():
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def stop(self, now=False):
+        if not (self.pid or self.cgroup or self.key):
+            return
+        if not now and self._all_pids():
+            # the server first: it shuts its kernels down cleanly on SIGTERM
+            if self.pid and self._pid_is_ours(self.pid):
+                try:
+                    os.kill(self.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            if not await self._wait_gone(self.term_timeout):
+                self._signal_all(signal.SIGTERM)
+                await self._wait_gone(2)
+        if self._signal_all(signal.SIGKILL):
+            if not await self._wait_gone(self.kill_timeout):
+                self.log.warning("Processes of %s survived SIGKILL: %s", self.log_name, self._all_pids())
+        if self.proc is not None:
+            self.proc.poll()
+        if self.cgroup:
+            hierarchy = self._hierarchy_or_warn()
+            if hierarchy and not hierarchy.remove(self.cgroup):
+                self.log.warning("cgroup %s of %s not removed (busy)", self.cgroup, self.log_name)
+        self.pid = 0
+        self.proc = None
+        self.cgroup = ""
+
+    async def log_tail(self, lines=30):
+        try:
+            with open(self._log_path(), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 64 * 1024))
+                tail = deque(f.read().decode(errors="replace").splitlines(), maxlen=lines)
+        except OSError:
+            return ""
+        return "\n".join(tail)
+
+    def read_limits(self):
+        hierarchy = self._hierarchy_or_warn() if self.cgroup else None
+        return hierarchy.read_limits(self.cgroup) if hierarchy else {}
+
+    def get_state(self):
+        if not (self.pid or self.cgroup):
+            return {}
+        return {"pid": self.pid, "port": self.port, "cgroup": self.cgroup, "key": self.key}
+
+    def load_state(self, state):
+        self.pid = state.get("pid", 0)
+        self.port = state.get("port", 0)
+        self.cgroup = state.get("cgroup", "")
+        self.key = state.get("key", "")
+
+
+def default_singleuser_cmd():
+    """``jupyterhub-singleuser`` next to the hub's interpreter (a venv's bin
+    need not be on PATH), else from PATH."""
+    candidate = os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")
+    return [candidate] if os.path.exists(candidate) else ["jupyterhub-singleuser"]

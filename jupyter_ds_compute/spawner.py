@@ -1,0 +1,554 @@
+"""DSComputeSpawner: one persistent volume, several compute tiers.
+
+The spawner orchestrates; the pure parts live beside it:
+
+- :mod:`jupyter_ds_compute.tiers` turns ``profile_list`` and ``user_options``
+  into a resolved :class:`~jupyter_ds_compute.tiers.Tier` (KubeSpawner's schema);
+- a *backend* (:mod:`jupyter_ds_compute.backends`) runs the server process;
+- a *volume driver* (:mod:`jupyter_ds_compute.volumes`) owns the user's storage.
+
+Start: validate options → volume.ensure → backend.prepare → volume.attach →
+backend.start → wait until the server answers HTTP (or fail with the tail
+of its log if it exits first).  Stop: backend.stop → volume.detach →
+backend.release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib
+import json
+import os
+import secrets
+import time
+
+from jupyterhub.spawner import Spawner, SpawnException
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from traitlets import Bool, Callable, Dict, Float, List, Unicode, Union, default, validate
+
+from . import policy, tiers
+from .backends.base import BackendError
+from .backends.local import default_singleuser_cmd
+from .volumes.base import VolumeError
+
+BACKENDS = {
+    "local": "jupyter_ds_compute.backends.local:LocalBackend",
+    "slurm": "jupyter_ds_compute.backends.slurm:SlurmBackend",
+    "ec2": "jupyter_ds_compute.backends.ec2:EC2Backend",
+}
+VOLUMES = {
+    "local": "jupyter_ds_compute.volumes.local:LocalVolume",
+    "ebs": "jupyter_ds_compute.volumes.ebs:EBSVolume",
+    "efs": "jupyter_ds_compute.volumes.efs:EFSVolume",
+}
+LAB_DEFAULTS = os.path.join(os.path.dirname(__file__), "lab-defaults")
+
+
+def _import(spec):
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _plugin(kind, table, name):
+    if name not in table:
+        raise SpawnException(
+            f"Unknown {kind} {name!r}; known: {', '.join(sorted(table))}",
+            reason="config",
+            status_code=500,
+        )
+    return _import(table[name])
+
+
+class DSComputeSpawner(Spawner):
+    """Spawn a user's server on the tier they pick, with their one volume."""
+
+    profile_list = Union(
+        [List(), Dict(), Callable()],
+        default_value=[],
+        help="""
+        The compute tiers, in KubeSpawner's ``profile_list`` schema: a list,
+        a dict keyed by slug, or a (sync or async) callable of the spawner.
+
+        Besides KubeSpawner's keys (``display_name``, ``slug``,
+        ``description``, ``default``, ``profile_options``,
+        ``spawner_override`` / ``kubespawner_override``), each tier declares
+        ``cpu``, ``mem``, ``gpu``, ``hourly_cost``, ``allowed_groups``,
+        ``max_servers``, ``idle_downshift_after``, ``backend``, ``volume``
+        and ``extra``.  See the README for every field.
+
+        Example::
+
+            c.DSComputeSpawner.profile_list = [
+                {"display_name": "Small", "slug": "small", "default": True,
+                 "cpu": 1, "mem": "2G", "hourly_cost": 0.05},
+                {"display_name": "GPU", "slug": "gpu", "cpu": 4, "mem": "16G",
+                 "gpu": 1, "hourly_cost": 1.2, "allowed_groups": ["gpu-users"]},
+            ]
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    @validate("profile_list")
+    def _validate_profile_list(self, proposal):
+        value = proposal.value
+        if callable(value):
+            return value
+        # raises TierConfigError naming the tier and field
+        return tiers.normalize_profile_list(value)
+
+    backend = Unicode(
+        "local",
+        help="""
+        Where servers run: ``local`` (processes on the hub's machine, cgroup
+        limits), ``slurm`` (batch jobs) or ``ec2`` (an instance per server).
+        A tier's own ``backend`` key overrides this.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    volume_driver = Unicode(
+        "local",
+        help="""
+        The user's persistent storage: ``local`` (a directory on the hub's
+        machine), ``ebs`` or ``efs``. A tier's ``volume`` key overrides it.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    gpu_devices = List(
+        Unicode(),
+        help="""
+        GPU device ids of this machine, handed out in order through
+        ``CUDA_VISIBLE_DEVICES`` (a tier with ``gpu: 1`` gets the first one).
+        Empty on a machine without GPUs: the spawn page then says so and GPU
+        tiers run with ``CUDA_VISIBLE_DEVICES=""``.
+
+        Example::
+
+            c.DSComputeSpawner.gpu_devices = ["0", "1"]
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    service_url = Unicode(
+        help="""
+        Base URL of the ``ds-compute`` hub service as a server reaches it
+        (``DS_COMPUTE_SERVICE_URL`` in the server), e.g.
+        ``http://127.0.0.1:8000/services/ds-compute/``.
+        Default: the proxy's public URL from ``JUPYTERHUB_PUBLIC_HUB_URL`` or
+        ``DS_COMPUTE_SERVICE_URL`` in the hub's environment.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    @default("service_url")
+    def _default_service_url(self):
+        return os.environ.get("DS_COMPUTE_SERVICE_URL", "")
+
+    environments_on_volume = Bool(
+        True,
+        help="""
+        Point user-level install locations at the volume so that environments
+        follow the user from tier to tier: ``PYTHONUSERBASE``, pip's cache,
+        ``CONDA_ENVS_PATH``, ``CONDA_PKGS_DIRS`` (venvs go in ``~/envs``).
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    lab_news = Bool(
+        False,
+        help="""
+        Let JupyterLab ask users about "official Jupyter news" (and fetch it).
+        Off by default: the pop-up is noise on a hub, and fetching needs the
+        internet.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    ready_poll_interval = Float(
+        0.1,
+        help="""Seconds between checks that a starting server answers HTTP.""",
+    ).tag(config=True)
+
+    @default("env_keep")
+    def _default_env_keep(self):
+        # as LocalProcessSpawner: what a server needs from the hub's environment
+        return [
+            "PATH",
+            "PYTHONPATH",
+            "LANG",
+            "LC_ALL",
+            "LD_LIBRARY_PATH",
+            "CONDA_ROOT",
+            "CONDA_DEFAULT_ENV",
+            "VIRTUAL_ENV",
+            "JUPYTERHUB_SINGLEUSER_APP",
+        ]
+
+    @default("cmd")
+    def _default_cmd(self):
+        return default_singleuser_cmd()
+
+    @default("options_form")
+    def _default_options_form(self):
+        return DSComputeSpawner._render_options_form
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return tiers.options_from_form
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # validation happens here, before start(): the hub turns our
+        # HTTPError into the REST/form answer and never calls start()
+        return DSComputeSpawner._apply_tier_options
+
+    # -- runtime (not config) -----------------------------------------------
+
+    tier = None
+    tier_slug = None
+    started_at = 0.0
+    _profiles = ()
+    _backend = None
+    _volume = None
+    _backend_name = ""
+    _last_good_options = None
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._events = []
+        self._start_future = None
+        self._applied_options = None
+
+    # -- tiers -------------------------------------------------------------
+
+    def _user_groups(self):
+        return [g.name for g in getattr(self.user, "groups", [])]
+
+    async def load_profiles(self):
+        try:
+            return await tiers.load_profile_list(self.profile_list, self)
+        except tiers.TierConfigError as e:
+            self.log.error("Bad profile_list for %s: %s", self._log_name, e)
+            raise SpawnException(
+                f"The hub's tier configuration is broken ({e}). Ask an admin.",
+                reason="config",
+                status_code=500,
+            ) from None
+
+    async def _render_options_form(self):
+        profiles = await self.load_profiles()
+        context = tiers.form_context(
+            profiles,
+            self._user_groups(),
+            gpu_devices_available=len(self.gpu_devices),
+            is_admin=bool(getattr(self.user, "admin", False)),
+        )
+        selected = (self.user_options or {}).get("profile") or (self._last_good_options or {}).get("profile")
+        return _form_template().render(tiers=context, selected=selected)
+
+    async def _apply_tier_options(self, user_options):
+        """Validate ``user_options``, resolve the tier, apply its overrides.
+
+        Bad options are a 400 (403 for a group-restricted tier) naming the
+        field; the stored options go back to the last ones that worked, so a
+        refused request changes nothing.
+        """
+        profiles = await self.load_profiles()
+        try:
+            options = tiers.validate_user_options(
+                profiles,
+                user_options or {},
+                user_groups=self._user_groups(),
+                is_admin=bool(getattr(self.user, "admin", False)),
+            )
+        except tiers.TierOptionsError as e:
+            self.log.warning("Refused user_options for %s: %s", self._log_name, e.message)
+            self._restore_options()
+            raise SpawnException(e.message, reason="user_options", status_code=e.status) from None
+        tier = tiers.get_tier(profiles, options["profile"])
+        self._profiles = profiles
+        overrides = tiers.resolve_overrides(profiles, options)
+        self._reset_overrides(overrides)
+        tiers.apply_overrides(self, overrides)
+        self.user_options = options
+        if self.orm_spawner is not None:
+            # store the completed options so the admin page shows the tier
+            self.orm_spawner.user_options = options
+        self.tier = tier
+        self._applied_options = options
+
+    def _reset_overrides(self, overrides):
+        """Undo the previous tier's overrides before applying the next.
+
+        The hub keeps one spawner object per server across restarts, so
+        without this a GPU tier's overrides would leak into the next start.
+        """
+        originals = self.__dict__.setdefault("_override_originals", {})
+        for key, value in originals.items():
+            setattr(self, key, copy.deepcopy(value))
+        for key in overrides:
+            if key not in originals and self.has_trait(key):
+                originals[key] = copy.deepcopy(getattr(self, key))
+
+    def _restore_options(self):
+        previous = self._last_good_options or {}
+        self.user_options = dict(previous)
+        if self.orm_spawner is not None and self.db is not None:
+            self.orm_spawner.user_options = dict(previous)
+            self.db.commit()
+
+    # -- plug-ins ------------------------------------------------------------
+
+    def _make_backend(self, name):
+        cls = _plugin("backend", BACKENDS, name)
+        self._backend_name = name
+        self._backend = cls(self)
+        return self._backend
+
+    @property
+    def volume(self):
+        if self._volume is None:
+            name = (self.tier.volume if self.tier and self.tier.volume else None) or self.volume_driver
+            self._volume = _plugin("volume driver", VOLUMES, name)(self)
+        return self._volume
+
+    # -- start ---------------------------------------------------------------
+
+    def _emit(self, progress, message):
+        self.log.info("%s: %s", self._log_name, message)
+        self._events.append({"progress": progress, "message": message})
+
+    async def start(self):
+        self._events = []
+        self._start_future = asyncio.ensure_future(self._start())
+        return await self._start_future
+
+    async def _start(self):
+        if self._applied_options is None:
+            # started without the hub's apply hook (e.g. another hook replaced it)
+            await self._apply_tier_options(self.user_options)
+        tier = self.tier
+        backend = self._make_backend(tier.backend or self.backend)
+        try:
+            return await self._start_on(tier, backend)
+        except (BackendError, VolumeError) as e:
+            tail = await backend.log_tail()
+            self.log.error("Start of %s failed: %s\n%s", self._log_name, e.log_message, tail)
+            self._emit(100, f"Failed: {e.message}")
+            await self._cleanup_failed_start()
+            raise SpawnException(e.message, reason="start", log_message=e.log_message, status_code=500) from None
+        except asyncio.CancelledError:
+            await self._cleanup_failed_start()
+            raise
+        finally:
+            self._applied_options = None
+
+    async def _start_on(self, tier, backend):
+        volume = self.volume
+        self._emit(10, f"Preparing volume for {self.user.name}")
+        if hasattr(backend, "owner"):
+            volume.owner = await backend.owner()
+        volume_id = await volume.ensure()
+        self._emit(25, f"Getting a {tier.display_name} machine")
+        host = await self._drain(backend, backend.prepare(tier))
+        self.ip, self.port = backend.bind()
+        self._emit(40, f"Attaching volume {volume_id} on {host.id}")
+        path = await volume.attach(host)
+        self.notebook_dir = path
+        env = self.get_env()
+        env.update(self._ds_env(tier, volume, path))
+        cmd = volume.wrap_command(list(self.cmd) + self.get_args())
+        self._emit(55, f"Starting the server on {tier.display_name}")
+        ip, port = await self._drain(backend, backend.start(tier, cmd, env, path))
+        self.started_at = float(env["DS_COMPUTE_STARTED_AT"])
+        self.tier, self.tier_slug = tier, tier.slug
+        self._emit(70, "Waiting for the server to answer")
+        await self._drain(backend, self._wait_ready(backend, ip, port))
+        self._last_good_options = dict(self.user_options)
+        self._emit(95, f"Server ready on {tier.display_name}")
+        return ip, port
+
+    async def _drain(self, backend, coro):
+        """Run ``coro`` while copying the backend's progress messages."""
+        task = asyncio.ensure_future(coro)
+        while True:
+            getter = asyncio.ensure_future(backend.events.get())
+            done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                last = self._events[-1]["progress"] if self._events else 0
+                self._emit(min(last + 1, 94), getter.result())
+            else:
+                getter.cancel()
+            if task in done:
+                while not backend.events.empty():
+                    self._emit(self._events[-1]["progress"] if self._events else 0, backend.events.get_nowait())
+                return task.result()
+
+    async def _wait_ready(self, backend, ip, port):
+        """Wait until the server answers HTTP; fail fast if it exits first."""
+        url = f"http://{ip}:{port}{self.server.base_url}api"
+        client = AsyncHTTPClient()
+        while True:
+            status = await backend.poll()
+            if status is not None:
+                tail = await backend.log_tail()
+                raise BackendError(
+                    f"The server exited during start (status {status}). Last lines of its log:\n{tail}",
+                    log_message=f"server exited with {status} during start; log tail:\n{tail}",
+                )
+            try:
+                await client.fetch(HTTPRequest(url, request_timeout=2, connect_timeout=1), raise_error=False)
+                return
+            except (OSError, HTTPClientError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(self.ready_poll_interval)
+
+    def _ds_env(self, tier, volume, path):
+        key = f"{self.user.name}/{self.name}/{secrets.token_hex(8)}"
+        gpus = self.gpu_devices[: tier.gpu] if tier.gpu else []
+        env = {
+            "DS_COMPUTE_SERVER_KEY": key,
+            "DS_COMPUTE_TIER": tier.slug,
+            "DS_COMPUTE_TIER_INFO": json.dumps(tier.public()),
+            "DS_COMPUTE_TIERS": json.dumps(self._tiers_for_user()),
+            "DS_COMPUTE_STARTED_AT": repr(time.time()),
+            "DS_COMPUTE_VOLUME_ID": volume.volume_id,
+            "DS_COMPUTE_VOLUME_PATH": path,
+            "DS_COMPUTE_VOLUME_DRIVER": volume.name,
+            "DS_COMPUTE_BACKEND": self._backend_name,
+            "DS_COMPUTE_SERVICE_URL": self.service_url,
+            "CUDA_VISIBLE_DEVICES": ",".join(gpus),
+            "HOME": path,
+            "USER": self.user.name,
+            "SHELL": "/bin/bash",
+        }
+        if self.environments_on_volume:
+            env.update(
+                PYTHONUSERBASE=os.path.join(path, ".local"),
+                PIP_CACHE_DIR=os.path.join(path, ".cache", "pip"),
+                CONDA_ENVS_PATH=os.pathsep.join([os.path.join(path, "envs"), os.path.join(path, ".conda", "envs")]),
+                CONDA_PKGS_DIRS=os.path.join(path, ".conda", "pkgs"),
+            )
+        if not self.lab_news:
+            existing = self.get_env().get("JUPYTER_CONFIG_PATH") or os.environ.get("JUPYTER_CONFIG_PATH", "")
+            env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(p for p in (LAB_DEFAULTS, existing) if p)
+        return env
+
+    def _tiers_for_user(self):
+        groups = self._user_groups()
+        admin = bool(getattr(self.user, "admin", False))
+        out = []
+        for t in tiers.tiers_of(self._profiles):
+            reason = policy.group_refusal(t.allowed_groups, groups, is_admin=admin)
+            out.append(dict(t.public(), allowed=reason is None, reason=reason, default=t.default))
+        return out
+
+    async def _cleanup_failed_start(self):
+        try:
+            await self._stop_all(now=True)
+        except Exception:
+            self.log.exception("Cleanup after failed start of %s", self._log_name)
+
+    # -- progress / poll / stop ------------------------------------------------
+
+    async def progress(self):
+        sent = 0
+        while True:
+            while sent < len(self._events):
+                yield self._events[sent]
+                sent += 1
+            if self._start_future is None or self._start_future.done():
+                break
+            await asyncio.sleep(0.1)
+
+    async def poll(self):
+        if self._backend is None:
+            return 0
+        status = await self._backend.poll()
+        if status is not None and self._backend is not None:
+            self.log.info("Server %s is not running (status %s)", self._log_name, status)
+        return status
+
+    async def stop(self, now=False):
+        self.log.info(
+            "Stopping %s (tier %s, backend %s, state %s)",
+            self._log_name,
+            self.tier_slug,
+            self._backend_name,
+            self._backend.get_state() if self._backend else None,
+        )
+        try:
+            await self._stop_all(now=now)
+        except Exception:
+            # the hub does not log errors from Spawner.stop itself
+            self.log.exception("Stopping %s failed", self._log_name)
+            raise
+
+    async def _stop_all(self, now=False):
+        backend = self._backend
+        if backend is not None:
+            await backend.stop(now=now)
+        if self._volume is not None:
+            await self._volume.detach()
+        if backend is not None:
+            await backend.release()
+
+    # -- state ---------------------------------------------------------------
+
+    def get_state(self):
+        state = super().get_state()
+        if self._volume is not None and self._volume.volume_id:
+            state["volume"] = self._volume.get_state()
+        if self._last_good_options:
+            state["last_options"] = self._last_good_options
+        if self._backend is not None:
+            backend_state = self._backend.get_state()
+            if backend_state:
+                state["backend"] = {"name": self._backend_name, "state": backend_state}
+                state["tier"] = self.tier_slug
+                state["started_at"] = self.started_at
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        if state.get("volume"):
+            name = state["volume"].get("driver", self.volume_driver)
+            self._volume = _plugin("volume driver", VOLUMES, name)(self)
+            self._volume.load_state(state["volume"])
+        self._last_good_options = state.get("last_options") or self._last_good_options
+        if state.get("backend"):
+            backend = self._make_backend(state["backend"]["name"])
+            backend.load_state(state["backend"]["state"])
+            self.started_at = state.get("started_at", 0.0)
+            self.tier_slug = state.get("tier")
+
+    def clear_state(self):
+        """Forget the running server, keep the volume and last good options."""
+        super().clear_state()
+        self._backend = None
+        self.started_at = 0.0
+
+
+_TEMPLATE = None
+
+
+def _form_template():
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        import jinja2
+
+        env = jinja2.Environment(
+            loader=jinja2.PackageLoader("jupyter_ds_compute", "templates"),
+            autoescape=True,
+        )
+        _TEMPLATE = env.get_template("form.html")
+    return _TEMPLATE

@@ -1,0 +1,61 @@
+"""The interface every volume driver implements.
+
+A volume belongs to a user (and named server), not to a machine: it exists
+before the first start and after every stop.  Its id lives in spawner state.
+Drivers check real-world preconditions themselves (not attached elsewhere,
+same zone, device free): the storage APIs and moto do not always refuse.
+"""
+
+from __future__ import annotations
+
+from traitlets.config import LoggingConfigurable
+
+
+class VolumeError(Exception):
+    """A volume failure with a message meant for the user."""
+
+    def __init__(self, message, *, log_message=None):
+        super().__init__(message)
+        self.message = message
+        self.log_message = log_message or message
+
+
+class VolumeDriver(LoggingConfigurable):
+    """Base class: created with ``parent=spawner`` for one user's server."""
+
+    name = "base"
+
+    def __init__(self, spawner, **kwargs):
+        super().__init__(parent=spawner, **kwargs)
+        self.spawner = spawner
+        self.volume_id = ""
+
+    @property
+    def log_name(self):
+        return self.spawner._log_name
+
+    async def ensure(self) -> str:
+        """Create the volume if it does not exist yet; return its id."""
+        raise NotImplementedError
+
+    async def attach(self, host) -> str:
+        """Make the volume usable on ``host``; return its path there."""
+        raise NotImplementedError
+
+    async def detach(self) -> None:
+        """Undo ``attach``. Idempotent: detaching a detached volume is fine."""
+        raise NotImplementedError
+
+    async def describe(self) -> dict:
+        """``{"id", "driver", "attached_to", "size_bytes", "used_bytes"}``."""
+        return {"id": self.volume_id, "driver": self.name}
+
+    def wrap_command(self, cmd: list[str]) -> list[str]:
+        """Prefix the server command when mounting must happen in its namespace."""
+        return cmd
+
+    def get_state(self) -> dict:
+        return {"driver": self.name, "id": self.volume_id} if self.volume_id else {}
+
+    def load_state(self, state: dict) -> None:
+        self.volume_id = state.get("id", "")
