@@ -120,6 +120,9 @@ class TierOptionsError(ValueError):
     """
 
     def __init__(self, message: str, *, field: str | None = None, status: int = 400):
+        if field and field not in message:
+            # the message always names the field at fault
+            message = f"{field}: {message}"
         super().__init__(message)
         self.message = message
         self.field = field
