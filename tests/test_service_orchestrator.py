@@ -21,6 +21,7 @@ class FakeHub:
     def __init__(self):
         self.servers = {}
         self.broken = set()
+        self.crash_in_post = set()
         self.fail_stop = False
         self.calls = []
         self.spawn_delay = 0.01
@@ -60,6 +61,9 @@ class FakeHub:
     async def start_server(self, user, name, options):
         self.calls.append(("POST", user, name, dict(options)))
         m = self.servers[(user, name)]
+        if options.get("profile") in self.crash_in_post:
+            # the hub's bare 500 when the server dies while the POST waits
+            raise HubAPIError(500, "Internal Server Error", method="POST", path="/x")
         if m["ready"]:
             return "already-running"
         m.update(pending="spawn", stopped=False, user_options=dict(options))
@@ -90,6 +94,9 @@ class FakeHub:
 
     async def progress(self, user, name, on_event, timeout):
         m = self.servers[(user, name)]
+        if m["stopped"] and not m["pending"]:
+            on_event({"progress": 100, "failed": True, "message": "Spawn failed: exit status 3"})
+            return
         on_event({"progress": 50, "message": "Launching on the fake backend"})
         while m["pending"]:
             await asyncio.sleep(0.001)
@@ -167,6 +174,15 @@ async def test_failed_start_rolls_back(hub, store):
     assert hub.calls[-1] == ("POST", "alice", "", {"profile": "small"})
     final = store.list_audit(switch_id=sw["id"])[0]
     assert final["outcome"] == "rolled_back" and final["reason"] == rec["error"]
+
+
+async def test_start_500_reports_the_spawner_reason(hub, store):
+    hub.crash_in_post.add("gpu")
+    sw = new_switch(store)
+    rec = await orch(hub, store).run(sw["id"])
+    assert rec["state"] == "rolled_back"
+    assert "step wait-ready failed: Spawn failed: exit status 3" in rec["error"]
+    assert hub.servers[("alice", "")]["user_options"] == {"profile": "small"}
 
 
 async def test_rollback_fails_too_leaves_server_stopped(hub, store):

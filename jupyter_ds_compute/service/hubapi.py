@@ -242,5 +242,6 @@ class HubAPI:
         )
         try:
             await asyncio.wait_for(self.client.fetch(req, raise_error=False), timeout + 5)
-        except asyncio.TimeoutError:
-            pass
+        except (asyncio.TimeoutError, HTTPClientError, OSError) as e:
+            # progress is informative only; the caller polls the server model
+            log.debug("Progress stream of %s ended: %s", server_label(user, server_name), e)

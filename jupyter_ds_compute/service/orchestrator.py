@@ -225,7 +225,16 @@ class Orchestrator:
         return f"stored options {_short(options)}"
 
     async def _do_start(self, user: str, name: str, options: dict) -> str:
-        result = await self.hub.start_server(user, name, options)
+        try:
+            result = await self.hub.start_server(user, name, options)
+        except HubAPIError as e:
+            if e.status < 500:
+                raise
+            # the hub answers a bare 500 when the server dies while the POST
+            # waits; wait-ready then reads the spawner's reason from the
+            # progress stream and the server model
+            self.log.warning("Start of %s: %s", server_label(user, name), _describe(e))
+            return f"the hub reported a problem ({e.status}); checking the server"
         if result == "already-running":
             return "the server was already started by someone else; checking its tier"
         if result == "ready":
