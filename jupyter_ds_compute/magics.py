@@ -1,0 +1,444 @@
+"""``%ds_compute``: see and switch this server's compute tier from a notebook.
+
+The magic talks to this server's ds-compute server extension
+(``{JUPYTERHUB_SERVICE_URL}ds-compute/api/...``) with the server's token
+(``JUPYTERHUB_API_TOKEN``), never to the hub.
+
+This module imports nothing but the standard library and IPython: the server
+puts a copy of it (as ``ds_compute_magics``) on the path of every kernel it
+starts, including kernels of environments that do not have jupyter-ds-compute
+installed. The HTTP and formatting parts are plain functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Callable, Mapping
+
+__all__ = [
+    "DSComputeError",
+    "BadUsage",
+    "api_request",
+    "run",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+
+USAGE = """\
+%ds_compute status              this server: tier, time and cost on it, volume
+%ds_compute tiers               the tiers you may switch to
+%ds_compute switch TIER [--yes] [KEY=VALUE ...]
+                                move this server (and its volume) to TIER; the
+                                kernel restarts. KEY=VALUE are tier options.
+%ds_compute volume              your volume: where, how full, is it the notebook dir
+%ds_compute cost                $/h of this tier and the cost so far
+%ds_compute envs                environments on your volume (kernels, broken ones)
+"""
+
+
+class DSComputeError(Exception):
+    """Something the user should read (not a bug): shown without a traceback."""
+
+
+class BadUsage(ValueError):
+    """The magic was called wrongly (the magic turns it into UsageError)."""
+
+
+# -- HTTP -------------------------------------------------------------------
+def client_config(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(base URL of this server's ds-compute API, token) from the kernel's env."""
+    env = os.environ if env is None else env
+    url = env.get("JUPYTERHUB_SERVICE_URL")
+    token = env.get("JUPYTERHUB_API_TOKEN")
+    if not url or not token:
+        missing = [k for k in ("JUPYTERHUB_SERVICE_URL", "JUPYTERHUB_API_TOKEN") if not env.get(k)]
+        raise DSComputeError(
+            "Not running under JupyterHub: this kernel's server was not started by a "
+            f"JupyterHub with ds-compute ({' and '.join(missing)} not set), so there is "
+            "no tier to show or switch."
+        )
+    if not url.endswith("/"):
+        url += "/"
+    return url + "ds-compute/api/", token
+
+
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # our own server: no proxy
+
+
+def api_request(
+    method: str,
+    path: str,
+    body: Any = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 20.0,
+) -> tuple[int, Any]:
+    """Call the server extension; (HTTP status, decoded JSON body).
+
+    4xx/5xx answers are returned, not raised; an unreachable server raises
+    :class:`DSComputeError`.
+    """
+    base, token = client_config(env)
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        base + path,
+        data=data,
+        method=method,
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json", "Accept": "application/json"},
+    )
+    try:
+        with _opener.open(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise DSComputeError(f"Could not reach this server's ds-compute API at {base}: {reason}") from None
+    try:
+        payload = json.loads(raw or b"null")
+    except ValueError:
+        payload = {"message": raw.decode(errors="replace")[:300]}
+    return status, payload
+
+
+def _message(status: int, payload: Any) -> str:
+    if isinstance(payload, dict) and payload.get("message"):
+        return str(payload["message"])
+    return f"HTTP {status}"
+
+
+def get_json(path: str, env: Mapping[str, str] | None = None, timeout: float = 20.0) -> Any:
+    status, payload = api_request("GET", path, env=env, timeout=timeout)
+    if status == 404:
+        raise DSComputeError(
+            "This server has no ds-compute extension (GET ds-compute/api/"
+            f"{path.split('?')[0]} answered 404). Is jupyter-ds-compute installed on the server?"
+        )
+    if status >= 400:
+        raise DSComputeError(f"ds-compute: {_message(status, payload)} (HTTP {status})")
+    return payload
+
+
+# -- formatting ---------------------------------------------------------------
+def format_bytes(n: Any) -> str:
+    if not isinstance(n, (int, float)):
+        return "?"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "?"  # pragma: no cover
+
+
+def format_duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d {h}h {m:02d}m"
+    if h:
+        return f"{h}h {m:02d}m"
+    return f"{m}m {s:02d}s"
+
+
+def format_money(x: Any) -> str:
+    return f"${x:,.2f}" if isinstance(x, (int, float)) else "?"
+
+
+def format_ago(ts: Any, now: float | None = None) -> str:
+    if not isinstance(ts, (int, float)):
+        return "never"
+    now = time.time() if now is None else now
+    return format_duration(max(0.0, now - ts)) + " ago"
+
+
+def format_table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _tier_resources(t: Mapping[str, Any]) -> tuple[str, str, str]:
+    cpu = t.get("cpu")
+    gpu = t.get("gpu")
+    return (
+        f"{cpu:g}" if isinstance(cpu, (int, float)) else "?",
+        format_bytes(t.get("mem")),
+        str(gpu) if isinstance(gpu, int) else "?",
+    )
+
+
+def format_status(st: Mapping[str, Any]) -> str:
+    tier = st.get("tier") or {}
+    lines = []
+    if not st.get("under_hub"):
+        lines.append("Not running under JupyterHub: no tiers, nothing to switch.")
+    if tier:
+        cpu, mem, gpu = _tier_resources(tier)
+        lines.append(f"Tier:      {tier.get('display_name') or tier.get('slug')} ({tier.get('slug')})")
+        lines.append(f"Resources: {cpu} CPU, {mem} memory, {gpu} GPU")
+        lines.append(f"Price:     {format_money(tier.get('hourly_cost'))}/h")
+    lines.append(f"On tier:   {format_duration(st.get('seconds_on_tier'))}")
+    lines.append(f"Cost:      {format_money(st.get('cost_so_far'))} so far on this tier")
+    lines.append(format_volume(st))
+    return "\n".join(lines)
+
+
+def format_volume(st: Mapping[str, Any]) -> str:
+    vol = st.get("volume") or {}
+    used, size = vol.get("used_bytes"), vol.get("size_bytes")
+    usage = f"{format_bytes(used)} used of {format_bytes(size)}" if used is not None else "size not known yet"
+    lines = [
+        f"Volume:    {vol.get('id') or '?'} ({vol.get('driver') or '?'}) at {vol.get('path') or '?'}",
+        f"Usage:     {usage}",
+        f"Notebooks: {'on the volume' if vol.get('is_notebook_dir') else 'NOT on the volume'}",
+    ]
+    if vol.get("warning"):
+        lines.append(f"WARNING:   {vol['warning']}")
+    return "\n".join(lines)
+
+
+def format_cost(st: Mapping[str, Any]) -> str:
+    tier = st.get("tier") or {}
+    return "\n".join(
+        [
+            f"Tier:      {tier.get('display_name') or tier.get('slug') or '?'}",
+            f"Price:     {format_money(tier.get('hourly_cost'))}/h",
+            f"On tier:   {format_duration(st.get('seconds_on_tier'))}",
+            f"Cost:      {format_money(st.get('cost_so_far'))} so far on this tier",
+        ]
+    )
+
+
+def format_tiers(model: Mapping[str, Any]) -> str:
+    rows = []
+    for t in model.get("tiers") or []:
+        cpu, mem, gpu = _tier_resources(t)
+        if t.get("allowed", True):
+            note = ""
+        else:
+            note = "not allowed" + (f": {t['reason']}" if t.get("reason") else "")
+        rows.append(
+            [
+                "*" if t.get("current") else "",
+                t.get("slug"),
+                t.get("display_name") or "",
+                cpu,
+                mem,
+                gpu,
+                format_money(t.get("hourly_cost")) + "/h",
+                note,
+            ]
+        )
+    out = format_table(["", "tier", "name", "cpu", "memory", "gpu", "price", ""], rows)
+    out += "\n* = this server's tier. Switch with: %ds_compute switch TIER"
+    if model.get("warning"):
+        out += f"\nNote: {model['warning']}"
+    return out
+
+
+def format_envs(model: Mapping[str, Any], now: float | None = None) -> str:
+    envs = model.get("envs") or []
+    if not envs:
+        roots = ", ".join(model.get("roots") or []) or "(none configured)"
+        return f"No environments found on the volume (looked in: {roots}).\nCreate one with: python -m venv ~/envs/NAME && ~/envs/NAME/bin/pip install ipykernel"
+    rows = []
+    for e in envs:
+        status = {"ok": "kernel", "unchecked": "kernel (checking)", "no_ipykernel": "no ipykernel"}.get(e.get("status"), e.get("status"))
+        rows.append(
+            [
+                e.get("name"),
+                status,
+                e.get("python_version") or "?",
+                e.get("kind"),
+                format_bytes(e.get("size_bytes")) if e.get("size_bytes") is not None else "…",
+                format_ago(e.get("last_used"), now),
+                e.get("kernel_name") if e.get("is_kernel") else "",
+            ]
+        )
+    out = format_table(["environment", "status", "python", "kind", "size", "last used", "kernel"], rows)
+    problems = [e for e in envs if e.get("reason")]
+    if problems:
+        out += "\n" + "\n".join(f"{e.get('name')}: {e.get('reason')}" for e in problems)
+    return out
+
+
+# -- commands -----------------------------------------------------------------
+def progress_link(progress_url: str, env: Mapping[str, str]) -> str:
+    """Absolute URL of the switch's progress page when the hub's public URL is known."""
+    if not progress_url or urllib.parse.urlsplit(progress_url).scheme:
+        return progress_url
+    public = env.get("JUPYTERHUB_PUBLIC_HUB_URL")
+    if public:
+        parts = urllib.parse.urlsplit(public)
+        if parts.scheme and parts.netloc:
+            return f"{parts.scheme}://{parts.netloc}{progress_url}"
+    return progress_url
+
+
+def next_url(env: Mapping[str, str]) -> str | None:
+    """Where Lab should come back to after the switch: this notebook if we know it."""
+    prefix = env.get("JUPYTERHUB_SERVICE_PREFIX")
+    if not prefix and env.get("JUPYTERHUB_SERVICE_URL"):
+        prefix = urllib.parse.urlsplit(env["JUPYTERHUB_SERVICE_URL"]).path
+    if not prefix:
+        return None
+    prefix = prefix.rstrip("/") + "/"
+    session = env.get("JPY_SESSION_NAME") or ""
+    vol = env.get("DS_COMPUTE_VOLUME_PATH")
+    if session and os.path.isabs(session):
+        rel = os.path.relpath(session, vol) if vol else None
+        session = rel if rel and not rel.startswith("..") else ""
+    if session:
+        return prefix + "lab/tree/" + urllib.parse.quote(session)
+    return prefix + "lab"
+
+
+def parse_switch(args: list[str]) -> tuple[str, bool, dict[str, str]]:
+    tier, yes, options = None, False, {}
+    for a in args:
+        if a in ("--yes", "-y"):
+            yes = True
+        elif a.startswith("-"):
+            raise BadUsage(f"unknown option {a!r} for switch\n\n{USAGE}")
+        elif "=" in a and tier is not None:
+            k, v = a.split("=", 1)
+            if not k:
+                raise BadUsage(f"bad tier option {a!r}: expected KEY=VALUE")
+            options[k] = v
+        elif tier is None:
+            tier = a
+        else:
+            raise BadUsage(f"switch takes one TIER, got {tier!r} and {a!r}\n\n{USAGE}")
+    if not tier:
+        raise BadUsage(f"switch needs a TIER, e.g. %ds_compute switch gpu\n\n{USAGE}")
+    return tier, yes, options
+
+
+def switch(
+    args: list[str],
+    env: Mapping[str, str],
+    ask: Callable[[str], str] = input,
+) -> str:
+    tier, yes, options = parse_switch(args)
+    tiers = get_json("tiers", env)
+    by_slug = {t.get("slug"): t for t in tiers.get("tiers") or []}
+    if tier not in by_slug:
+        valid = ", ".join(s for s in by_slug if s) or "(none)"
+        raise BadUsage(f"no such tier: {tier}. Tiers: {valid}")
+    target = by_slug[tier]
+    name = target.get("display_name") or tier
+    if tiers.get("current") == tier:
+        return f"This server already runs on {name} ({tier}); nothing to do."
+    if target.get("allowed") is False:
+        reason = target.get("reason") or "not allowed"
+        return f"You cannot switch to {name}: {reason}"
+    if not yes:
+        answer = ask(f"The kernel will restart when the server moves. Switch to {name}? [y/N] ")
+        if (answer or "").strip().lower() not in ("y", "yes"):
+            return "Not switching."
+    body: dict[str, Any] = dict(options, profile=tier)
+    nxt = next_url(env)
+    if nxt:
+        body["next"] = nxt
+    status, reply = api_request("POST", "switch", body, env=env)
+    if status == 202 or (200 <= status < 300):
+        link = progress_link((reply or {}).get("progress_url", ""), env)
+        return (
+            f"Switching to {name} ({tier}).\n"
+            f"Follow the progress at: {link}\n"
+            "This kernel will restart when the server moves: what is in memory is lost; "
+            "files on your volume (and your environments) come along."
+        )
+    msg = _message(status, reply)
+    if status == 409:
+        return f"Not switching: {msg}"
+    raise DSComputeError(f"Switch to {tier} refused: {msg} (HTTP {status})")
+
+
+def run(line: str, env: Mapping[str, str] | None = None, ask: Callable[[str], str] = input) -> str:
+    """Run one ``%ds_compute`` command line; the text to show."""
+    env = os.environ if env is None else env
+    try:
+        args = shlex.split(line)
+    except ValueError as e:
+        raise BadUsage(f"cannot parse {line!r}: {e}") from None
+    cmd, rest = (args[0], args[1:]) if args else ("status", [])
+    if cmd in ("help", "-h", "--help"):
+        return USAGE
+    simple = {
+        "status": ("status", format_status),
+        "volume": ("status", format_volume),
+        "cost": ("status", format_cost),
+        "tiers": ("tiers", format_tiers),
+        "envs": ("envs?wait=5", format_envs),
+    }
+    if cmd in simple:
+        if rest:
+            raise BadUsage(f"{cmd} takes no arguments\n\n{USAGE}")
+        path, fmt = simple[cmd]
+        return fmt(get_json(path, env))
+    if cmd == "switch":
+        return switch(rest, env, ask)
+    raise BadUsage(f"unknown command {cmd!r}\n\n{USAGE}")
+
+
+# -- IPython ------------------------------------------------------------------
+try:
+    from IPython.core.error import UsageError
+    from IPython.core.magic import Magics, line_magic, magics_class
+except ImportError:  # pragma: no cover - the pure functions still work
+    Magics = None
+
+if Magics is not None:
+
+    @magics_class
+    class DSComputeMagics(Magics):
+        @line_magic
+        def ds_compute(self, line: str = ""):
+            """See and switch this server's compute tier.
+
+            Usage::
+
+              %ds_compute status              this server: tier, time and cost on it, volume
+              %ds_compute tiers               the tiers you may switch to
+              %ds_compute switch TIER [--yes] [KEY=VALUE ...]
+                                              move this server (and its volume) to TIER;
+                                              asks first unless --yes, because the kernel
+                                              restarts. KEY=VALUE are tier options.
+              %ds_compute volume              your volume: where, how full, notebook dir?
+              %ds_compute cost                $/h of this tier and the cost so far
+              %ds_compute envs                environments on your volume: kernels, sizes,
+                                              last use, broken ones and why
+
+            Your files and the environments under ~/envs (and conda envs on the
+            volume) move with the server; what is in the kernel's memory does not.
+            """
+            try:
+                text = run(line, ask=input)
+            except BadUsage as e:
+                raise UsageError(str(e)) from None
+            except DSComputeError as e:
+                print(str(e))
+                return None
+            print(text)
+            return None
+
+
+def load_ipython_extension(ipython) -> None:
+    ipython.register_magics(DSComputeMagics)
+
+
+def unload_ipython_extension(ipython) -> None:
+    ipython.magics_manager.magics["line"].pop("ds_compute", None)

@@ -1,0 +1,340 @@
+"""``%ds_compute``: the pure functions, then the magic in a real IPython shell
+talking over HTTP to a real jupyter server running the ds_compute extension
+(whose hub service is a small tornado app on 127.0.0.1)."""
+
+import asyncio
+import json
+import os
+import time
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from jupyter_server.auth.identity import IdentityProvider, User
+from tornado import httpserver, netutil, web
+
+from jupyter_ds_compute import magics
+
+TIER_SMALL = {"slug": "small", "display_name": "Small", "description": "", "cpu": 1.0, "mem": 2 * 2**30, "gpu": 0, "hourly_cost": 2.0}
+TIER_GPU = {"slug": "gpu", "display_name": "GPU", "description": "", "cpu": 8.0, "mem": 32 * 2**30, "gpu": 1, "hourly_cost": 3.5}
+TIER_BIG = {"slug": "big", "display_name": "Many cores", "description": "", "cpu": 64.0, "mem": 256 * 2**30, "gpu": 0, "hourly_cost": 9.0}
+TIERS = [
+    dict(TIER_SMALL, allowed=True, reason=None, default=True),
+    dict(TIER_GPU, allowed=True, reason=None, default=False),
+    dict(TIER_BIG, allowed=False, reason="only for group hpc", default=False),
+]
+SERVER_TOKEN = "server-token-of-alice"
+
+
+# -- pure functions ---------------------------------------------------------------
+def test_not_under_hub_message():
+    for env in ({}, {"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:1/user/a/"}, {"JUPYTERHUB_API_TOKEN": "x"}):
+        with pytest.raises(magics.DSComputeError, match="Not running under JupyterHub"):
+            magics.run("status", env=env)
+
+
+def test_client_config():
+    url, token = magics.client_config({"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:9/user/alice/srv", "JUPYTERHUB_API_TOKEN": "t"})
+    assert url == "http://127.0.0.1:9/user/alice/srv/ds-compute/api/" and token == "t"
+
+
+@pytest.mark.parametrize(
+    "n,text", [(None, "?"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (2 * 2**30, "2.0 GiB"), (3 * 2**40, "3.0 TiB")]
+)
+def test_format_bytes(n, text):
+    assert magics.format_bytes(n) == text
+
+
+@pytest.mark.parametrize("s,text", [(None, "?"), (5, "0m 05s"), (3725, "1h 02m"), (90000, "1d 1h 00m")])
+def test_format_duration(s, text):
+    assert magics.format_duration(s) == text
+
+
+def test_format_tiers_marks_current_and_refusals():
+    out = magics.format_tiers({"current": "small", "tiers": [dict(t, current=t["slug"] == "small") for t in TIERS]})
+    lines = out.splitlines()
+    assert lines[0].split() == ["tier", "name", "cpu", "memory", "gpu", "price"]
+    small = next(line for line in lines if " small " in f" {line} ")
+    assert small.startswith("*") and "$2.00/h" in small and "2.0 GiB" in small
+    big = next(line for line in lines if " big " in line)
+    assert not big.startswith("*") and "not allowed: only for group hpc" in big
+    # columns line up
+    assert len({line.index("$") for line in lines if "$" in line}) == 1
+
+
+def test_format_envs_lists_broken_with_reason():
+    now = 1_000_000.0
+    out = magics.format_envs(
+        {
+            "envs": [
+                {"name": "envs/torch", "status": "ok", "python_version": "3.11.7", "kind": "venv", "size_bytes": 3 * 2**30, "last_used": now - 7200, "kernel_name": "ds-env-torch", "is_kernel": True},
+                {"name": "envs/old", "status": "broken", "reason": "the interpreter is gone", "kind": "venv", "size_bytes": None, "last_used": None, "kernel_name": "ds-env-old", "is_kernel": False},
+            ]
+        },
+        now=now,
+    )
+    torch = next(line for line in out.splitlines() if line.startswith("envs/torch"))
+    assert "kernel" in torch and "3.0 GiB" in torch and "2h 00m ago" in torch and "ds-env-torch" in torch
+    old = next(line for line in out.splitlines() if line.startswith("envs/old "))
+    assert "broken" in old and "never" in old and "ds-env-old" not in old
+    assert "envs/old: the interpreter is gone" in out
+    assert "No environments" in magics.format_envs({"envs": [], "roots": ["/v/envs"]})
+
+
+def test_progress_link():
+    url = "/services/ds-compute/switches/x?next=/user/a/lab"
+    assert magics.progress_link(url, {}) == url
+    assert magics.progress_link(url, {"JUPYTERHUB_PUBLIC_HUB_URL": "https://hub.example.org/hub/"}) == "https://hub.example.org" + url
+    assert magics.progress_link("https://other/x", {"JUPYTERHUB_PUBLIC_HUB_URL": "https://hub/"}) == "https://other/x"
+
+
+def test_next_url():
+    env = {"JUPYTERHUB_SERVICE_PREFIX": "/user/alice/", "DS_COMPUTE_VOLUME_PATH": "/vol/alice"}
+    assert magics.next_url(env) == "/user/alice/lab"
+    assert magics.next_url(dict(env, JPY_SESSION_NAME="/vol/alice/a b/n.ipynb")) == "/user/alice/lab/tree/a%20b/n.ipynb"
+    assert magics.next_url(dict(env, JPY_SESSION_NAME="/elsewhere/n.ipynb")) == "/user/alice/lab"
+    assert magics.next_url({"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:5/user/bob/gpu/"}) == "/user/bob/gpu/lab"
+    assert magics.next_url({}) is None
+
+
+@pytest.mark.parametrize(
+    "args,problem",
+    [([], "needs a TIER"), (["gpu", "small"], "one TIER"), (["--force", "gpu"], "unknown option"), (["gpu", "=x"], "KEY=VALUE")],
+)
+def test_parse_switch_bad(args, problem):
+    with pytest.raises(magics.BadUsage, match=problem):
+        magics.parse_switch(args)
+
+
+def test_parse_switch():
+    assert magics.parse_switch(["gpu", "--yes", "image=torch"]) == ("gpu", True, {"image": "torch"})
+
+
+@pytest.mark.parametrize("line", ["bogus", "status now", "tiers x", "'unclosed"])
+def test_bad_usage(line):
+    with pytest.raises(magics.BadUsage):
+        magics.run(line, env={"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:1/", "JUPYTERHUB_API_TOKEN": "t"})
+
+
+def test_unreachable_server():
+    with pytest.raises(magics.DSComputeError, match="Could not reach"):
+        magics.run("status", env={"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:1/user/a/", "JUPYTERHUB_API_TOKEN": "t"})
+
+
+def test_magics_module_imports_only_stdlib_and_ipython():
+    """It is copied onto env kernels' path, where jupyter_ds_compute is absent."""
+    import ast
+    import sys
+
+    tree = ast.parse(open(magics.__file__).read())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    assert roots - set(sys.stdlib_module_names) == {"IPython"}
+
+
+# -- against a real server ------------------------------------------------------------
+class TokenUsers(IdentityProvider):
+    """Test double of JupyterHub's identity provider: each token is one user."""
+
+    users = {"alice-token": "alice", SERVER_TOKEN: "alice", "bob-token": "bob"}
+
+    async def get_user_token(self, handler):
+        name = self.users.get(self.get_token(handler) or "")
+        return User(username=name) if name else None
+
+
+class FakeService:
+    def __init__(self):
+        self.sockets = netutil.bind_sockets(0, "127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.sockets[0].getsockname()[1]}/services/ds-compute/"
+        self.calls = []
+
+    async def start(self):
+        fake = self
+
+        class Handler(web.RequestHandler):
+            def get(self):
+                fake.calls.append(("GET", self.request.path, None))
+                self.finish({"tiers": TIERS})
+
+            def post(self):
+                body = json.loads(self.request.body)
+                fake.calls.append(("POST", self.request.path, body))
+                self.set_status(202)
+                self.finish({"id": "sw1", "progress_url": "/services/ds-compute/switches/sw1?next=" + body.get("next", "")})
+
+        self.server = httpserver.HTTPServer(web.Application([(r"/services/ds-compute/api/.*", Handler)]))
+        self.server.add_sockets(self.sockets)
+
+
+@pytest.fixture
+def run(jp_asyncio_loop):
+    """Run a coroutine on pytest-jupyter's loop, where the server runs (see test_serverext)."""
+    return jp_asyncio_loop.run_until_complete
+
+
+@pytest.fixture
+def fake_service(run):
+    fake = FakeService()
+    run(fake.start())
+    yield fake
+    fake.server.stop()
+
+
+@pytest.fixture
+def kernel_env(monkeypatch, jp_root_dir, fake_service, jp_http_port, jp_base_url):
+    """The server's environment (spawner's variables), which its kernels inherit."""
+    values = {
+        "JUPYTERHUB_USER": "alice",
+        "JUPYTERHUB_SERVER_NAME": "",
+        "JUPYTERHUB_API_TOKEN": SERVER_TOKEN,
+        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{jp_http_port}{jp_base_url}",
+        "JUPYTERHUB_SERVICE_PREFIX": jp_base_url,
+        "JUPYTERHUB_PUBLIC_HUB_URL": "https://hub.example.org/hub/",
+        "DS_COMPUTE_TIER": "small",
+        "DS_COMPUTE_TIER_INFO": json.dumps(TIER_SMALL),
+        "DS_COMPUTE_TIERS": json.dumps(TIERS),
+        "DS_COMPUTE_STARTED_AT": str(time.time() - 3600),
+        "DS_COMPUTE_VOLUME_ID": "alice",
+        "DS_COMPUTE_VOLUME_PATH": str(jp_root_dir),
+        "DS_COMPUTE_VOLUME_DRIVER": "local",
+        "DS_COMPUTE_BACKEND": "local",
+        "DS_COMPUTE_SERVICE_URL": fake_service.url,
+    }
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    return values
+
+
+@pytest.fixture
+def jp_server_config(kernel_env):
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {"jupyter_ds_compute": True},
+            "identity_provider_class": TokenUsers,
+            "allow_unauthenticated_access": False,
+        },
+        "IdentityProvider": {"token": "alice-token"},
+    }
+
+
+@pytest.fixture
+def magic(run, jp_serverapp, http_server):
+    """Run ``%ds_compute LINE`` (the plain function) in a thread: it blocks on HTTP
+    while the server answers on the test's loop."""
+
+    def call(line, ask=None):
+        def answer(prompt):
+            if ask is None:
+                raise AssertionError(f"unexpected question: {prompt}")
+            call.prompts.append(prompt)
+            return ask
+
+        return run(asyncio.to_thread(magics.run, line, None, answer))
+
+    call.prompts = []
+    return call
+
+
+def test_status(magic):
+    out = magic("status")
+    assert "Tier:      Small (small)" in out
+    assert "Resources: 1 CPU, 2.0 GiB memory, 0 GPU" in out
+    assert "Price:     $2.00/h" in out
+    assert "On tier:   1h 00m" in out
+    assert "Cost:      $2.00 so far" in out
+    assert "Volume:    alice (local)" in out and "Notebooks: on the volume" in out
+    assert magic("") == out  # no command = status
+
+
+def test_volume_and_cost(magic, jp_root_dir):
+    vol = magic("volume")
+    assert str(jp_root_dir) in vol and "WARNING" not in vol
+    assert "$2.00/h" in magic("cost")
+
+
+def test_tiers(magic, fake_service):
+    out = magic("tiers")
+    assert [line[0] for line in out.splitlines() if " small " in line] == ["*"]
+    assert "not allowed: only for group hpc" in out
+    assert ("GET", "/services/ds-compute/api/tiers", None) in fake_service.calls
+
+
+def test_switch_yes(magic, fake_service, jp_base_url):
+    out = magic("switch gpu --yes")
+    posts = [c for c in fake_service.calls if c[0] == "POST"]
+    assert len(posts) == 1
+    _, path, body = posts[0]
+    assert path == "/services/ds-compute/api/switches"
+    assert body == {"profile": "gpu", "next": jp_base_url.rstrip("/") + "/lab", "server_name": ""}
+    assert "Switching to GPU (gpu)" in out
+    assert "https://hub.example.org/services/ds-compute/switches/sw1?next=" in out
+    assert "kernel will restart" in out
+    assert magic.prompts == []
+
+
+def test_switch_asks_first(magic, fake_service):
+    assert magic("switch gpu", ask="n") == "Not switching."
+    assert magic.prompts == ["The kernel will restart when the server moves. Switch to GPU? [y/N] "]
+    assert [c for c in fake_service.calls if c[0] == "POST"] == []
+    assert "Switching to GPU" in magic("switch gpu", ask="y")
+    assert len([c for c in fake_service.calls if c[0] == "POST"]) == 1
+
+
+def test_switch_refusals(magic, fake_service):
+    with pytest.raises(magics.BadUsage, match="no such tier: huge. Tiers: small, gpu, big"):
+        magic("switch huge --yes")
+    assert "already runs on Small" in magic("switch small --yes")
+    assert "cannot switch to Many cores: only for group hpc" in magic("switch big --yes")
+    assert [c for c in fake_service.calls if c[0] == "POST"] == []
+
+
+def test_envs_empty(magic, jp_root_dir):
+    assert "No environments found" in magic("envs")
+    assert str(jp_root_dir / "envs") in magic("envs")
+
+
+# -- the magic in a real IPython shell ----------------------------------------------------------
+@pytest.fixture
+def shell(run, jp_serverapp, http_server):
+    sh = InteractiveShell.instance()
+    yield lambda cell: run(asyncio.to_thread(sh.run_cell, cell))
+    InteractiveShell.clear_instance()
+
+
+def test_shell_load_ext_and_commands(shell, capsys, fake_service):
+    assert shell("%load_ext jupyter_ds_compute").success
+    result = shell("%ds_compute tiers")
+    assert result.success
+    out = capsys.readouterr().out
+    assert "* " in out and "small" in out and "gpu" in out
+    assert shell("%ds_compute switch gpu --yes").success
+    assert "Follow the progress at: https://hub.example.org/services/ds-compute/switches/sw1" in capsys.readouterr().out
+
+
+def test_shell_bad_usage_is_usage_error(shell, capsys):
+    shell("%load_ext jupyter_ds_compute")
+    result = shell("%ds_compute bogus")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert "unknown command 'bogus'" in str(result.error_in_exec)
+    result = shell("%ds_compute switch")
+    assert isinstance(result.error_in_exec, UsageError)
+
+
+def test_shell_help(shell, capsys):
+    shell("%load_ext jupyter_ds_compute")
+    shell("%ds_compute?")
+    out = capsys.readouterr().out
+    assert "See and switch this server's compute tier" in out and "switch TIER [--yes]" in out
+
+
+def test_shell_not_under_hub(shell, capsys, monkeypatch):
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN")
+    shell("%load_ext jupyter_ds_compute")
+    result = shell("%ds_compute status")
+    assert result.success  # a message, not a traceback
+    assert "Not running under JupyterHub" in capsys.readouterr().out
