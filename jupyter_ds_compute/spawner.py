@@ -368,7 +368,8 @@ class DSComputeSpawner(Spawner):
         env.update(self._ds_env(tier, volume, path))
         cmd = volume.wrap_command(list(self.cmd) + self.get_args())
         self._emit(55, f"Starting the server on {tier.display_name}")
-        ip, port = await self._drain(backend, backend.start(tier, cmd, env, path))
+        extra = {"keep_root": True} if getattr(volume, "needs_root_exec", False) else {}
+        ip, port = await self._drain(backend, backend.start(tier, cmd, env, path, **extra))
         self.started_at = float(env["DS_COMPUTE_STARTED_AT"])
         self.tier, self.tier_slug = tier, tier.slug
         self._emit(70, "Waiting for the server to answer")

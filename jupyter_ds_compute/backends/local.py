@@ -210,7 +210,9 @@ class LocalBackend(Backend):
         name = self.spawner._log_name.replace("/", "_").replace(":", "--")
         return os.path.join(self.log_dir, f"{name}.log")
 
-    async def start(self, tier, cmd, env, volume_path):
+    async def start(self, tier, cmd, env, volume_path, keep_root=False):
+        """Start the server; with ``keep_root`` the command itself drops to
+        the user (the image volume's mount wrapper does)."""
         self.key = env["DS_COMPUTE_SERVER_KEY"]
         hierarchy = self._hierarchy_or_warn()
         procs_files = []
@@ -237,13 +239,15 @@ class LocalBackend(Backend):
         log_path = self._log_path()
         logf = open(log_path, "ab", buffering=0)
 
+        drop = uid is not None and not keep_root
+
         def preexec():
             # runs in the child between fork and exec: join the cgroup first
             # (as root), then drop privileges
             for f in procs_files:
                 with open(f, "w") as fh:
                     fh.write(str(os.getpid()))
-            if uid is not None:
+            if drop:
                 os.setgid(gid)
                 os.setgroups(groups)
                 os.setuid(uid)

@@ -1,8 +1,14 @@
-"""Volume ``local``: a directory (default) on the hub's machine.
+"""Volume ``local``: a directory (default) or an ext4 image on the hub's machine.
 
 Each user (and named server) owns one volume that exists independently of
-any server: ``<root>/<volume id>``.  It becomes the server's home and
-notebook directory.  The volume id lives in spawner state; the directory
+any server: ``<root>/<volume id>`` (directory mode) or
+``<root>/<volume id>.img`` (image mode).  It becomes the server's home and
+notebook directory.
+
+Image mode (root only) behaves like a block volume: an ext4 file system
+formatted with multi-mount protection (``mkfs.ext4 -O mmp``), loop-mounted
+inside the server's own private mount namespace (see ``loopmount.py``), and
+refused when it is attached anywhere else.  The volume id lives in spawner state; the directory
 itself is the data, so losing the hub's memory loses nothing.
 
 Where the volume is attached is recorded in ``<root>/.attachments/<id>.json``
@@ -12,12 +18,16 @@ admin panel can say where each volume is.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
-from traitlets import Unicode, default
+from jupyterhub.traitlets import ByteSpecification
+from traitlets import CaselessStrEnum, Unicode, default
 
 from .base import VolumeDriver, VolumeError
 
@@ -63,13 +73,48 @@ class LocalVolume(VolumeDriver):
     def _default_root(self):
         return os.path.abspath("ds-compute-volumes")
 
+    mode = CaselessStrEnum(
+        ["directory", "image"],
+        "directory",
+        help="""
+        ``directory``: a plain directory per user (no root needed).
+        ``image``: an ext4 image file per user with multi-mount protection,
+        loop-mounted privately for that user's server only (the hub must run
+        as root; the backend must be ``local``).
+
+        Example::
+
+            c.LocalVolume.mode = "image"
+            c.LocalVolume.image_size = "20G"
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    image_size = ByteSpecification(
+        "10G",
+        help="""Size of a new volume image (sparse: it takes only what is written).""",
+    ).tag(config=True)
+
     #: (uid, gid) that owns the volume; set by the spawner from the backend
     owner = None
     attached_to = ""
 
     @property
     def path(self):
+        """Where the server sees the volume (the mount point in image mode)."""
+        if self.mode == "image":
+            return os.path.join(self.root, "mnt", self.volume_id)
         return os.path.join(self.root, self.volume_id)
+
+    @property
+    def image(self):
+        return os.path.join(self.root, f"{self.volume_id}.img")
+
+    @property
+    def needs_root_exec(self):
+        """Image mode mounts inside the server's namespace, then drops to the user."""
+        return self.mode == "image"
 
     def _registry(self):
         return os.path.join(self.root, ".attachments", f"{self.volume_id}.json")
@@ -85,6 +130,9 @@ class LocalVolume(VolumeDriver):
         if not self.volume_id:
             self.volume_id = volume_id_for(self.spawner.user.name, self.spawner.name)
         os.makedirs(self.root, mode=0o755, exist_ok=True)
+        if self.mode == "image":
+            await self._ensure_image()
+            return self.volume_id
         path = self.path
         if not os.path.isdir(path):
             self.log.info("Creating volume %s at %s for %s", self.volume_id, path, self.log_name)
@@ -95,6 +143,38 @@ class LocalVolume(VolumeDriver):
             if (st.st_uid, st.st_gid) != (uid, gid) and os.geteuid() == 0:
                 os.chown(path, uid, gid)
         return self.volume_id
+
+    async def _ensure_image(self):
+        if os.geteuid() != 0:
+            raise VolumeError("c.LocalVolume.mode = 'image' needs the hub to run as root")
+        os.makedirs(self.path, mode=0o755, exist_ok=True)
+        if os.path.exists(self.image):
+            return
+        uid, gid = self.owner or (os.getuid(), os.getgid())
+        self.log.info("Creating %s volume image %s for %s", self.image_size, self.image, self.log_name)
+        tmp = self.image + ".new"
+        with open(tmp, "wb") as f:
+            f.truncate(self.image_size)
+        out = await _run(
+            "mkfs.ext4", "-q", "-F", "-O", "mmp", "-E", f"root_owner={uid}:{gid}", "-L", "ds-volume", tmp
+        )
+        if out is None:
+            os.unlink(tmp)
+            raise VolumeError(f"Could not format volume image {self.image}: see the hub log")
+        os.replace(tmp, self.image)
+
+    async def _image_holder(self):
+        """Who holds the image right now (another namespace or host), or None."""
+        loops = await _run("losetup", "-j", self.image)
+        if loops:
+            return f"loop device {loops.split(':', 1)[0]} on this machine"
+        mmp = await _run("debugfs", "-R", "dump_mmp", self.image) or ""
+        fields = dict(line.split(": ", 1) for line in mmp.splitlines() if ": " in line)
+        seq = fields.get("sequence", "ff4d4d50").strip().lower()
+        # 0xff4d4d50 = clean; 0xff4d4d51 = being checked by fsck
+        if seq not in ("ff4d4d50",):
+            return f"host {fields.get('node_name', '?').strip()} (MMP sequence {seq})"
+        return None
 
     async def attach(self, host):
         if host.kind not in ("local", "shared-fs"):
@@ -111,6 +191,15 @@ class LocalVolume(VolumeDriver):
                 f"Volume {self.volume_id} is attached to {holder.get('server')} on "
                 f"{holder.get('host')}: stop that server first.",
             )
+        if self.mode == "image":
+            if host.kind != "local":
+                raise VolumeError(f"Volume image {self.volume_id} can only be mounted on the hub's machine")
+            busy = await self._image_holder()
+            if busy:
+                raise VolumeError(
+                    f"Volume {self.volume_id} is attached elsewhere ({busy}): stop what uses it first. "
+                    "Nothing was changed."
+                )
         os.makedirs(os.path.dirname(self._registry()), mode=0o700, exist_ok=True)
         tmp = self._registry() + ".tmp"
         with open(tmp, "w") as f:
@@ -128,10 +217,28 @@ class LocalVolume(VolumeDriver):
                 pass
         self.attached_to = ""
 
+    def wrap_command(self, cmd):
+        if self.mode != "image":
+            return cmd
+        uid, gid = self.owner or (os.getuid(), os.getgid())
+        return [
+            "unshare", "--mount", "--propagation", "private", "--",
+            sys.executable, "-m", "jupyter_ds_compute.volumes.loopmount",
+            "--image", self.image, "--target", self.path, "--uid", str(uid), "--gid", str(gid),
+            "--", *cmd,
+        ]  # fmt: skip
+
     async def describe(self):
-        info = {"id": self.volume_id, "driver": self.name, "path": self.path}
+        info = {"id": self.volume_id, "driver": self.name, "path": self.path, "mode": self.mode}
         holder = self._read_registry()
         info["attached_to"] = holder.get("host") if holder else None
+        if self.mode == "image":
+            try:
+                st = os.stat(self.image)
+                info["size_bytes"], info["used_bytes"] = st.st_size, st.st_blocks * 512
+            except OSError:
+                pass
+            return info
         try:
             usage = shutil.disk_usage(self.path)
             info["size_bytes"], info["used_bytes"] = usage.total, usage.used
@@ -141,3 +248,18 @@ class LocalVolume(VolumeDriver):
 
     def get_state(self):
         return {"driver": self.name, "id": self.volume_id} if self.volume_id else {}
+
+
+async def _run(*argv):
+    """Run a short command; its output, or None (logged) if it failed."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    text = out.decode(errors="replace").strip()
+    if proc.returncode:
+        import logging
+
+        logging.getLogger("JupyterHub").warning("%s failed (%s): %s", argv[0], proc.returncode, text)
+        return None
+    return text
