@@ -140,7 +140,7 @@ c.JupyterHub.load_roles = list(c.JupyterHub.get("load_roles", [])) + [
     {
         "name": "ds-compute-service",
         # the minimum for stop/start/PATCH of any server and reading groups
-        "scopes": ["servers", "read:users:groups", "read:users:name"],
+        "scopes": ["servers", "read:users:groups"],
         "services": ["ds-compute"],
     },
 ]

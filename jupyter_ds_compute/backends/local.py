@@ -240,6 +240,9 @@ class LocalBackend(Backend):
         logf = open(log_path, "ab", buffering=0)
 
         drop = uid is not None and not keep_root
+        if uid is None and os.geteuid() == 0:
+            # run_as = "hub" with a root hub: jupyter-server refuses root without this
+            cmd = [*cmd, "--ServerApp.allow_root=True"]
 
         def preexec():
             # runs in the child between fork and exec: join the cgroup first
