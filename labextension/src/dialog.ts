@@ -1,0 +1,357 @@
+import { JupyterFrontEnd } from '@jupyterlab/application';
+import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import { Widget } from '@lumino/widgets';
+
+import {
+  formatCPU,
+  formatGPU,
+  formatHourly,
+  formatMemory,
+  tierName,
+  tierSummary
+} from './format';
+import { IDSComputeModel } from './model';
+import { requestAPI } from './request';
+import { ISwitchReply, ITier, ITiersReply } from './types';
+
+/** `data-testid` of each dialog button, by the button's class name. */
+const BUTTON_TEST_IDS: { [className: string]: string } = {
+  'jp-DSCompute-cancelButton': 'ds-compute-cancel',
+  'jp-DSCompute-nextButton': 'ds-compute-next',
+  'jp-DSCompute-switchButton': 'ds-compute-switch',
+  'jp-DSCompute-saveAndSwitchButton': 'ds-compute-save-and-switch'
+};
+
+/**
+ * The default dialog renderer, plus a stable `data-testid` on our buttons.
+ */
+class Renderer extends Dialog.Renderer {
+  createButtonNode(button: Dialog.IButton): HTMLButtonElement {
+    const node = super.createButtonNode(button);
+    for (const className of button.className.split(/\s+/)) {
+      const testId = BUTTON_TEST_IDS[className];
+      if (testId) {
+        node.dataset.testid = testId;
+      }
+    }
+    return node;
+  }
+}
+
+const renderer = new Renderer();
+
+/**
+ * The dialog body: one card per tier, loaded from `GET tiers`.
+ *
+ * The current tier is marked and cannot be chosen; tiers the policy refuses
+ * are greyed and show the reason. `getValue()` is the chosen tier or null.
+ */
+export class TierPicker extends Widget {
+  constructor() {
+    super();
+    this.addClass('jp-DSCompute-picker');
+    this.node.dataset.testid = 'ds-compute-picker';
+    this._message = document.createElement('p');
+    this._message.className = 'jp-DSCompute-pickerMessage';
+    this._message.textContent = 'Loading tiers…';
+    this._list = document.createElement('div');
+    this._list.className = 'jp-DSCompute-tierList';
+    this._list.setAttribute('role', 'radiogroup');
+    this._list.setAttribute('aria-label', 'Compute tiers');
+    this.node.append(this._message, this._list);
+    this._ready = this._load();
+  }
+
+  /** The chosen tier, or null. */
+  getValue(): ITier | null {
+    return this._selected;
+  }
+
+  /** Resolves once the tiers are shown (or the error is). */
+  get ready(): Promise<void> {
+    return this._ready;
+  }
+
+  protected onAfterAttach(): void {
+    this._updateNextButton();
+  }
+
+  private async _load(): Promise<void> {
+    let reply: ITiersReply;
+    try {
+      reply = await requestAPI<ITiersReply>('tiers');
+    } catch (error) {
+      this._message.textContent = `Compute tiers are not available: ${
+        (error as Error).message
+      }`;
+      this._message.classList.add('jp-DSCompute-error');
+      this._message.dataset.testid = 'ds-compute-error';
+      return;
+    }
+    const tiers = reply?.tiers ?? [];
+    if (tiers.length === 0) {
+      this._message.textContent = 'No compute tiers are configured.';
+      return;
+    }
+    this._message.textContent =
+      'Choose the machine to run this server on. Your files and environments stay with you.';
+    for (const tier of tiers) {
+      this._list.appendChild(this._createCard(tier, tier.slug === reply.current));
+    }
+    this._updateNextButton();
+  }
+
+  private _createCard(tier: ITier, current: boolean): HTMLElement {
+    const card = document.createElement('div');
+    card.className = 'jp-DSCompute-tierCard';
+    card.dataset.slug = tier.slug;
+    card.dataset.testid = `ds-compute-tier-${tier.slug}`;
+    card.setAttribute('role', 'radio');
+    card.setAttribute('aria-checked', 'false');
+    const selectable = tier.allowed && !current;
+    if (current) {
+      card.classList.add('jp-mod-current');
+    }
+    if (!tier.allowed) {
+      card.classList.add('jp-mod-refused');
+    }
+    if (selectable) {
+      card.tabIndex = 0;
+    } else {
+      card.setAttribute('aria-disabled', 'true');
+    }
+
+    const header = document.createElement('div');
+    header.className = 'jp-DSCompute-tierHeader';
+    const name = document.createElement('span');
+    name.className = 'jp-DSCompute-tierName';
+    name.textContent = tierName(tier);
+    header.appendChild(name);
+    if (current) {
+      header.appendChild(badge('current', 'jp-DSCompute-badge-current'));
+    } else if (!tier.allowed) {
+      header.appendChild(badge('not available', 'jp-DSCompute-badge-refused'));
+    }
+    const price = document.createElement('span');
+    price.className = 'jp-DSCompute-tierPrice';
+    price.textContent = formatHourly(tier.hourly_cost);
+    header.appendChild(price);
+    card.appendChild(header);
+
+    if (tier.description) {
+      const description = document.createElement('div');
+      description.className = 'jp-DSCompute-tierDescription';
+      description.textContent = tier.description;
+      card.appendChild(description);
+    }
+
+    const specs = document.createElement('div');
+    specs.className = 'jp-DSCompute-tierSpecs';
+    for (const spec of [
+      formatCPU(tier.cpu),
+      formatMemory(tier.mem),
+      formatGPU(tier.gpu)
+    ]) {
+      if (spec) {
+        const item = document.createElement('span');
+        item.className = 'jp-DSCompute-tierSpec';
+        item.textContent = spec;
+        specs.appendChild(item);
+      }
+    }
+    card.appendChild(specs);
+
+    if (!tier.allowed && tier.reason) {
+      const reason = document.createElement('div');
+      reason.className = 'jp-DSCompute-tierReason';
+      reason.textContent = tier.reason;
+      card.appendChild(reason);
+    }
+
+    if (selectable) {
+      card.addEventListener('click', () => this._select(tier, card));
+      card.addEventListener('keydown', event => {
+        if (event.key === ' ' || event.key === 'Enter') {
+          event.preventDefault();
+          event.stopPropagation();
+          this._select(tier, card);
+        }
+      });
+    }
+    return card;
+  }
+
+  private _select(tier: ITier, card: HTMLElement): void {
+    this._selected = tier;
+    for (const other of Array.from(
+      this._list.querySelectorAll('.jp-DSCompute-tierCard')
+    )) {
+      other.classList.remove('jp-mod-selected');
+      other.setAttribute('aria-checked', 'false');
+    }
+    card.classList.add('jp-mod-selected');
+    card.setAttribute('aria-checked', 'true');
+    this._updateNextButton();
+  }
+
+  /** The *Switch…* button of the dialog only works with a choice made. */
+  private _updateNextButton(): void {
+    const dialog = this.node.closest('.jp-Dialog-content');
+    const button = dialog?.querySelector<HTMLButtonElement>(
+      '[data-testid="ds-compute-next"]'
+    );
+    if (button) {
+      button.disabled = this._selected === null;
+    }
+  }
+
+  private _message: HTMLElement;
+  private _list: HTMLElement;
+  private _selected: ITier | null = null;
+  private _ready: Promise<void>;
+}
+
+function badge(text: string, className: string): HTMLElement {
+  const node = document.createElement('span');
+  node.className = `jp-DSCompute-badge ${className}`;
+  node.textContent = text;
+  return node;
+}
+
+/** How the user confirmed a switch. */
+type Confirmation = 'cancel' | 'switch' | 'save-and-switch';
+
+async function confirmSwitch(
+  tier: ITier,
+  hasUnsaved: boolean
+): Promise<Confirmation> {
+  const body = document.createElement('div');
+  body.className = 'jp-DSCompute-confirm';
+  body.dataset.testid = 'ds-compute-confirm';
+  const lines = [
+    `Your server will stop and start again on ${tierName(
+      tier
+    )} (${tierSummary(tier)}).`,
+    'Running kernels will be shut down and their variables lost; they restart on the new machine. ' +
+      'Your files and environments move with you.',
+    'This page reloads when the new machine is ready.'
+  ];
+  for (const line of lines) {
+    const p = document.createElement('p');
+    p.textContent = line;
+    body.appendChild(p);
+  }
+  if (hasUnsaved) {
+    const warning = document.createElement('p');
+    warning.className = 'jp-DSCompute-warning';
+    warning.dataset.testid = 'ds-compute-unsaved-warning';
+    warning.textContent =
+      'You have unsaved changes. Choose “Save all and switch” to keep them.';
+    body.appendChild(warning);
+  }
+
+  const result = await showDialog({
+    title: `Switch to ${tierName(tier)}?`,
+    body: new Widget({ node: body }),
+    renderer,
+    buttons: [
+      Dialog.cancelButton({
+        label: 'Cancel',
+        className: 'jp-DSCompute-cancelButton'
+      }),
+      Dialog.warnButton({
+        label: 'Switch',
+        className: 'jp-DSCompute-switchButton',
+        actions: ['switch']
+      }),
+      Dialog.okButton({
+        label: 'Save all and switch',
+        className: 'jp-DSCompute-saveAndSwitchButton',
+        actions: ['save-and-switch']
+      })
+    ]
+  });
+  if (!result.button.accept) {
+    return 'cancel';
+  }
+  return result.button.actions.includes('save-and-switch')
+    ? 'save-and-switch'
+    : 'switch';
+}
+
+export interface ISwitchOptions {
+  app: JupyterFrontEnd;
+  model: IDSComputeModel;
+  /** Whether open documents have unsaved changes (ILabStatus.isDirty). */
+  isDirty: () => boolean;
+}
+
+/**
+ * The whole *Switch machine…* flow: pick a tier, confirm, optionally save
+ * all, ask the server extension to switch, and go to the progress page.
+ */
+export async function switchMachine(options: ISwitchOptions): Promise<void> {
+  const { app, model, isDirty } = options;
+  const picker = new TierPicker();
+  const picked = await showDialog<ITier | null>({
+    title: 'Switch machine',
+    body: picker,
+    renderer,
+    buttons: [
+      Dialog.cancelButton({
+        label: 'Cancel',
+        className: 'jp-DSCompute-cancelButton'
+      }),
+      Dialog.okButton({
+        label: 'Switch…',
+        className: 'jp-DSCompute-nextButton'
+      })
+    ]
+  });
+  const tier = picked.button.accept ? picked.value : null;
+  if (!tier) {
+    return;
+  }
+
+  const how = await confirmSwitch(tier, isDirty());
+  if (how === 'cancel') {
+    return;
+  }
+  if (how === 'save-and-switch' && app.commands.hasCommand('docmanager:save-all')) {
+    try {
+      await app.commands.execute('docmanager:save-all');
+    } catch (error) {
+      await showErrorMessage(
+        'Could not save all documents',
+        `${(error as Error).message || error}. The machine was not switched.`
+      );
+      return;
+    }
+  }
+
+  // From here on a lost connection is expected: say so before the request,
+  // because the hub may stop the server right after it answers.
+  model.switching = true;
+  let reply: ISwitchReply;
+  try {
+    reply = await requestAPI<ISwitchReply>('switch', {
+      method: 'POST',
+      body: JSON.stringify({
+        profile: tier.slug,
+        next: window.location.pathname + window.location.search
+      })
+    });
+    if (!reply || typeof reply.progress_url !== 'string') {
+      throw new Error('The server did not say where to follow the switch.');
+    }
+  } catch (error) {
+    model.switching = false;
+    const message = (error as Error).message || String(error);
+    await showErrorMessage(`Could not switch to ${tierName(tier)}`, message);
+    void model.refresh();
+    return;
+  }
+  // connectionlost.ts keeps JupyterLab's "leave site?" prompt and its
+  // connection-lost dialog away from here on (model.switching is true).
+  window.location.href = reply.progress_url;
+}

@@ -1,0 +1,124 @@
+import { Widget } from '@lumino/widgets';
+
+import {
+  formatDollars,
+  formatDuration,
+  formatHourly,
+  formatMemory,
+  tierName,
+  tierSummary
+} from './format';
+import { IDSComputeModel } from './model';
+
+/**
+ * Status-bar item: `⚙ Small · $0.05/h · vol alice`.
+ *
+ * Clicking it runs `onClick` (the switch dialog). It carries
+ * `jp-DSCompute-statusItem-warning` while the volume has a warning, and
+ * `jp-DSCompute-statusItem-unavailable` while the server extension does not
+ * answer.
+ */
+export class ComputeStatusItem extends Widget {
+  constructor(
+    private _model: IDSComputeModel,
+    onClick: () => void
+  ) {
+    super({ node: document.createElement('div') });
+    this.addClass('jp-DSCompute-statusItem');
+    this.node.dataset.testid = 'ds-compute-status';
+    this.node.setAttribute('role', 'button');
+    this.node.tabIndex = 0;
+    this._label = document.createElement('span');
+    this._label.className = 'jp-DSCompute-statusLabel';
+    this.node.appendChild(this._label);
+    this.node.addEventListener('click', onClick);
+    this.node.addEventListener('keydown', event => {
+      if (event.key === 'Enter' || event.key === ' ') {
+        event.preventDefault();
+        onClick();
+      }
+    });
+    _model.changed.connect(this._update, this);
+    this._update();
+  }
+
+  dispose(): void {
+    this._model.changed.disconnect(this._update, this);
+    super.dispose();
+  }
+
+  private _update(): void {
+    const model = this._model;
+    const status = model.status;
+    const warning = status?.volume?.warning ?? '';
+    this.toggleClass('jp-DSCompute-statusItem-warning', !!warning);
+    this.toggleClass('jp-DSCompute-statusItem-switching', model.switching);
+    this.toggleClass(
+      'jp-DSCompute-statusItem-unavailable',
+      model.available === false
+    );
+
+    if (model.switching) {
+      this._label.textContent = '⚙ switching machine…';
+      this.node.title = 'A switch of this server is in progress.';
+      return;
+    }
+    if (model.available === null) {
+      this._label.textContent = '⚙ ds-compute: …';
+      this.node.title = 'Loading the compute tier…';
+      return;
+    }
+    if (!status) {
+      this._label.textContent = 'ds-compute: not available';
+      this.node.title = `The ds-compute server extension does not answer${
+        model.error ? `: ${model.error}` : ''
+      }.`;
+      return;
+    }
+
+    const parts: string[] = [];
+    parts.push(status.tier ? `⚙ ${tierName(status.tier)}` : '⚙ no tier');
+    if (status.tier) {
+      const hourly = formatHourly(status.tier.hourly_cost);
+      if (hourly) {
+        parts.push(hourly);
+      }
+    }
+    if (status.volume?.id) {
+      parts.push(`vol ${status.volume.id}`);
+    }
+    this._label.textContent = parts.join(' · ') + (warning ? ' ⚠' : '');
+
+    const lines: string[] = [];
+    if (status.tier) {
+      lines.push(`Tier: ${tierName(status.tier)} — ${tierSummary(status.tier)}`);
+      if (status.tier.description) {
+        lines.push(status.tier.description);
+      }
+    }
+    if (status.seconds_on_tier !== null && status.seconds_on_tier !== undefined) {
+      let line = `On this tier for ${formatDuration(status.seconds_on_tier)}`;
+      if (status.cost_so_far !== null && status.cost_so_far !== undefined) {
+        line += `, ${formatDollars(status.cost_so_far)} so far`;
+      }
+      lines.push(line);
+    }
+    const volume = status.volume;
+    if (volume) {
+      let line = `Volume ${volume.id} (${volume.driver}) at ${volume.path}`;
+      if (volume.used_bytes && volume.size_bytes) {
+        line += `: ${formatMemory(volume.used_bytes)} of ${formatMemory(
+          volume.size_bytes
+        )} used`;
+      }
+      lines.push(line);
+    }
+    if (warning) {
+      lines.push(`⚠ ${warning}`);
+    }
+    lines.push('Click to switch machine.');
+    this.node.title = lines.join('\n');
+  }
+
+  private _label: HTMLElement;
+}
