@@ -98,7 +98,7 @@ class Hub:
             c.JupyterHub.load_roles = [{
                 "name": "test-admin",
                 "scopes": ["admin:users", "admin:servers", "admin:groups", "tokens", "access:servers",
-                           "access:services", "read:hub", "proxy"],
+                           "access:services", "read:hub", "proxy", "shares"],
                 "services": ["test-admin"],
             }]
             c.JupyterHub.log_level = "DEBUG"
