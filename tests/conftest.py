@@ -14,7 +14,6 @@ from hubtest import Hub
 # Extra tiers the real-hub tests need besides the embedded default's:
 # one limited to a group, one with options (choices and an unlisted value).
 TEST_TIERS_CONFIG = """
-c.JupyterHub.spawner_class = "jupyter_ds_compute.spawner.DSComputeSpawner"  # TEMP
 c.DSComputeSpawner.profile_list = list(c.DSComputeSpawner.profile_list) + [
     {
         "display_name": "Restricted",

@@ -1,0 +1,1 @@
+"""Where servers run: one module per backend (see base.py for the interface)."""

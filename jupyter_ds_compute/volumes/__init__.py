@@ -1,0 +1,1 @@
+"""The user's persistent storage: one module per driver (see base.py)."""
