@@ -108,6 +108,10 @@ class DSComputeExtension(ExtensionApp):
         self._own_scanner: EnvScanner | None = None
         self._background: list[asyncio.Future] = []
         self.settings["ds_compute"] = self
+        try:  # "last used" of an env = its kernels' starts
+            self.serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS_SCHEMA, listener=self._on_kernel_action)
+        except Exception as e:  # an event logger without listeners: no record, no harm
+            self.log.info("ds-compute: cannot listen to kernel events: %s", e)
 
     def initialize_handlers(self):
         self.handlers.extend(default_handlers("/ds-compute"))
@@ -115,10 +119,6 @@ class DSComputeExtension(ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp):
         # Nothing here is awaited: server start must not wait for discovery.
         self._background.append(asyncio.ensure_future(self._warm_up()))
-        try:
-            serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS_SCHEMA, listener=self._on_kernel_action)
-        except Exception as e:  # older jupyter_events: no "last used" recording
-            self.log.info("ds-compute: cannot listen to kernel events: %s", e)
 
     async def _warm_up(self) -> None:
         try:

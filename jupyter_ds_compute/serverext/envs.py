@@ -324,16 +324,18 @@ class EnvScanner:
         self._apply_check(env)
 
     async def check_pending(self, concurrency: int = 4, timeout: float = 30.0) -> None:
-        envs = self.pending()
-        if not envs:
-            return
+        """Check every unchecked env, including ones that appear meanwhile."""
         sem = asyncio.Semaphore(concurrency)
 
         async def one(e: EnvInfo) -> None:
             async with sem:
                 await self.check(e, timeout)
 
-        await asyncio.gather(*(one(e) for e in envs))
+        while True:
+            envs = self.pending()
+            if not envs:
+                return
+            await asyncio.gather(*(one(e) for e in envs))
 
 
 class EnvSizes:
