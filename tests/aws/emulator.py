@@ -1,0 +1,252 @@
+"""Instance emulator: moto's EC2 instances come to life on this machine.
+
+A thread polls the moto server. When an instance tagged by a hub reaches
+``running``, the emulator
+
+- gives it an address the hub may dial: a free port on 127.0.0.1, published
+  as the instance tag ``ds-compute:test-address`` (the backend runs with
+  ``c.EC2Backend.address_source = "tag:ds-compute:test-address"``); moto's
+  fake 10.x/54.x addresses are never dialed;
+- runs its user-data's shell script (as cloud-init would) in a private mount
+  namespace (``unshare --mount``), as root, with ``DS_COMPUTE_INSTANCE_ID``
+  standing in for the metadata service, the moto endpoint and test
+  credentials, and ``DS_COMPUTE_DEVICE_DIR`` standing in for
+  ``/dev/disk/by-id``;
+- maps each EBS volume attached to it (per moto) to a loop device over a
+  sparse image ``<root>/<vol-id>.img``, linked as
+  ``<device dir>/nvme-Amazon_Elastic_Block_Store_<serial>`` while (and only
+  while) moto says it is attached there — so the bootstrap's real code finds,
+  formats (only if empty) and mounts it;
+- maps EFS access points through a ``mount`` wrapper on ``PATH`` that turns
+  ``mount -t efs -o accesspoint=fsap-… fs-…:/ DIR`` into a bind mount of
+  ``<root>/efs/<fs-id><access point root>``;
+- when the instance leaves ``running`` (stop/terminate), ends its processes
+  (SIGTERM, then SIGKILL), like the OS shutdown would.
+
+Needs root (namespaces, loop devices, mounts).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+
+from jupyter_ds_compute.backends.ec2 import script_from_user_data
+
+ADDRESS_TAG = "ds-compute:test-address"
+
+MOUNT_WRAPPER = r"""#!/bin/bash
+# test double: "mount -t efs -o ...accesspoint=AP FS:/ DIR" -> bind mount
+if [ "${1:-}" = "-t" ] && [ "${2:-}" = "efs" ]; then
+    opts="$4"; target="$6"
+    ap=$(echo "$opts" | tr ',' '\n' | sed -n 's/^accesspoint=//p')
+    src=$(cat "$DS_TEST_EFS_MAP/$ap")
+    exec /bin/mount --bind "$src" "$target"
+fi
+exec /bin/mount "$@"
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Instance:
+    def __init__(self, instance_id, workdir):
+        self.id = instance_id
+        self.dir = workdir / instance_id
+        self.devdir = self.dir / "by-id"
+        self.devdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc = None
+        self.devices = {}
+
+
+class InstanceEmulator:
+    def __init__(self, endpoint_url, workdir, region="us-east-1", interval=0.2, image_size_gib=1):
+        self.endpoint_url = endpoint_url
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.region = region
+        self.interval = interval
+        self.image_size = image_size_gib * 2**30
+        self.instances: dict[str, Instance] = {}
+        self.loops: dict[str, str] = {}  # volume id -> /dev/loopN (one per volume, kept)
+        self.booted: list[str] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = None
+        kw = dict(
+            endpoint_url=endpoint_url,
+            region_name=region,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        self.ec2 = boto3.client("ec2", **kw)
+        self.efs = boto3.client("efs", **kw)
+        self.bin = self.workdir / "bin"
+        self.bin.mkdir(exist_ok=True)
+        (self.bin / "mount").write_text(MOUNT_WRAPPER)
+        os.chmod(self.bin / "mount", 0o755)
+        self.efs_root = self.workdir / "efs"
+        self.efs_map = self.workdir / "efs-map"
+        self.efs_map.mkdir(exist_ok=True)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="instance-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        if self._thread:
+            self._thread.join(10)
+        for inst in list(self.instances.values()):
+            self._shutdown(inst)
+        for loop in self.loops.values():
+            subprocess.run(["losetup", "-d", loop], capture_output=True)
+        self.loops.clear()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception as e:  # noqa: BLE001 - keep emulating; tests read .errors
+                self.errors.append(repr(e))
+            self._stop.wait(self.interval)
+
+    # -- one round ---------------------------------------------------------------
+
+    def tick(self):
+        r = self.ec2.describe_instances(Filters=[{"Name": "tag-key", "Values": ["ds-compute:hub"]}])
+        states = {}
+        for res in r.get("Reservations", []):
+            for inst in res["Instances"]:
+                states[inst["InstanceId"]] = inst["State"]["Name"]
+        for iid, inst in list(self.instances.items()):
+            if states.get(iid) != "running":
+                self._shutdown(inst)
+                del self.instances[iid]
+        self._map_volumes()
+        for iid, state in states.items():
+            if state == "running" and iid not in self.instances:
+                self._boot(iid)
+
+    def _map_volumes(self):
+        r = self.ec2.describe_volumes(Filters=[{"Name": "tag-key", "Values": ["ds-compute:hub"]}])
+        attached = {}
+        for vol in r.get("Volumes", []):
+            for att in vol.get("Attachments") or []:
+                if att.get("State") == "attached":
+                    attached.setdefault(att["InstanceId"], set()).add(vol["VolumeId"])
+        for iid, inst in self.instances.items():
+            want = attached.get(iid, set())
+            for vid in want - set(inst.devices):
+                link = inst.devdir / f"nvme-Amazon_Elastic_Block_Store_{vid.replace('-', '')}"
+                loop = self._loop(vid)
+                link.symlink_to(loop)
+                inst.devices[vid] = link
+            for vid in set(inst.devices) - want:
+                inst.devices.pop(vid).unlink(missing_ok=True)
+
+    def _loop(self, vid):
+        if vid not in self.loops:
+            image = self.workdir / f"{vid}.img"
+            if not image.exists():
+                with open(image, "wb") as f:
+                    f.truncate(self.image_size)
+            out = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True)
+            self.loops[vid] = out.stdout.strip()
+        return self.loops[vid]
+
+    def _efs_map(self):
+        for ap in self.efs.describe_access_points().get("AccessPoints", []):
+            root = ap.get("RootDirectory", {})
+            src = self.efs_root / ap["FileSystemId"] / root.get("Path", "/").lstrip("/")
+            if not src.exists():
+                src.mkdir(parents=True)
+                info = root.get("CreationInfo")
+                if info:
+                    os.chown(src, int(info["OwnerUid"]), int(info["OwnerGid"]))
+                    os.chmod(src, int(info["Permissions"], 8))
+            (self.efs_map / ap["AccessPointId"]).write_text(str(src))
+
+    def _boot(self, iid):
+        inst = Instance(iid, self.workdir)
+        self.instances[iid] = inst
+        self.ec2.create_tags(Resources=[iid], Tags=[{"Key": ADDRESS_TAG, "Value": f"127.0.0.1:{inst.port}"}])
+        raw = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"].get("Value")
+        if not raw:
+            self.errors.append(f"{iid}: no user-data")
+            return
+        script = inst.dir / "user-data.sh"
+        script.write_text(script_from_user_data(base64.b64decode(raw).decode()))
+        try:
+            self._efs_map()
+        except Exception as e:  # noqa: BLE001
+            self.errors.append(f"efs map: {e!r}")
+        env = {
+            "PATH": f"{self.bin}{os.pathsep}{os.path.dirname(sys.executable)}{os.pathsep}/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "DS_COMPUTE_INSTANCE_ID": iid,
+            "DS_COMPUTE_DEVICE_DIR": str(inst.devdir),
+            "DS_TEST_EFS_MAP": str(self.efs_map),
+        }
+        log = open(inst.dir / "console.log", "ab")
+        inst.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "bash", str(script)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=inst.dir,
+        )
+        log.close()
+        self.booted.append(iid)
+
+    def _shutdown(self, inst, grace=5.0):
+        proc = inst.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        for link in inst.devices.values():
+            link.unlink(missing_ok=True)
+        inst.devices.clear()
+
+    def console(self, iid):
+        try:
+            return (self.workdir / iid / "console.log").read_text(errors="replace")
+        except OSError:
+            return ""

@@ -1,0 +1,266 @@
+"""A moto server (real HTTP on 127.0.0.1) with a fault-injection middleware.
+
+Run as ``python tests/aws/motoserver.py --port N`` (tests start it through
+:class:`MotoServer`). It is ``python -m moto.server``'s app, wrapped by
+:class:`FaultMiddleware`, which adds what moto does not simulate:
+
+- ``InsufficientInstanceCapacity`` on ``RunInstances`` (optionally only for
+  some instance types / zones), for N calls or until reset;
+- throttling: token buckets per action like EC2's (e.g. RunInstances burst 5,
+  refill 2/s) answering ``RequestLimitExceeded`` (HTTP 503);
+- attachments stuck in ``attaching`` (``DescribeVolumes`` answers rewritten);
+- counts of calls per action (for benchmarks and assertions).
+
+Control endpoints (JSON): ``POST /_fault/arm`` a rule, ``POST /_fault/reset``,
+``GET /_fault/stats``, ``POST /_fault/rate`` ``{"RunInstances": [burst, per_s]}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+EC2_ERROR = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
+    "<Message>{message}</Message></Error></Errors><RequestID>{rid}</RequestID></Response>"
+)
+
+
+class TokenBucket:
+    def __init__(self, burst, rate):
+        self.burst, self.rate = float(burst), float(rate)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self):
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class FaultMiddleware:
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        with self.lock:
+            self.rules = []
+            self.buckets = {}
+            self.calls = {}
+            self.faults = {}
+
+    # -- control -------------------------------------------------------------
+
+    def _control(self, environ, start_response, path, body):
+        data = json.loads(body or b"{}")
+        if path == "/_fault/arm":
+            data.setdefault("times", -1)
+            with self.lock:
+                self.rules.append(data)
+        elif path == "/_fault/reset":
+            self.reset()
+        elif path == "/_fault/rate":
+            with self.lock:
+                self.buckets = {k: TokenBucket(*v) for k, v in data.items()}
+        elif path == "/_fault/calls":
+            with self.lock:
+                self.calls, self.faults = {}, {}
+        out = json.dumps({"calls": self.calls, "faults": self.faults, "rules": self.rules}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])
+        return [out]
+
+    # -- requests ----------------------------------------------------------------
+
+    @staticmethod
+    def _action(environ, body):
+        target = environ.get("HTTP_X_AMZ_TARGET")
+        if target:  # JSON protocols (SSM): "AmazonSSM.PutParameter"
+            return target.rsplit(".", 1)[-1], {}
+        ctype = environ.get("CONTENT_TYPE", "")
+        if "x-www-form-urlencoded" in ctype and body:
+            params = dict(urllib.parse.parse_qsl(body.decode(errors="replace")))
+            return params.get("Action", "?"), params
+        # REST protocols (EFS): method + path
+        path = re.sub(r"/(fs|fsap|fsmt)-[0-9a-f]+", "/{id}", environ.get("PATH_INFO", ""))
+        return f"{environ.get('REQUEST_METHOD')} {path}", {}
+
+    def _fault(self, action, params):
+        with self.lock:
+            bucket = self.buckets.get(action)
+            if bucket is not None and not bucket.take():
+                self.faults["RequestLimitExceeded"] = self.faults.get("RequestLimitExceeded", 0) + 1
+                return {"error": "RequestLimitExceeded", "status": 503, "message": "Request limit exceeded."}
+            for rule in self.rules:
+                if rule.get("action") != action or rule.get("times") == 0:
+                    continue
+                match = rule.get("match") or {}
+                if any(params.get(k) != v for k, v in match.items()):
+                    continue
+                if rule["times"] > 0:
+                    rule["times"] -= 1
+                if rule.get("error"):
+                    self.faults[rule["error"]] = self.faults.get(rule["error"], 0) + 1
+                return rule
+        return None
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        if path.startswith("/_fault/"):
+            return self._control(environ, start_response, path, body)
+        action, params = self._action(environ, body)
+        with self.lock:
+            self.calls[action] = self.calls.get(action, 0) + 1
+        rule = self._fault(action, params)
+        if rule and rule.get("error"):
+            out = EC2_ERROR.format(code=rule["error"], message=rule.get("message", rule["error"]), rid="fault").encode()
+            status = rule.get("status", 500)
+            reason = {500: "Internal Server Error", 503: "Service Unavailable", 400: "Bad Request"}.get(status, "Error")
+            start_response(
+                f"{status} {reason}", [("Content-Type", "text/xml"), ("Content-Length", str(len(out)))]
+            )
+            return [out]
+        if rule and rule.get("rewrite") == "attaching":
+            return self._rewrite_attaching(environ, start_response, rule)
+        return self.app(environ, start_response)
+
+    def _rewrite_attaching(self, environ, start_response, rule):
+        captured = {}
+
+        def capture(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: None
+
+        body = b"".join(self.app(environ, capture))
+        vol = rule.get("volume_id")
+        text = body.decode()
+
+        def fix(m):
+            item = m.group(0)
+            if vol and vol not in item:
+                return item
+            return item.replace("<status>attached</status>", "<status>attaching</status>")
+
+        text = re.sub(r"<attachmentSet>.*?</attachmentSet>", fix, text, flags=re.S)
+        out = text.encode()
+        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(out))))
+        start_response(captured["status"], headers)
+        return [out]
+
+
+def make_app():
+    from moto.server import DomainDispatcherApplication, create_backend_app
+
+    app = DomainDispatcherApplication(create_backend_app)
+    return FaultMiddleware(app)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    from moto.server import MotoRequestHandler
+    from werkzeug.serving import run_simple
+
+    os.environ.setdefault("MOTO_PORT", str(args.port))
+    run_simple("127.0.0.1", args.port, make_app(), threaded=True, request_handler=MotoRequestHandler)
+
+
+# -- test-side handle -------------------------------------------------------------
+
+
+class MotoServer:
+    """The moto server subprocess; ``url``, ``arm()``, ``reset()``, ``stats()``."""
+
+    def __init__(self, port, log_path):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.proc = None
+
+    def start(self, timeout=30):
+        logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--port", str(self.port)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        logf.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.control("GET", "stats")
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"moto server exited: {Path(self.log_path).read_text()[-2000:]}")
+                time.sleep(0.1)
+        raise TimeoutError("moto server did not come up")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def control(self, method, what, data=None):
+        req = urllib.request.Request(
+            f"{self.url}/_fault/{what}",
+            data=json.dumps(data or {}).encode() if method == "POST" else None,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def arm(self, **rule):
+        return self.control("POST", "arm", rule)
+
+    def reset(self):
+        return self.control("POST", "reset")
+
+    def rate(self, limits):
+        return self.control("POST", "rate", limits)
+
+    def stats(self):
+        return self.control("GET", "stats")
+
+    def clear_calls(self):
+        return self.control("POST", "calls")
+
+    def env(self):
+        """Environment for boto3 clients of this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+        }
+
+
+if __name__ == "__main__":
+    main()

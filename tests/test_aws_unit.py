@@ -1,0 +1,373 @@
+"""EC2 backend, EBS and EFS volumes against a real moto server (HTTP on
+127.0.0.1) with fault injection: the checks moto does not make, the
+failures it does not simulate, and the accounting of what we create."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import sys
+
+import boto3
+import pytest
+from aws.harness import FakeSpawner, moto_server, tier
+from traitlets.config import Config
+
+from jupyter_ds_compute.backends import aws
+from jupyter_ds_compute.backends.base import BackendError, HostInfo
+from jupyter_ds_compute.backends.ec2 import EC2Backend, render_user_data, script_from_user_data
+from jupyter_ds_compute.volumes.base import VolumeError
+from jupyter_ds_compute.volumes.ebs import EBSVolume
+from jupyter_ds_compute.volumes.efs import EFSVolume
+
+pytestmark = pytest.mark.ec2
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    with moto_server(str(tmp_path_factory.mktemp("moto"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def ec2(moto):
+    return boto3.client("ec2", region_name="us-east-1")
+
+
+@pytest.fixture(scope="module")
+def subnets(ec2):
+    """{az: subnet id} of moto's default VPC."""
+    return {s["AvailabilityZone"]: s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]}
+
+
+@pytest.fixture(autouse=True)
+def _reset_faults(moto):
+    moto.reset()
+    yield
+    moto.reset()
+
+
+def make_config(subnets, **over):
+    c = Config()
+    c.AWS.hub_id = "unit-hub"
+    c.AWS.tags = {"Project": "ds-test"}
+    c.EC2Backend.ami_id = "ami-12c6146b"
+    c.EC2Backend.subnet_ids = [subnets["us-east-1a"], subnets["us-east-1b"]]
+    c.EC2Backend.capacity_backoff = 0.05
+    c.EC2Backend.poll_interval = 0
+    c.EBSVolume.availability_zone = "us-east-1a"
+    c.EBSVolume.size = 1
+    c.EBSVolume.attach_timeout = 2
+    for key, value in over.items():
+        cls, _, trait = key.partition("__")
+        c[cls][trait] = value
+    return c
+
+
+def make(user, subnets, name="", volume_cls=EBSVolume, **over):
+    spawner = FakeSpawner(user, name, config=make_config(subnets, **over))
+    spawner.volume = volume_cls(spawner)
+    return spawner, EC2Backend(spawner), spawner.volume
+
+
+def instances(ec2, user, states=("pending", "running", "stopping", "stopped")):
+    r = ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:ds-compute:user", "Values": [user]},
+            {"Name": "instance-state-name", "Values": list(states)},
+        ]
+    )
+    return [i for res in r["Reservations"] for i in res["Instances"]]
+
+
+def attachments(ec2, volume_id):
+    vol = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+    return [a["InstanceId"] for a in vol["Attachments"] if a["State"] in ("attaching", "attached")]
+
+
+async def start_host(spawner, backend, volume, slug="small"):
+    await volume.ensure()
+    host = await backend.prepare(tier(slug))
+    path = await volume.attach(host)
+    return host, path
+
+
+async def stop_host(backend, volume):
+    await backend.stop(now=True)
+    await volume.detach()
+    await backend.release()
+
+
+# -- plumbing -------------------------------------------------------------------
+
+
+def test_boto3_missing_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    with pytest.raises(ImportError, match=r"pip install jupyter-ds-compute\[aws\]"):
+        aws.boto3()
+
+
+def test_user_data_quotes_values_and_round_trips():
+    script = render_user_data(region="us-east-1", spec_prefix="/p/$(reboot)/", spec_timeout=5, python="/usr/bin/python3")
+    assert "DS_SPEC_PREFIX='/p/$(reboot)/'" in script
+    assert not re.search(r"@@[A-Z_]+@@", script)
+    from jupyter_ds_compute.backends.ec2 import user_data_mime
+
+    mime = user_data_mime(script)
+    assert "scripts-user, always" in mime  # the bootstrap runs at every boot
+    assert script_from_user_data(mime) == script
+
+
+async def test_throttled_call_is_retried_with_jitter(moto):
+    moto.rate({"DescribeRegions": [1, 2]})
+    c = aws.client("ec2", "us-east-1", max_attempts=1)
+    results = await asyncio.gather(*(aws.call(c.describe_regions, throttle_timeout=30) for _ in range(6)))
+    assert all(r["Regions"] for r in results)
+    assert moto.stats()["faults"].get("RequestLimitExceeded", 0) > 0
+
+
+# -- EBS ------------------------------------------------------------------------------
+
+
+async def test_ebs_volume_created_once_encrypted_gp3_tagged(ec2, subnets):
+    spawner, _, volume = make("ebs-create", subnets)
+    vid = await volume.ensure()
+    assert await volume.ensure() == vid
+    vol = ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]
+    assert vol["Encrypted"] and vol["VolumeType"] == "gp3" and vol["Size"] == 1
+    assert vol["AvailabilityZone"] == "us-east-1a"
+    tags = aws.tag_dict(vol["Tags"])
+    assert tags["ds-compute:user"] == "ebs-create" and tags["ds-compute:hub"] == "unit-hub"
+    assert tags["Project"] == "ds-test"
+    # the state round-trips; a lost state finds the same volume by its tags
+    state = volume.get_state()
+    again = EBSVolume(spawner)
+    again.load_state(state)
+    assert await again.ensure() == vid
+    fresh = EBSVolume(spawner)
+    assert await fresh.ensure() == vid
+    # a named server has its own volume
+    _, _, other = make("ebs-create", subnets, name="box")
+    assert await other.ensure() != vid
+
+
+async def test_ebs_attach_detach_and_start_stop(ec2, subnets):
+    spawner, backend, volume = make("ebs-cycle", subnets)
+    host, path = await start_host(spawner, backend, volume)
+    assert path == "/home/jovyan"
+    assert host.kind == "ec2" and host.zone == "us-east-1a"
+    assert attachments(ec2, volume.volume_id) == [host.id]
+    assert host.extra["mount"]["volume_id"] == volume.volume_id
+    (inst,) = instances(ec2, "ebs-cycle")
+    assert inst["InstanceType"] == "t3.medium"
+    tags = aws.tag_dict(inst["Tags"])
+    assert tags["ds-compute:tier"] == "small" and tags["Project"] == "ds-test"
+    # the launch spec goes to SSM, never into user-data
+    await backend.start(tier("small"), ["jupyterhub-singleuser"], {"JUPYTERHUB_API_TOKEN": "s3cret"}, path)
+    ud = ec2.describe_instance_attribute(InstanceId=host.id, Attribute="userData")["UserData"]["Value"]
+    assert "s3cret" not in base64.b64decode(ud).decode()
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    param = ssm.get_parameter(Name=backend.spec_parameter, WithDecryption=True)["Parameter"]
+    assert param["Type"] == "SecureString"
+    assert json.loads(param["Value"])["env"]["JUPYTERHUB_API_TOKEN"] == "s3cret"
+    assert await backend.poll() is None
+    await stop_host(backend, volume)
+    assert instances(ec2, "ebs-cycle") == []
+    assert attachments(ec2, volume.volume_id) == []
+    with pytest.raises(ssm.exceptions.ParameterNotFound):
+        ssm.get_parameter(Name=f"/ds-compute/launch/{host.id}")
+    assert await backend.poll() == 0
+
+
+async def test_ebs_refuses_volume_attached_elsewhere(ec2, subnets):
+    spawner, backend, volume = make("ebs-twice", subnets)
+    first, _ = await start_host(spawner, backend, volume)
+    second_backend = EC2Backend(spawner)
+    second = await second_backend.prepare(tier("gpu"))
+    with pytest.raises(VolumeError, match=f"attached to instance {first.id}"):
+        await volume.attach(second)
+    assert attachments(ec2, volume.volume_id) == [first.id]
+    await second_backend.stop(now=True)
+    await stop_host(backend, volume)
+
+
+async def test_ebs_refuses_other_zone(ec2, subnets):
+    spawner, _, volume = make("ebs-zone", subnets)
+    await volume.ensure()
+    r = ec2.run_instances(
+        ImageId="ami-12c6146b", MinCount=1, MaxCount=1, SubnetId=subnets["us-east-1b"],
+        TagSpecifications=[{"ResourceType": "instance", "Tags": aws.tag_list(volume.owner_tags(spawner))}],
+    )  # fmt: skip
+    iid = r["Instances"][0]["InstanceId"]
+    with pytest.raises(VolumeError, match="us-east-1a but instance .* is in us-east-1b"):
+        await volume.attach(HostInfo(kind="ec2", id=iid, zone="us-east-1b"))
+    assert attachments(ec2, volume.volume_id) == []
+    ec2.terminate_instances(InstanceIds=[iid])
+
+
+async def test_ebs_refuses_busy_device(ec2, subnets):
+    spawner, backend, volume = make("ebs-dev", subnets, EBSVolume__device_names=["/dev/sdf"])
+    await volume.ensure()
+    host = await backend.prepare(tier("small"))
+    squatter = ec2.create_volume(Size=1, AvailabilityZone="us-east-1a")["VolumeId"]
+    ec2.attach_volume(VolumeId=squatter, InstanceId=host.id, Device="/dev/xvdf")
+    with pytest.raises(VolumeError, match="No free device name"):
+        await volume.attach(host)
+    assert attachments(ec2, volume.volume_id) == []
+    await backend.stop(now=True)
+    await backend.release()
+    ec2.delete_volume(VolumeId=squatter)
+
+
+async def test_ebs_refuses_instance_not_ours_or_not_running(ec2, subnets):
+    spawner, backend, volume = make("ebs-owner", subnets)
+    await volume.ensure()
+    stranger = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, SubnetId=subnets["us-east-1a"])
+    sid = stranger["Instances"][0]["InstanceId"]
+    with pytest.raises(VolumeError, match="does not belong to this server"):
+        await volume.attach(HostInfo(kind="ec2", id=sid, zone="us-east-1a"))
+    # another user's instance is not ours either
+    _, other_backend, _ = make("ebs-owner-2", subnets)
+    other = await other_backend.prepare(tier("small"))
+    with pytest.raises(VolumeError, match="does not belong to this server"):
+        await volume.attach(other)
+    host = await backend.prepare(tier("small"))
+    ec2.stop_instances(InstanceIds=[host.id])
+    with pytest.raises(VolumeError, match="not running"):
+        await volume.attach(host)
+    assert attachments(ec2, volume.volume_id) == []
+    for b in (backend, other_backend):
+        await b.stop(now=True)
+    ec2.terminate_instances(InstanceIds=[sid])
+
+
+async def test_ebs_attach_stuck_in_attaching_is_undone(ec2, subnets, moto):
+    spawner, backend, volume = make("ebs-stuck", subnets)
+    await volume.ensure()
+    host = await backend.prepare(tier("small"))
+    moto.arm(action="DescribeVolumes", rewrite="attaching", volume_id=volume.volume_id)
+    with pytest.raises(VolumeError, match="stuck attaching"):
+        await volume.attach(host)
+    moto.reset()
+    assert attachments(ec2, volume.volume_id) == []
+    assert ec2.describe_volumes(VolumeIds=[volume.volume_id])["Volumes"][0]["State"] == "available"
+    await backend.stop(now=True)
+
+
+async def test_ebs_snapshot_and_delete(ec2, subnets):
+    spawner, _, volume = make("ebs-snap", subnets)
+    vid = await volume.ensure()
+    snap = await volume.delete()
+    s = ec2.describe_snapshots(SnapshotIds=[snap])["Snapshots"][0]
+    assert s["VolumeId"] == vid and aws.tag_dict(s["Tags"])["ds-compute:reason"] == "before-delete"
+    assert ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [vid]}])["Volumes"] == []
+
+
+# -- EC2 failures ----------------------------------------------------------------------
+
+
+async def test_capacity_error_tries_again_then_succeeds(ec2, subnets, moto):
+    spawner, backend, volume = make("ice-once", subnets)
+    await volume.ensure()
+    moto.arm(action="RunInstances", error="InsufficientInstanceCapacity", times=2, status=500)
+    host = await backend.prepare(tier("gpu"))
+    assert host.zone == "us-east-1a"  # never outside the volume's zone
+    messages = []
+    while not backend.events.empty():
+        messages.append(backend.events.get_nowait())
+    assert any("no g5.xlarge capacity in us-east-1a" in m for m in messages), messages
+    await backend.stop(now=True)
+
+
+async def test_capacity_error_fails_clearly_and_leaks_nothing(ec2, subnets, moto):
+    spawner, backend, volume = make("ice-always", subnets, EC2Backend__capacity_retries=2)
+    await volume.ensure()
+    moto.arm(action="RunInstances", error="InsufficientInstanceCapacity", status=500)
+    with pytest.raises(BackendError, match=r"no g5.xlarge capacity in us-east-1a.*InsufficientInstanceCapacity"):
+        await backend.prepare(tier("gpu"))
+    assert moto.stats()["faults"]["InsufficientInstanceCapacity"] == 2
+    assert instances(ec2, "ice-always") == []
+    assert backend.get_state() == {}
+
+
+async def test_efs_volume_tries_next_zone_on_capacity_error(ec2, subnets, moto):
+    spawner, backend, volume = make(
+        "ice-efs", subnets, volume_cls=EFSVolume, EFSVolume__subnet_ids=[subnets["us-east-1a"], subnets["us-east-1b"]]
+    )
+    await volume.ensure()
+    moto.arm(
+        action="RunInstances",
+        error="InsufficientInstanceCapacity",
+        match={"SubnetId": subnets["us-east-1a"]},
+        status=500,
+    )
+    host = await backend.prepare(tier("gpu"))
+    assert host.zone == "us-east-1b"
+    path = await volume.attach(host)
+    assert host.extra["mount"]["access_point_id"] == volume.volume_id and path == "/home/jovyan"
+    await stop_host(backend, volume)
+
+
+async def test_run_instances_throttling_burst_all_launch(ec2, subnets, moto):
+    moto.rate({"RunInstances": [2, 4]})
+    pairs = [make(f"burst-{i}", subnets) for i in range(6)]
+    for _, _, v in pairs:
+        await v.ensure()
+    hosts = await asyncio.gather(*(b.prepare(tier("small")) for _, b, _ in pairs))
+    assert len({h.id for h in hosts}) == 6
+    assert moto.stats()["faults"].get("RequestLimitExceeded", 0) > 0
+    await asyncio.gather(*(b.stop(now=True) for _, b, _ in pairs))
+
+
+async def test_address_never_published_fails_and_cleanup_terminates(ec2, subnets):
+    spawner, backend, volume = make(
+        "no-address", subnets, EC2Backend__address_source="tag:never-set", EC2Backend__launch_timeout=1
+    )
+    await volume.ensure()
+    with pytest.raises(BackendError, match="never published its address"):
+        await backend.prepare(tier("small"))
+    # the spawner's cleanup path (stop, detach, release) leaves nothing behind
+    await stop_host(backend, volume)
+    assert instances(ec2, "no-address") == []
+
+
+async def test_reuse_stopped_instance(ec2, subnets):
+    spawner, backend, volume = make("reuser", subnets, EC2Backend__on_stop="stop", EC2Backend__reuse_stopped=True)
+    host, _ = await start_host(spawner, backend, volume)
+    await stop_host(backend, volume)
+    (kept,) = instances(ec2, "reuser")
+    assert kept["State"]["Name"] == "stopped" and kept["InstanceId"] == host.id
+    assert attachments(ec2, volume.volume_id) == []
+    again, _ = await start_host(spawner, backend, volume)
+    assert again.id == host.id
+    assert attachments(ec2, volume.volume_id) == [host.id]
+    backend.on_stop = "terminate"
+    await stop_host(backend, volume)
+    assert instances(ec2, "reuser") == []
+
+
+# -- EFS -----------------------------------------------------------------------------------
+
+
+async def test_efs_one_file_system_access_point_per_user(ec2, subnets):
+    efs = boto3.client("efs", region_name="us-east-1")
+    over = dict(volume_cls=EFSVolume, EFSVolume__subnet_ids=[subnets["us-east-1a"], subnets["us-east-1c"]])
+    _, _, alice = make("efs-alice", subnets, **over)
+    _, _, bob = make("efs-bob", subnets, EFSVolume__posix_ids=lambda s: (2001, 2001), **over)
+    a = await alice.ensure()
+    b = await bob.ensure()
+    assert a != b and alice.file_system_id == bob.file_system_id
+    assert await alice.ensure() == a
+    fs = efs.describe_file_systems(FileSystemId=alice.file_system_id)["FileSystems"][0]
+    assert fs["Encrypted"]
+    mts = efs.describe_mount_targets(FileSystemId=alice.file_system_id)["MountTargets"]
+    assert {m["AvailabilityZoneName"] for m in mts} >= {"us-east-1a", "us-east-1c"}
+    ap = efs.describe_access_points(AccessPointId=b)["AccessPoints"][0]
+    assert ap["PosixUser"]["Uid"] == 2001
+    assert ap["RootDirectory"]["Path"] == "/ds-compute/efs-bob"
+    assert ap["RootDirectory"]["CreationInfo"]["Permissions"] == "750"
+    # no mount target in the instance's zone: refused
+    with pytest.raises(VolumeError, match="no mount target in us-east-1d"):
+        await alice.attach(HostInfo(kind="ec2", id="i-0", zone="us-east-1d"))
