@@ -100,6 +100,7 @@ class DSComputeKernelSpecManager(KernelSpecManager):
         self._env_map: dict[str, EnvInfo] = {}
         self._shim: str | None = None
         self._check_task: asyncio.Future | None = None
+        self._spec_cache: dict[str, tuple[EnvInfo, dict]] = {}
 
     # -- the magics shim -------------------------------------------------
     @property
@@ -214,19 +215,40 @@ class DSComputeKernelSpecManager(KernelSpecManager):
         return super().get_kernel_spec(kernel_name)
 
     def get_all_specs(self):
-        specs = super().get_all_specs()
+        # Like KernelSpecManager.get_all_specs, but the env scan is validated
+        # once per list (not once per spec) and env specs are built once per scan.
+        res = {}
+        for kname, resource_dir in self.find_kernel_specs().items():
+            env = self._env_map.get(kname)
+            try:
+                if env is not None:
+                    res[kname] = {"resource_dir": resource_dir, "spec": self._env_spec_dict(env)}
+                else:
+                    spec = self._get_kernel_spec_by_name(kname, resource_dir)
+                    res[kname] = {"resource_dir": resource_dir, "spec": spec.to_dict()}
+            except NoSuchKernel:
+                pass
+            except Exception:
+                self.log.warning("Error loading kernelspec %r", kname, exc_info=True)
         # a spec the user installed by hand for an env wins over ours
         hand_made = [
             os.path.abspath(s["spec"]["argv"][0])
-            for name, s in specs.items()
+            for name, s in res.items()
             if name not in self._env_map and s.get("spec", {}).get("argv")
         ]
         for name, env in list(self._env_map.items()):
             prefix = os.path.abspath(env.path) + os.sep
-            if name in specs and any(p.startswith(prefix) for p in hand_made):
-                del specs[name]
+            if name in res and any(p.startswith(prefix) for p in hand_made):
+                del res[name]
         self.schedule_checks()
-        return specs
+        return res
+
+    def _env_spec_dict(self, env: EnvInfo) -> dict:
+        cached = self._spec_cache.get(env.kernel_name)
+        if cached is None or cached[0] is not env:
+            cached = (env, self.env_spec(env).to_dict())
+            self._spec_cache[env.kernel_name] = cached
+        return dict(cached[1])
 
     def env_for_kernel(self, kernel_name: str) -> EnvInfo | None:
         return self._env_map.get(kernel_name)
