@@ -7,9 +7,15 @@ import pwd
 import shutil
 import tempfile
 
+from pathlib import Path
+
 import pytest
 
-from hubtest import Hub
+from hubtest import REPO, Hub
+
+#: screenshots, hub logs: kept after the run (CI prints where)
+ARTIFACTS = Path(os.environ.get("DS_COMPUTE_TEST_ARTIFACTS") or REPO / "test-artifacts")
+ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
 # Extra tiers the real-hub tests need besides the embedded default's:
 # one limited to a group, one with options (choices and an unlisted value).
@@ -69,9 +75,7 @@ def hub(tmp_path_factory, request):
     h.start()
     yield h
     h.stop()
-    artifacts = os.environ.get("DS_COMPUTE_TEST_ARTIFACTS")
-    if artifacts:
-        shutil.copy(h.log_path, os.path.join(artifacts, f"{request.module.__name__}-hub.log"))
+    shutil.copy(h.log_path, ARTIFACTS / f"{request.module.__name__}-hub.log")
 
 
 def hub_workdir(name):

@@ -418,6 +418,8 @@ class PageHandler(BaseHandler):
         ns.setdefault("base_url", self.base_url)
         ns.setdefault("prefix", self.prefix)
         ns.setdefault("hub_static", f"{self.base_url}hub/static/")
+        token = self.xsrf_token
+        ns.setdefault("xsrf_token", token.decode() if isinstance(token, bytes) else token)
         self.finish(env.get_template(name).render(**ns))
 
     def write_error(self, status_code, **kwargs):
