@@ -133,12 +133,16 @@ async def main(args):
     with tempfile.TemporaryDirectory() as tmp, moto_server(tmp) as moto:
         import boto3
 
-        subnets = {s["AvailabilityZone"]: s["SubnetId"] for s in boto3.client("ec2").describe_subnets()["Subnets"]}
+        subnets = {
+            s["AvailabilityZone"]: s["SubnetId"] for s in boto3.client("ec2").describe_subnets()["Subnets"]
+        }
         cfg = config(subnets["us-east-1a"])
         times, calls, per_action = await sequential(moto, cfg, args.switches)
         print(f"## One switch (ec2 + ebs, moto on 127.0.0.1, boot excluded), {args.switches} switches\n")
         print("| metric | median | p95 | max |\n| --- | --- | --- | --- |")
-        print(f"| orchestration time (s) | {statistics.median(times):.2f} | {pct(times, 95):.2f} | {max(times):.2f} |")
+        print(
+            f"| orchestration time (s) | {statistics.median(times):.2f} | {pct(times, 95):.2f} | {max(times):.2f} |"
+        )
         print(f"| AWS API calls | {statistics.median(calls):.0f} | {pct(calls, 95):.0f} | {max(calls)} |")
         print("\nCalls per switch by action:\n")
         print("| action | calls |\n| --- | --- |")
@@ -153,7 +157,9 @@ async def main(args):
         print(f"| completed | {len(durations) - len(failures)} / {args.concurrent} |")
         print(f"| failed | {len(failures)} |")
         print(f"| total time (s) | {total:.1f} |")
-        print(f"| per switch p50 / p95 / max (s) | {pct(durations, 50):.1f} / {pct(durations, 95):.1f} / {max(durations):.1f} |")
+        print(
+            f"| per switch p50 / p95 / max (s) | {pct(durations, 50):.1f} / {pct(durations, 95):.1f} / {max(durations):.1f} |"
+        )
         print(f"| RequestLimitExceeded answers absorbed | {stats['faults'].get('RequestLimitExceeded', 0)} |")
         print(f"| API calls in total | {sum(stats['calls'].values())} |")
         print(f"| RunInstances calls (incl. throttled) | {stats['calls'].get('RunInstances', 0)} |")
@@ -164,7 +170,9 @@ async def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--switches", type=int, default=10)
     parser.add_argument("--concurrent", type=int, default=100)
     os.environ.setdefault("DS_COMPUTE_AWS_THREADS", "64")

@@ -48,7 +48,11 @@ c.AWS.hub_id = _env.get("DS_COMPUTE_AWS_HUB_ID", "ds-compute")  # noqa: F821
 c.AWS.tags = {"Project": "jupyter-ds-compute"}  # noqa: F821
 
 # -- instances ---------------------------------------------------------------------------
-c.EC2Backend.instance_types = {"small": "t3.medium", "gpu": "g5.xlarge", "manycore": "c6i.4xlarge"}  # noqa: F821
+c.EC2Backend.instance_types = {
+    "small": "t3.medium",
+    "gpu": "g5.xlarge",
+    "manycore": "c6i.4xlarge",
+}  # noqa: F821
 c.EC2Backend.ami_id = _env.get("DS_COMPUTE_AWS_AMI", "")  # noqa: F821
 if _env.get("DS_COMPUTE_AWS_GPU_AMI"):
     c.EC2Backend.ami_ids = {"gpu": _env["DS_COMPUTE_AWS_GPU_AMI"]}  # noqa: F821

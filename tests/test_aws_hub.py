@@ -11,9 +11,7 @@ fake instance addresses are never used.
 from __future__ import annotations
 
 import os
-import sys
 import threading
-import time
 from pathlib import Path
 
 import boto3
@@ -26,7 +24,9 @@ from hubtest import free_port, wait_for
 pytestmark = [
     pytest.mark.ec2,
     pytest.mark.hub,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the instance emulator needs root (namespaces, loop devices)"),
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="the instance emulator needs root (namespaces, loop devices)"
+    ),
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,7 +121,10 @@ def live_instances(ec2, user):
 
 def user_volumes(ec2, user):
     r = ec2.describe_volumes(
-        Filters=[{"Name": "tag:ds-compute:user", "Values": [user]}, {"Name": "tag:ds-compute:hub", "Values": [HUB_ID]}]
+        Filters=[
+            {"Name": "tag:ds-compute:user", "Values": [user]},
+            {"Name": "tag:ds-compute:hub", "Values": [HUB_ID]},
+        ]
     )
     # the root volumes of instances carry the user's tag too; ours have no tier tag
     return [v for v in r["Volumes"] if "ds-compute:tier" not in {t["Key"] for t in v.get("Tags", [])}]
@@ -176,7 +179,11 @@ class AttachmentWatch:
 
 def write(hub, user, token, name, text):
     r = hub.server_api(
-        user, f"api/contents/{name}", token, method="PUT", json={"type": "file", "format": "text", "content": text}
+        user,
+        f"api/contents/{name}",
+        token,
+        method="PUT",
+        json={"type": "file", "format": "text", "content": text},
     )
     assert r.status_code in (200, 201), r.text
 
@@ -263,10 +270,18 @@ def test_every_tier_file_follows_volume_never_double_attached(hub, ec2, emulator
     "fault, message",
     [
         (
-            dict(action="RunInstances", error="InsufficientInstanceCapacity", status=500, match={"InstanceType": "g5.xlarge"}),
+            dict(
+                action="RunInstances",
+                error="InsufficientInstanceCapacity",
+                status=500,
+                match={"InstanceType": "g5.xlarge"},
+            ),
             ("InsufficientInstanceCapacity", "AWS has no g5.xlarge capacity in us-east-1a right now"),
         ),
-        (dict(action="DescribeVolumes", rewrite="attaching"), ("stuck in attaching", "was stuck attaching to")),
+        (
+            dict(action="DescribeVolumes", rewrite="attaching"),
+            ("stuck in attaching", "was stuck attaching to"),
+        ),
     ],
     ids=["capacity", "attach-stuck"],
 )

@@ -110,7 +110,9 @@ def test_boto3_missing_names_the_extra(monkeypatch):
 
 
 def test_user_data_quotes_values_and_round_trips():
-    script = render_user_data(region="us-east-1", spec_prefix="/p/$(reboot)/", spec_timeout=5, python="/usr/bin/python3")
+    script = render_user_data(
+        region="us-east-1", spec_prefix="/p/$(reboot)/", spec_timeout=5, python="/usr/bin/python3"
+    )
     assert "DS_SPEC_PREFIX='/p/$(reboot)/'" in script
     assert not re.search(r"@@[A-Z_]+@@", script)
     from jupyter_ds_compute.backends.ec2 import user_data_mime
@@ -224,7 +226,9 @@ async def test_ebs_refuses_busy_device(ec2, subnets):
 async def test_ebs_refuses_instance_not_ours_or_not_running(ec2, subnets):
     spawner, backend, volume = make("ebs-owner", subnets)
     await volume.ensure()
-    stranger = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, SubnetId=subnets["us-east-1a"])
+    stranger = ec2.run_instances(
+        ImageId="ami-12c6146b", MinCount=1, MaxCount=1, SubnetId=subnets["us-east-1a"]
+    )
     sid = stranger["Instances"][0]["InstanceId"]
     with pytest.raises(VolumeError, match="does not belong to this server"):
         await volume.attach(HostInfo(kind="ec2", id=sid, zone="us-east-1a"))
@@ -285,7 +289,9 @@ async def test_capacity_error_fails_clearly_and_leaks_nothing(ec2, subnets, moto
     spawner, backend, volume = make("ice-always", subnets, EC2Backend__capacity_retries=2)
     await volume.ensure()
     moto.arm(action="RunInstances", error="InsufficientInstanceCapacity", status=500)
-    with pytest.raises(BackendError, match=r"no g5.xlarge capacity in us-east-1a.*InsufficientInstanceCapacity"):
+    with pytest.raises(
+        BackendError, match=r"no g5.xlarge capacity in us-east-1a.*InsufficientInstanceCapacity"
+    ):
         await backend.prepare(tier("gpu"))
     assert moto.stats()["faults"]["InsufficientInstanceCapacity"] == 2
     assert instances(ec2, "ice-always") == []
@@ -294,7 +300,10 @@ async def test_capacity_error_fails_clearly_and_leaks_nothing(ec2, subnets, moto
 
 async def test_efs_volume_tries_next_zone_on_capacity_error(ec2, subnets, moto):
     spawner, backend, volume = make(
-        "ice-efs", subnets, volume_cls=EFSVolume, EFSVolume__subnet_ids=[subnets["us-east-1a"], subnets["us-east-1b"]]
+        "ice-efs",
+        subnets,
+        volume_cls=EFSVolume,
+        EFSVolume__subnet_ids=[subnets["us-east-1a"], subnets["us-east-1b"]],
     )
     await volume.ensure()
     moto.arm(
@@ -334,7 +343,9 @@ async def test_address_never_published_fails_and_cleanup_terminates(ec2, subnets
 
 
 async def test_reuse_stopped_instance(ec2, subnets):
-    spawner, backend, volume = make("reuser", subnets, EC2Backend__on_stop="stop", EC2Backend__reuse_stopped=True)
+    spawner, backend, volume = make(
+        "reuser", subnets, EC2Backend__on_stop="stop", EC2Backend__reuse_stopped=True
+    )
     host, _ = await start_host(spawner, backend, volume)
     await stop_host(backend, volume)
     (kept,) = instances(ec2, "reuser")

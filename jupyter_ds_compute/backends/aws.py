@@ -94,7 +94,8 @@ def _pool():
         # boto3 is blocking; many spawns at once must not queue behind the
         # default executor's few workers (min(32, cpus + 4))
         _executor = ThreadPoolExecutor(
-            max_workers=int(os.environ.get("DS_COMPUTE_AWS_THREADS", "64")), thread_name_prefix="ds-compute-aws"
+            max_workers=int(os.environ.get("DS_COMPUTE_AWS_THREADS", "64")),
+            thread_name_prefix="ds-compute-aws",
         )
     return _executor
 

@@ -124,9 +124,9 @@ class EC2Backend(Backend, aws.AWS):
         """,
     ).tag(config=True)
 
-    default_instance_type = Unicode("t3.medium", help="""Instance type of tiers not in :attr:`instance_types`.""").tag(
-        config=True
-    )
+    default_instance_type = Unicode(
+        "t3.medium", help="""Instance type of tiers not in :attr:`instance_types`."""
+    ).tag(config=True)
 
     ami_id = Unicode(
         "",
@@ -171,7 +171,9 @@ class EC2Backend(Backend, aws.AWS):
         """,
     ).tag(config=True)
 
-    key_name = Unicode("", help="""EC2 key pair for SSH to server instances (empty: none).""").tag(config=True)
+    key_name = Unicode("", help="""EC2 key pair for SSH to server instances (empty: none).""").tag(
+        config=True
+    )
 
     port = Integer(8888, help="""Port the single-user server listens on, on the instance.""").tag(config=True)
 
@@ -191,9 +193,9 @@ class EC2Backend(Backend, aws.AWS):
         """,
     ).tag(config=True)
 
-    instance_uid = Integer(1000, help="""uid the server runs as on the instance (owner of a new volume).""").tag(
-        config=True
-    )
+    instance_uid = Integer(
+        1000, help="""uid the server runs as on the instance (owner of a new volume)."""
+    ).tag(config=True)
     instance_gid = Integer(1000, help="""gid the server runs as on the instance.""").tag(config=True)
 
     instance_python = Unicode(
@@ -216,9 +218,9 @@ class EC2Backend(Backend, aws.AWS):
         """,
     ).tag(config=True)
 
-    spec_kms_key_id = Unicode("", help="""KMS key of the launch spec parameter (empty: ``alias/aws/ssm``).""").tag(
-        config=True
-    )
+    spec_kms_key_id = Unicode(
+        "", help="""KMS key of the launch spec parameter (empty: ``alias/aws/ssm``)."""
+    ).tag(config=True)
 
     on_stop = CaselessStrEnum(
         ["terminate", "stop"],
@@ -238,11 +240,13 @@ class EC2Backend(Backend, aws.AWS):
         help="""Restart a stopped instance of this user, server and tier instead of launching one.""",
     ).tag(config=True)
 
-    launch_timeout = Float(600.0, help="""Seconds for a launched instance to reach ``running``.""").tag(config=True)
-
-    stop_timeout = Float(600.0, help="""Seconds for an instance to reach ``stopped`` / ``terminated``.""").tag(
+    launch_timeout = Float(600.0, help="""Seconds for a launched instance to reach ``running``.""").tag(
         config=True
     )
+
+    stop_timeout = Float(
+        600.0, help="""Seconds for an instance to reach ``stopped`` / ``terminated``."""
+    ).tag(config=True)
 
     spec_timeout = Float(900.0, help="""Seconds the bootstrap waits for its launch spec.""").tag(config=True)
 
@@ -255,9 +259,9 @@ class EC2Backend(Backend, aws.AWS):
         """,
     ).tag(config=True)
 
-    capacity_backoff = Float(5.0, help="""Base seconds of the jittered backoff after a capacity error.""").tag(
-        config=True
-    )
+    capacity_backoff = Float(
+        5.0, help="""Base seconds of the jittered backoff after a capacity error."""
+    ).tag(config=True)
 
     poll_interval = Float(
         2.0,
@@ -326,7 +330,9 @@ class EC2Backend(Backend, aws.AWS):
     # -- prepare ---------------------------------------------------------------
 
     async def prepare(self, tier):
-        self.instance_type = self._tier_setting(tier, "instance_type", self.instance_types, self.default_instance_type)
+        self.instance_type = self._tier_setting(
+            tier, "instance_type", self.instance_types, self.default_instance_type
+        )
         self.tier_slug = tier.slug
         zone = getattr(self.spawner.volume, "zone", None)
         subnets = await self._subnets(zone)
@@ -349,13 +355,15 @@ class EC2Backend(Backend, aws.AWS):
         ami = self._tier_setting(tier, "ami_id", self.ami_ids, self.ami_id)
         if not ami:
             self._fail("No AMI configured: set c.EC2Backend.ami_id.")
-        user_data = user_data_mime(render_user_data(
-            region=self.region,
-            spec_prefix=self.spec_parameter_prefix,
-            spec_timeout=self.spec_timeout,
-            python=self.instance_python,
-            extra=self.user_data_extra,
-        ))
+        user_data = user_data_mime(
+            render_user_data(
+                region=self.region,
+                spec_prefix=self.spec_parameter_prefix,
+                spec_timeout=self.spec_timeout,
+                python=self.instance_python,
+                extra=self.user_data_extra,
+            )
+        )
         attempts = max(1, self.capacity_retries)
         tries = []
         for attempt in range(attempts):
@@ -489,10 +497,16 @@ class EC2Backend(Backend, aws.AWS):
 
         try:
             inst = await aws.wait_until(
-                probe, what=f"instance {self.instance_id} to run", timeout=self.launch_timeout, first=0.2, cap=5
+                probe,
+                what=f"instance {self.instance_id} to run",
+                timeout=self.launch_timeout,
+                first=0.2,
+                cap=5,
             )
         except aws.WaitTimeout as e:
-            self._fail(f"Instance {self.instance_id} did not start in {self.launch_timeout:g}s.", log_message=str(e))
+            self._fail(
+                f"Instance {self.instance_id} did not start in {self.launch_timeout:g}s.", log_message=str(e)
+            )
         self.emit(f"Instance {self.instance_id} is running ({time.monotonic() - started:.1f}s)")
         return inst
 
@@ -517,9 +531,15 @@ class EC2Backend(Backend, aws.AWS):
             if port:
                 self._port_override = int(port)
             return
-        field = {"private_ip": "PrivateIpAddress", "public_ip": "PublicIpAddress", "private_dns": "PrivateDnsName"}
+        field = {
+            "private_ip": "PrivateIpAddress",
+            "public_ip": "PublicIpAddress",
+            "private_dns": "PrivateDnsName",
+        }
         if source not in field:
-            self._fail(f"Unknown c.EC2Backend.address_source {source!r}: private_ip, public_ip, private_dns, tag:<key>")
+            self._fail(
+                f"Unknown c.EC2Backend.address_source {source!r}: private_ip, public_ip, private_dns, tag:<key>"
+            )
         self.ip = inst.get(field[source]) or ""
         if not self.ip:
             self._fail(f"Instance {self.instance_id} has no {source}.")
@@ -615,7 +635,9 @@ class EC2Backend(Backend, aws.AWS):
             await self._delete_parameters()
             return
         if not self.is_ours(inst.get("Tags"), self.spawner):
-            self.log.error("Instance %s is not tagged as %s's: not touching it", self.instance_id, self.log_name)
+            self.log.error(
+                "Instance %s is not tagged as %s's: not touching it", self.instance_id, self.log_name
+            )
             return
         if self.on_stop == "stop" and state != "stopped":
             self.emit(f"Stopping instance {self.instance_id}")
@@ -634,7 +656,9 @@ class EC2Backend(Backend, aws.AWS):
 
         try:
             await aws.wait_until(
-                probe, what=f"instance {self.instance_id} to be {'/'.join(sorted(states))}", timeout=self.stop_timeout
+                probe,
+                what=f"instance {self.instance_id} to be {'/'.join(sorted(states))}",
+                timeout=self.stop_timeout,
             )
         except aws.WaitTimeout as e:
             self._fail(f"Instance {self.instance_id} did not stop in time.", log_message=str(e))
@@ -688,5 +712,3 @@ class EC2Backend(Backend, aws.AWS):
         self.instance_type = state.get("instance_type", "")
         self.tier_slug = state.get("tier", "")
         self.launch_token = state.get("launch", "")
-
-

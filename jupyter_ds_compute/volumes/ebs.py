@@ -54,9 +54,9 @@ class EBSVolume(VolumeDriver, aws.AWS):
 
     size = Integer(20, help="""Size of a new volume in GiB.""").tag(config=True)
 
-    volume_type = Unicode("gp3", help="""EBS volume type of new volumes (``gp3``, ``gp2``, ``io2``...).""").tag(
-        config=True
-    )
+    volume_type = Unicode(
+        "gp3", help="""EBS volume type of new volumes (``gp3``, ``gp2``, ``io2``...)."""
+    ).tag(config=True)
 
     iops = Integer(0, help="""Provisioned IOPS (gp3/io1/io2); 0 for the type's default.""").tag(config=True)
 
@@ -91,9 +91,9 @@ class EBSVolume(VolumeDriver, aws.AWS):
         """,
     ).tag(config=True)
 
-    detach_timeout = Float(300.0, help="""Seconds for the volume to become ``available`` after detach.""").tag(
-        config=True
-    )
+    detach_timeout = Float(
+        300.0, help="""Seconds for the volume to become ``available`` after detach."""
+    ).tag(config=True)
 
     snapshot_before_delete = Bool(
         True,
@@ -156,7 +156,9 @@ class EBSVolume(VolumeDriver, aws.AWS):
         vol = await self._describe() if self.volume_id else None
         if vol is None:
             if self.volume_id:
-                self.log.warning("EBS volume %s of %s is gone; looking it up by tags", self.volume_id, self.log_name)
+                self.log.warning(
+                    "EBS volume %s of %s is gone; looking it up by tags", self.volume_id, self.log_name
+                )
             vol = await self._find_by_tags()
         if vol is None:
             vol = await self._create()
@@ -183,7 +185,9 @@ class EBSVolume(VolumeDriver, aws.AWS):
             kwargs["Throughput"] = self.throughput
         if self.kms_key_id:
             kwargs["KmsKeyId"] = self.kms_key_id
-        self.log.info("Creating %s GiB %s volume in %s for %s", self.size, self.volume_type, zone, self.log_name)
+        self.log.info(
+            "Creating %s GiB %s volume in %s for %s", self.size, self.volume_type, zone, self.log_name
+        )
         try:
             vol = await self.aws("ec2", "create_volume", **kwargs)
         except Exception as e:
@@ -201,7 +205,9 @@ class EBSVolume(VolumeDriver, aws.AWS):
         try:
             return await aws.wait_until(probe, what=f"volume {self.volume_id} to be {state}", timeout=timeout)
         except aws.WaitTimeout as e:
-            raise VolumeError(f"Your volume {self.volume_id} did not become {state} in time", log_message=str(e))
+            raise VolumeError(
+                f"Your volume {self.volume_id} did not become {state} in time", log_message=str(e)
+            )
 
     # -- attach ---------------------------------------------------------------
 
@@ -269,7 +275,9 @@ class EBSVolume(VolumeDriver, aws.AWS):
         if not already:
             self.log.info("Attaching %s to %s as %s for %s", self.volume_id, host.id, device, self.log_name)
             try:
-                await self.aws("ec2", "attach_volume", VolumeId=self.volume_id, InstanceId=host.id, Device=device)
+                await self.aws(
+                    "ec2", "attach_volume", VolumeId=self.volume_id, InstanceId=host.id, Device=device
+                )
             except Exception as e:
                 raise VolumeError(
                     f"Could not attach volume {self.volume_id} to {host.id}: {aws.error_message(e)}",
@@ -332,10 +340,19 @@ class EBSVolume(VolumeDriver, aws.AWS):
             if self.attached_to and att.get("InstanceId") != self.attached_to:
                 # someone else's attachment: never touch it
                 self.log.warning(
-                    "Volume %s is attached to %s, not %s: leaving it", self.volume_id, att["InstanceId"], self.attached_to
+                    "Volume %s is attached to %s, not %s: leaving it",
+                    self.volume_id,
+                    att["InstanceId"],
+                    self.attached_to,
                 )
                 continue
-            self.log.info("Detaching %s from %s for %s (force=%s)", self.volume_id, att["InstanceId"], self.log_name, force)
+            self.log.info(
+                "Detaching %s from %s for %s (force=%s)",
+                self.volume_id,
+                att["InstanceId"],
+                self.log_name,
+                force,
+            )
             try:
                 await self.aws(
                     "ec2",

@@ -55,21 +55,23 @@ class EFSVolume(VolumeDriver, aws.AWS):
         """,
     ).tag(config=True)
 
-    security_group_ids = List(Unicode(), help="""Security groups of the mount targets (allow NFS, 2049/tcp).""").tag(
-        config=True
-    )
+    security_group_ids = List(
+        Unicode(), help="""Security groups of the mount targets (allow NFS, 2049/tcp)."""
+    ).tag(config=True)
 
     performance_mode = Unicode("generalPurpose", help="""EFS performance mode of a new file system.""").tag(
         config=True
     )
 
-    throughput_mode = Unicode("elastic", help="""EFS throughput mode of a new file system.""").tag(config=True)
+    throughput_mode = Unicode("elastic", help="""EFS throughput mode of a new file system.""").tag(
+        config=True
+    )
 
     encrypted = Bool(True, help="""Encrypt a new file system at rest.""").tag(config=True)
 
-    posix_uid = Integer(1000, help="""uid the access point enforces (the server's uid on the instance).""").tag(
-        config=True
-    )
+    posix_uid = Integer(
+        1000, help="""uid the access point enforces (the server's uid on the instance)."""
+    ).tag(config=True)
     posix_gid = Integer(1000, help="""gid the access point enforces.""").tag(config=True)
 
     posix_ids = Callable(
@@ -159,7 +161,9 @@ class EFSVolume(VolumeDriver, aws.AWS):
             except Exception as e:
                 if aws.error_code(e) != "AccessPointNotFound":
                     raise
-            self.log.warning("EFS access point %s of %s is gone; looking it up", self.volume_id, self.log_name)
+            self.log.warning(
+                "EFS access point %s of %s is gone; looking it up", self.volume_id, self.log_name
+            )
         r = await self.aws("efs", "describe_access_points", FileSystemId=self.file_system_id)
         for ap in r.get("AccessPoints", []):
             if self.is_ours(ap.get("Tags"), self.spawner):
@@ -197,17 +201,16 @@ class EFSVolume(VolumeDriver, aws.AWS):
                 f"Volume {self.volume_id} is an EFS access point, mounted only on EC2 instances (not {host.kind})."
             )
         r = await self.aws("efs", "describe_mount_targets", FileSystemId=self.file_system_id)
-        zones = {
-            mt.get("AvailabilityZoneName"): mt.get("LifeCycleState")
-            for mt in r.get("MountTargets", [])
-        }
+        zones = {mt.get("AvailabilityZoneName"): mt.get("LifeCycleState") for mt in r.get("MountTargets", [])}
         if host.zone not in zones:
             raise VolumeError(
                 f"The EFS file system {self.file_system_id} has no mount target in {host.zone}, where "
                 f"instance {host.id} is: add a subnet there to c.EFSVolume.subnet_ids. Nothing was changed."
             )
         if zones[host.zone] not in (None, "available"):
-            raise VolumeError(f"The EFS mount target in {host.zone} is {zones[host.zone]}, not available yet.")
+            raise VolumeError(
+                f"The EFS mount target in {host.zone} is {zones[host.zone]}, not available yet."
+            )
         host.extra["mount"] = {
             "driver": "efs",
             "file_system_id": self.file_system_id,

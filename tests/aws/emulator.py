@@ -35,7 +35,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import boto3
@@ -168,7 +167,9 @@ class InstanceEmulator:
             if not image.exists():
                 with open(image, "wb") as f:
                     f.truncate(self.image_size)
-            out = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True)
+            out = subprocess.run(
+                ["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True
+            )
             self.loops[vid] = out.stdout.strip()
         return self.loops[vid]
 
@@ -188,7 +189,9 @@ class InstanceEmulator:
         inst = Instance(iid, self.workdir)
         self.instances[iid] = inst
         self.ec2.create_tags(Resources=[iid], Tags=[{"Key": ADDRESS_TAG, "Value": f"127.0.0.1:{inst.port}"}])
-        raw = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"].get("Value")
+        raw = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"].get(
+            "Value"
+        )
         if not raw:
             self.errors.append(f"{iid}: no user-data")
             return

@@ -131,9 +131,13 @@ class FaultMiddleware:
             self.calls[action] = self.calls.get(action, 0) + 1
         rule = self._fault(action, params)
         if rule and rule.get("error"):
-            out = EC2_ERROR.format(code=rule["error"], message=rule.get("message", rule["error"]), rid="fault").encode()
+            out = EC2_ERROR.format(
+                code=rule["error"], message=rule.get("message", rule["error"]), rid="fault"
+            ).encode()
             status = rule.get("status", 500)
-            reason = {500: "Internal Server Error", 503: "Service Unavailable", 400: "Bad Request"}.get(status, "Error")
+            reason = {500: "Internal Server Error", 503: "Service Unavailable", 400: "Bad Request"}.get(
+                status, "Error"
+            )
             start_response(
                 f"{status} {reason}", [("Content-Type", "text/xml"), ("Content-Length", str(len(out)))]
             )
