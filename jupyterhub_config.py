@@ -118,6 +118,20 @@ c.LocalBackend.log_dir = os.path.join(DATA, "logs")
 # as root, each user's server runs as that user's own system account
 c.LocalBackend.create_system_users = IS_ROOT
 
+# -- policies ------------------------------------------------------------------------------
+# Per tier: allowed_groups, max_servers, idle_downshift_after (see TIERS).
+# Budgets and the idle loop: c.DSComputeService.* (README, "Policies"). That
+# section configures the ds-compute service (passed to it as JSON below) and
+# the spawner's cap/budget checks at spawn alike, e.g.
+#   c.DSComputeService.budgets = {"users": {"alice": 10.0}, "groups": {"students": 5.0}, "default": None}
+#   c.DSComputeService.budget_period = "month"        # "day", "week", "month"
+#   c.DSComputeService.budget_warn_fraction = 0.8
+#   c.DSComputeService.accounting_interval = 10       # seconds between polls of the hub
+#   c.DSComputeService.idle_check_interval = 60       # seconds
+#   c.DSComputeService.idle_action = "downshift"      # or "stop"
+#   c.DSComputeService.metrics_require_auth = False
+c.DSComputeService.data_dir = os.path.join(DATA, "service")
+
 # -- operator's overrides (Slurm or AWS mode, tests) -------------------------------------
 # The override file runs with this file's names in scope (c, TIERS, DATA,
 # BIND_URL, IS_ROOT), so it can change or extend anything set above.
@@ -128,19 +142,25 @@ if _extra:
 
 # -- the ds-compute hub service (switches, admin page, audit log, metrics) -------------
 service_port = int(os.environ.get("DS_COMPUTE_SERVICE_PORT", "10101"))
+if "volume_root" not in c.DSComputeService:
+    c.DSComputeService.volume_root = c.LocalVolume.root
 c.JupyterHub.services = list(c.JupyterHub.get("services", [])) + [
     service_entry(
         port=service_port,
-        data_dir=os.path.join(DATA, "service"),
+        data_dir=c.DSComputeService.data_dir,
         profile_list=c.DSComputeSpawner.profile_list,
         public_url=BIND_URL,
+        environment={"DS_COMPUTE_SERVICE_CONFIG": json.dumps(dict(c.DSComputeService))},
     )
 ]
 c.JupyterHub.load_roles = list(c.JupyterHub.get("load_roles", [])) + [
     {
         "name": "ds-compute-service",
-        # the minimum for stop/start/PATCH of any server and reading groups
-        "scopes": ["servers", "read:users:groups"],
+        # servers: stop/start/PATCH any server; read:users:groups: the owner's
+        # groups for tier checks; list:users: accounting, idle checks, admin
+        # page; read:groups: members of groups with a budget; read:users:activity:
+        # the admin page's last activity of users without a server
+        "scopes": ["servers", "read:users:groups", "list:users", "read:groups", "read:users:activity"],
         "services": ["ds-compute"],
     },
 ]

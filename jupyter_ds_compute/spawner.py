@@ -30,6 +30,7 @@ from traitlets import Bool, Callable, Dict, Float, List, Unicode, Union, default
 from . import policy, tiers
 from .backends.base import BackendError
 from .backends.local import default_singleuser_cmd
+from .service.accounting import spawn_refusal
 from .volumes.base import VolumeError
 
 BACKENDS = {
@@ -275,6 +276,14 @@ class DSComputeSpawner(Spawner):
             self._restore_options()
             raise SpawnException(e.message, reason="user_options", status_code=e.status) from None
         tier = tiers.get_tier(profiles, options["profile"])
+        # caps and budgets (policy.py rules; inputs from the hub DB and the
+        # service's accounts); no await between this count and storing the
+        # options below, so two concurrent starts cannot both take the last slot
+        refusal = spawn_refusal(self, tier, profiles)
+        if refusal:
+            self.log.warning("Refused start of %s on tier %s: %s", self._log_name, tier.slug, refusal)
+            self._restore_options()
+            raise SpawnException(refusal, reason="policy", status_code=403)
         self._profiles = profiles
         overrides = tiers.resolve_overrides(profiles, options)
         self._reset_overrides(overrides)

@@ -63,13 +63,17 @@ import jinja2
 from jupyterhub.services.auth import HubOAuth
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Any, Float, Unicode, default, validate
-from traitlets.config import Application
+from traitlets import Any, Bool, CaselessStrEnum, Dict, Float, Unicode, default, validate
+from traitlets.config import Application, Config
 
-from .. import tiers
+from .. import policy, tiers
 from .._version import __version__
+from .accounting import DEFAULTS, LivePolicy, policy_settings
+from .admin import admin_handlers
 from .handlers import default_handlers
 from .hubapi import HubAPI
+from .idle import IdleWatcher
+from .metrics import make_registry
 from .orchestrator import Orchestrator
 from .store import Store
 
@@ -286,6 +290,88 @@ class DSComputeService(Application):
             f.write(secret.hex())
         return secret
 
+    # -- policies (also read by the spawner in the hub from c.DSComputeService) ----
+
+    budgets = Dict(
+        default_value=DEFAULTS["budgets"],
+        help=dedent(
+            """
+            Spending limits per budget period, in the unit of the tiers'
+            ``hourly_cost`` (cost = hourly_cost x running time, accounted by
+            the service). ``users``: a user's own spending; ``groups``: the
+            total of the group's members (a shared pool); ``default``: the
+            limit of users without an entry in ``users`` (None: unlimited).
+            At ``budget_warn_fraction`` Lab warns; when a budget is spent,
+            tiers dearer than the user's default tier are refused at start
+            and switch. Running servers are never stopped for a budget.
+
+            Example (``jupyterhub_config.py``)::
+
+                c.DSComputeService.budgets = {
+                    "users": {"alice": 10.0},
+                    "groups": {"students": 5.0},
+                    "default": None,
+                }
+            """
+        ).strip(),
+    ).tag(config=True)
+
+    @validate("budgets")
+    def _validate_budgets(self, proposal):
+        return policy.validate_budgets(proposal["value"])
+
+    budget_period = CaselessStrEnum(
+        list(policy.BUDGET_PERIODS),
+        default_value=DEFAULTS["budget_period"],
+        help="Budget period (UTC): ``day``, ``week`` (from Monday) or ``month``.",
+    ).tag(config=True)
+
+    budget_warn_fraction = Float(
+        DEFAULTS["budget_warn_fraction"],
+        help="Fraction of a budget spent at which Lab's status bar warns (``budget.state == 'warn'``).",
+    ).tag(config=True)
+
+    accounting_interval = Float(
+        DEFAULTS["accounting_interval"],
+        help="Seconds between two polls of the hub's active servers (accounting, running counts).",
+    ).tag(config=True)
+
+    idle_check_interval = Float(
+        DEFAULTS["idle_check_interval"],
+        help="Seconds between two idle checks (only if some tier has ``idle_downshift_after``).",
+    ).tag(config=True)
+
+    idle_action = CaselessStrEnum(
+        list(policy.IDLE_ACTIONS),
+        default_value=DEFAULTS["idle_action"],
+        help=dedent(
+            """
+            What happens to a server idle longer than its tier's
+            ``idle_downshift_after``: ``downshift`` (switch to the default
+            tier, through the normal switch) or ``stop``.
+            """
+        ).strip(),
+    ).tag(config=True)
+
+    volume_root = Unicode(
+        "",
+        help="``c.LocalVolume.root``: lets the admin page show where each local volume is attached.",
+    ).tag(config=True)
+
+    metrics_require_auth = Bool(
+        False,
+        help=dedent(
+            """
+            Require an admin's or a service's token for ``GET metrics``.
+            Default: the metrics are readable without authentication (they
+            hold counts per tier, no user names).
+            """
+        ).strip(),
+    ).tag(config=True)
+
+    def policy_settings(self) -> dict:
+        return policy_settings({k: getattr(self, k) for k in DEFAULTS})
+
     @default("log_level")
     def _default_log_level(self):
         return logging.INFO
@@ -298,6 +384,17 @@ class DSComputeService(Application):
 
     def initialize(self, argv=None):
         super().initialize(argv)
+        raw = os.environ.get("DS_COMPUTE_SERVICE_CONFIG", "")
+        if raw:
+            # c.DSComputeService.* from jupyterhub_config.py (the hub passes it as JSON);
+            # the command line still wins
+            try:
+                section = json.loads(raw)
+            except ValueError as e:
+                self.log.critical("$DS_COMPUTE_SERVICE_CONFIG is not valid JSON: %s", e)
+                self.exit(1)
+            self.update_config(Config({"DSComputeService": section}))
+            self.update_config(self.cli_config)
         if self.config_file:
             self.load_config_file(self.config_file)
         # tornado's and the hub auth's loggers go where ours go
@@ -336,6 +433,11 @@ class DSComputeService(Application):
             start_timeout=self.start_timeout,
             log=self.log,
         )
+        self.live = LivePolicy(self.hub_api, self.store, self.profiles, self.policy_settings(), log=self.log)
+        self.idle = IdleWatcher(
+            self.live, self.store, self.orchestrator, self.hub_api, self.profiles, self.policy_settings(), log=self.log
+        )
+        self.metrics_registry = make_registry(self.store, self.live, self.profiles)
         self.web_app = create_application(self)
         return self.web_app
 
@@ -353,6 +455,8 @@ class DSComputeService(Application):
             ", ".join(p["slug"] for p in self.profiles),
         )
         await self.orchestrator.reconcile()
+        self.live.start()
+        self.idle.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -360,6 +464,8 @@ class DSComputeService(Application):
         await stop.wait()
         self.log.info("Stopping; switches in flight are resumed at the next start")
         server.stop()
+        await self.idle.stop_loop()
+        await self.live.stop()
         await self.orchestrator.stop()
         self.store.close()
 
@@ -392,8 +498,12 @@ def create_application(service: DSComputeService) -> web.Application:
         hub_auth=hub_auth,
         cookie_secret=service.cookie_secret,
         jinja_env=jinja_env,
+        live_policy=service.live,
+        metrics_registry=service.metrics_registry,
+        metrics_require_auth=service.metrics_require_auth,
+        volume_root=service.volume_root,
     )
-    return web.Application(default_handlers(prefix), **settings)
+    return web.Application(admin_handlers(prefix) + default_handlers(prefix), **settings)
 
 
 def _log_request(log):

@@ -34,6 +34,7 @@ from .. import policy, tiers
 from .hubapi import HubAPIError, server_label
 from .orchestrator import profile_of
 from .store import SwitchInFlight, isoformat, utcnow
+from .accounting import parse_time
 
 __all__ = ["default_handlers", "safe_next_url"]
 
@@ -106,6 +107,10 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return self.settings["profiles"]
 
     @property
+    def live(self):
+        return self.settings["live_policy"]
+
+    @property
     def base_url(self) -> str:
         return self.settings["base_url"]
 
@@ -153,6 +158,165 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         if not self.may_see(record):
             raise APIError(403, f"Only {record['user']} or an admin may see this switch.")
         return record
+
+
+    async def start_switch(self, caller: dict, body: dict) -> tuple[dict, str]:
+        """Check a switch request and record it (state ``pending``).
+
+        Returns ``(record, progress_url)``; the caller launches it. Refusals
+        are audited and raised as :class:`APIError` (policy refusals as
+        ``policy:<group|cap|budget>`` events).
+        """
+        actor = caller["name"]
+        target = {"user": None, "server_name": None, "profile": body.get("profile")}
+
+        def refuse(status, message, policy_name=None, **extra):
+            self.store.audit(
+                f"policy:{policy_name}" if policy_name else "request",
+                actor=actor,
+                user=target["user"],
+                server_name=target["server_name"],
+                to_profile=target["profile"] if isinstance(target["profile"], str) else None,
+                outcome="refused",
+                reason=f"{status}: {message}",
+            )
+            self.log.info(
+                "Refused switch of %s to %r by %s: %s",
+                server_label(target["user"] or "?", target["server_name"] or ""),
+                target["profile"],
+                actor,
+                message,
+            )
+            return APIError(status, message, **extra)
+
+        if caller.get("kind", "user") != "user":
+            raise refuse(403, "Only users (and their servers) may switch servers.")
+        is_admin = bool(caller.get("admin"))
+        owner = body.pop("user", None) or caller["name"]
+        if not isinstance(owner, str):
+            raise refuse(400, "'user' must be a user name.", field="user")
+        target["user"] = owner
+        server_name = body.pop("server_name", None)
+        if server_name is None:
+            server_name = self._token_server(caller, owner)
+        if not isinstance(server_name, str):
+            raise refuse(400, "'server_name' must be a string ('' for the default server).", field="server_name")
+        target["server_name"] = server_name
+        next_url = body.pop("next", None)
+        if next_url is not None and not isinstance(next_url, str):
+            raise refuse(400, "'next' must be a URL path.", field="next")
+        if owner != caller["name"] and not is_admin:
+            raise refuse(403, f"Only {owner} or an admin may switch {owner}'s server.")
+        if not isinstance(body.get("profile"), str) or not body.get("profile"):
+            raise refuse(400, "'profile' (the tier to switch to) is required.", field="profile")
+        label = server_label(owner, server_name)
+
+        try:
+            owner_model = await self.hub.get_user(owner)
+        except HubAPIError as e:
+            self.log.error("Could not read user %s from the hub: %s", owner, e)
+            raise refuse(502, "Could not ask JupyterHub about the user; try again shortly.")
+        if owner_model is None:
+            raise refuse(404, f"No such user: {owner}.")
+        groups = owner_model.get("groups") or []
+
+        # tier and option checks before anything is stopped
+        try:
+            options = tiers.validate_user_options(self.profiles, body, groups, is_admin)
+        except tiers.TierOptionsError as e:
+            extra = {"field": e.field} if e.field else {}
+            raise refuse(e.status, e.message, policy_name="group" if e.status == 403 else None, **extra)
+
+        try:
+            server = await self.hub.get_server(owner, server_name)
+        except HubAPIError as e:
+            self.log.error("Could not read server %s from the hub: %s", label, e)
+            raise refuse(502, "Could not ask JupyterHub about the server; try again shortly.")
+        what = f"{owner}'s server {server_name!r}" if server_name else f"{owner}'s default server"
+        if server is None:
+            raise refuse(404, f"{what} does not exist.")
+        if server.get("pending"):
+            raise refuse(
+                409, f"{what} is busy ({server['pending']} pending); try again when it has finished."
+            )
+        if not server.get("ready"):
+            raise refuse(
+                409,
+                f"{what} is not running. Start it from the hub's home page and pick the tier there.",
+            )
+        current = profile_of(server) or tiers.default_slug(self.profiles, groups)
+        from_options = dict(server.get("user_options") or {})
+        if current:
+            from_options["profile"] = current
+        if current == options["profile"]:
+            try:
+                same = tiers.validate_user_options(self.profiles, from_options, groups, is_admin) == options
+            except tiers.TierOptionsError:
+                same = False
+            if same:
+                tier = tiers.get_tier(self.profiles, current)
+                raise refuse(400, f"{what} is already on tier {tier.display_name} ({current}).", field="profile")
+
+        # caps (not counting this server) and budgets, from a fresh poll of the hub
+        try:
+            refusals, _ = await self.live.refusals(owner, groups, exclude=(owner, server_name))
+        except HubAPIError as e:
+            self.log.error("Could not check caps and budgets with the hub: %s", e)
+            raise refuse(502, "Could not ask JupyterHub what runs where; try again shortly.")
+        if options["profile"] in refusals:
+            kind, reason = refusals[options["profile"]]
+            raise refuse(403, reason, policy_name=kind)
+
+        tier = tiers.get_tier(self.profiles, options["profile"])
+        try:
+            record = self.store.create_switch(
+                user=owner,
+                server_name=server_name,
+                requested_by=actor,
+                from_profile=current,
+                to_profile=options["profile"],
+                from_options=from_options,
+                to_options=options,
+                next_url=safe_next_url(next_url, owner, server_name, self.base_url),
+                validate_message=f"{tier.display_name} allowed for {owner}",
+            )
+        except SwitchInFlight as e:
+            raise refuse(
+                409,
+                f"A switch of {what} is already in progress; follow it or wait until it ends.",
+                id=e.switch_id,
+            )
+        self.store.audit(
+            "request",
+            actor=actor,
+            user=owner,
+            server_name=server_name,
+            switch_id=record["id"],
+            from_profile=current,
+            to_profile=options["profile"],
+            outcome="accepted",
+        )
+        self.log.info(
+            "Accepted switch %s of %s from %s to %s (requested by %s)",
+            record["id"],
+            label,
+            current,
+            options["profile"],
+            actor,
+        )
+        progress_url = f"{self.prefix}switches/{record['id']}"
+        if next_url:
+            progress_url += "?" + urlencode({"next": record["next"]})
+        return record, progress_url
+
+    @staticmethod
+    def _token_server(caller: dict, owner: str) -> str:
+        """The server a server token belongs to (``access:servers!server=alice/``)."""
+        for scope in caller.get("scopes") or ():
+            m = _SERVER_SCOPE.match(scope)
+            if m and m.group(1) == owner:
+                return m.group(2)
+        return ""
 
 
 class APIHandler(BaseHandler):
@@ -224,150 +388,11 @@ class SwitchListHandler(APIHandler):
 
     async def post(self):
         caller = self.require_user()
-        body = self.get_json_body()
-        actor = caller["name"]
-        target = {"user": None, "server_name": None, "profile": body.get("profile")}
-
-        def refuse(status, message, **extra):
-            self.store.audit(
-                "request",
-                actor=actor,
-                user=target["user"],
-                server_name=target["server_name"],
-                to_profile=target["profile"] if isinstance(target["profile"], str) else None,
-                outcome="refused",
-                reason=f"{status}: {message}",
-            )
-            self.log.info(
-                "Refused switch of %s to %r by %s: %s",
-                server_label(target["user"] or "?", target["server_name"] or ""),
-                target["profile"],
-                actor,
-                message,
-            )
-            return APIError(status, message, **extra)
-
-        if caller.get("kind", "user") != "user":
-            raise refuse(403, "Only users (and their servers) may switch servers.")
-        is_admin = bool(caller.get("admin"))
-        owner = body.pop("user", None) or caller["name"]
-        if not isinstance(owner, str):
-            raise refuse(400, "'user' must be a user name.", field="user")
-        target["user"] = owner
-        server_name = body.pop("server_name", None)
-        if server_name is None:
-            server_name = self._token_server(caller, owner)
-        if not isinstance(server_name, str):
-            raise refuse(400, "'server_name' must be a string ('' for the default server).", field="server_name")
-        target["server_name"] = server_name
-        next_url = body.pop("next", None)
-        if next_url is not None and not isinstance(next_url, str):
-            raise refuse(400, "'next' must be a URL path.", field="next")
-        if owner != caller["name"] and not is_admin:
-            raise refuse(403, f"Only {owner} or an admin may switch {owner}'s server.")
-        if not isinstance(body.get("profile"), str) or not body.get("profile"):
-            raise refuse(400, "'profile' (the tier to switch to) is required.", field="profile")
-        label = server_label(owner, server_name)
-
-        try:
-            owner_model = await self.hub.get_user(owner)
-        except HubAPIError as e:
-            self.log.error("Could not read user %s from the hub: %s", owner, e)
-            raise refuse(502, "Could not ask JupyterHub about the user; try again shortly.")
-        if owner_model is None:
-            raise refuse(404, f"No such user: {owner}.")
-        groups = owner_model.get("groups") or []
-
-        # tier and option checks before anything is stopped
-        try:
-            options = tiers.validate_user_options(self.profiles, body, groups, is_admin)
-        except tiers.TierOptionsError as e:
-            extra = {"field": e.field} if e.field else {}
-            raise refuse(e.status, e.message, **extra)
-
-        try:
-            server = await self.hub.get_server(owner, server_name)
-        except HubAPIError as e:
-            self.log.error("Could not read server %s from the hub: %s", label, e)
-            raise refuse(502, "Could not ask JupyterHub about the server; try again shortly.")
-        what = f"{owner}'s server {server_name!r}" if server_name else f"{owner}'s default server"
-        if server is None:
-            raise refuse(404, f"{what} does not exist.")
-        if server.get("pending"):
-            raise refuse(
-                409, f"{what} is busy ({server['pending']} pending); try again when it has finished."
-            )
-        if not server.get("ready"):
-            raise refuse(
-                409,
-                f"{what} is not running. Start it from the hub's home page and pick the tier there.",
-            )
-        current = profile_of(server) or tiers.default_slug(self.profiles, groups)
-        from_options = dict(server.get("user_options") or {})
-        if current:
-            from_options["profile"] = current
-        if current == options["profile"]:
-            try:
-                same = tiers.validate_user_options(self.profiles, from_options, groups, is_admin) == options
-            except tiers.TierOptionsError:
-                same = False
-            if same:
-                tier = tiers.get_tier(self.profiles, current)
-                raise refuse(400, f"{what} is already on tier {tier.display_name} ({current}).", field="profile")
-
-        tier = tiers.get_tier(self.profiles, options["profile"])
-        try:
-            record = self.store.create_switch(
-                user=owner,
-                server_name=server_name,
-                requested_by=actor,
-                from_profile=current,
-                to_profile=options["profile"],
-                from_options=from_options,
-                to_options=options,
-                next_url=safe_next_url(next_url, owner, server_name, self.base_url),
-                validate_message=f"{tier.display_name} allowed for {owner}",
-            )
-        except SwitchInFlight as e:
-            raise refuse(
-                409,
-                f"A switch of {what} is already in progress; follow it or wait until it ends.",
-                id=e.switch_id,
-            )
-        self.store.audit(
-            "request",
-            actor=actor,
-            user=owner,
-            server_name=server_name,
-            switch_id=record["id"],
-            from_profile=current,
-            to_profile=options["profile"],
-            outcome="accepted",
-        )
-        self.log.info(
-            "Accepted switch %s of %s from %s to %s (requested by %s)",
-            record["id"],
-            label,
-            current,
-            options["profile"],
-            actor,
-        )
-        progress_url = f"{self.prefix}switches/{record['id']}"
-        if next_url:
-            progress_url += "?" + urlencode({"next": record["next"]})
+        record, progress_url = await self.start_switch(caller, self.get_json_body())
         # reply before stopping: the caller may be a kernel of this very server
         self.set_status(202)
         await self.finish(json.dumps({"id": record["id"], "progress_url": progress_url}))
         self.orchestrator.launch(record["id"])
-
-    @staticmethod
-    def _token_server(caller: dict, owner: str) -> str:
-        """The server a server token belongs to (``access:servers!server=alice/``)."""
-        for scope in caller.get("scopes") or ():
-            m = _SERVER_SCOPE.match(scope)
-            if m and m.group(1) == owner:
-                return m.group(2)
-        return ""
 
 
 class SwitchHandler(APIHandler):
@@ -381,7 +406,14 @@ class SwitchHandler(APIHandler):
 
 
 class TiersHandler(APIHandler):
-    """``GET api/tiers``: every tier with ``allowed``/``reason``/``default`` for the caller."""
+    """``GET api/tiers``: every tier with ``allowed``/``reason``/``default`` for the caller.
+
+    ``reason`` covers groups, caps (not counting the caller's own server) and
+    budgets; ``policy`` names the rule (``group``, ``cap``, ``budget``). The
+    answer also carries ``budget`` (the caller's tightest budget) and
+    ``notices`` (recent policy actions on the caller's servers, e.g. an idle
+    downshift) for Lab's status bar.
+    """
 
     async def get(self):
         caller = self.require_user()
@@ -399,14 +431,97 @@ class TiersHandler(APIHandler):
             if model is None:
                 raise APIError(404, f"No such user: {user}.")
             groups = model.get("groups") or []
+        server_name = self.get_argument("server_name", None)
+        if server_name is None:
+            server_name = self._token_server(caller, user)
+        try:
+            live, budget = await self.live.refusals(user, groups, exclude=(user, server_name))
+        except HubAPIError as e:
+            self.log.warning("Tiers without live policy (hub: %s)", e)
+            live, budget = {}, None
         default = tiers.default_slug(self.profiles, groups)
         out = []
         for tier in tiers.tiers_of(self.profiles):
             reason = policy.group_refusal(
                 tier.allowed_groups, groups, self.is_admin(), what=f"tier {tier.display_name!r}"
             )
-            out.append({**tier.public(), "allowed": reason is None, "reason": reason, "default": tier.slug == default})
-        self.write_json({"tiers": out})
+            kind = "group" if reason else None
+            if reason is None and tier.slug in live:
+                kind, reason = live[tier.slug]
+            out.append(
+                {
+                    **tier.public(),
+                    "allowed": reason is None,
+                    "reason": reason,
+                    "policy": kind,
+                    "default": tier.slug == default,
+                    "max_servers": tier.max_servers,
+                    "idle_downshift_after": tier.idle_downshift_after,
+                }
+            )
+        self.write_json({"tiers": out, "budget": budget, "notices": notices(self.store, user, server_name)})
+
+
+class PolicyHandler(APIHandler):
+    """``GET api/policy``: ``{"budget", "notices"}`` of the caller (Lab's status bar)."""
+
+    async def get(self):
+        caller = self.require_user()
+        user = self.get_argument("user", None) or caller["name"]
+        if user != caller["name"] and not self.is_admin():
+            raise APIError(403, "Only admins may see another user's budget.")
+        groups = caller.get("groups") if user == caller["name"] and "groups" in caller else None
+        if groups is None:
+            model = await self.hub.get_user(user)
+            if model is None:
+                raise APIError(404, f"No such user: {user}.")
+            groups = model.get("groups") or []
+        server_name = self.get_argument("server_name", None)
+        if server_name is None:
+            server_name = self._token_server(caller, user)
+        budget = await self.live.budget(user, groups)
+        self.write_json({"budget": budget, "notices": notices(self.store, user, server_name)})
+
+
+def notices(store, user: str, server_name: str, max_age: float = 86400) -> list[dict]:
+    """Policy actions on ``user``'s server in the last ``max_age`` seconds, newest first."""
+    since = utcnow() - max_age
+    out = []
+    for event in store.list_audit(limit=20, user=user):
+        if event["event"] != "policy:idle" or event["outcome"] not in ("downshift", "stop"):
+            continue
+        if (event["server_name"] or "") != (server_name or ""):
+            continue
+        if (parse_time(event["time"]) or 0) < since:
+            continue
+        out.append(
+            {
+                "time": event["time"],
+                "kind": f"idle-{event['outcome']}",
+                "from_profile": event["from_profile"],
+                "to_profile": event["to_profile"],
+                "message": f"Your server was {'moved to the default tier' if event['outcome'] == 'downshift' else 'stopped'}: {event['reason']}",
+            }
+        )
+    return out
+
+
+class MetricsHandler(BaseHandler):
+    """``GET metrics``: Prometheus text format (see :mod:`.metrics`)."""
+
+    async def prepare(self):
+        if self.settings.get("metrics_require_auth"):
+            await super().prepare()
+
+    def get(self):
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        if self.settings.get("metrics_require_auth"):
+            user = self.current_user
+            if user is None or not (user.get("admin") or user.get("kind") == "service"):
+                raise web.HTTPError(403, "metrics need an admin's or a service's token")
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(self.settings["metrics_registry"]))
 
 
 class PageHandler(BaseHandler):
@@ -483,6 +598,8 @@ def default_handlers(prefix: str) -> list[tuple]:
         (prefix + "api/switches", SwitchListHandler),
         (prefix + r"api/switches/([A-Za-z0-9_-]+)", SwitchHandler),
         (prefix + "api/tiers", TiersHandler),
+        (prefix + "api/policy", PolicyHandler),
+        (prefix + "metrics", MetricsHandler),
         (prefix + r"switches/([A-Za-z0-9_-]+)", ProgressPageHandler),
         (prefix.rstrip("/") + "/?", IndexHandler),
     ]

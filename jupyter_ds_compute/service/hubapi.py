@@ -3,8 +3,9 @@
 Only the calls the switch needs, each bounded by ``request_timeout``; the
 waits poll with a fixed interval and are bounded by the timeout they are
 given. Scopes needed by the service's token: ``servers`` (read, start,
-delete, patch ``user_options``, ``/progress``) and ``read:users:groups``
-(the owner's groups for tier checks).
+delete, patch ``user_options``, ``/progress``), ``read:users:groups``
+(the owner's groups for tier checks), ``list:users`` (accounting, idle
+checks, the admin page) and ``read:groups`` (members of budgeted groups).
 """
 
 from __future__ import annotations
@@ -127,6 +128,30 @@ class HubAPI:
         """
         try:
             _, data = await self.request("GET", _server_path(user, server_name))
+        except HubAPIError as e:
+            if e.status == 404:
+                return None
+            raise
+        return data
+
+    async def list_users(self, state: str | None = None, page: int = 200) -> list[dict]:
+        """Every user model (``state="active"``: only users with a running or
+        pending server), following the hub's pagination. Needs ``list:users``."""
+        users: list[dict] = []
+        offset = 0
+        while True:
+            query = f"?offset={offset}&limit={page}" + (f"&state={state}" if state else "")
+            _, data = await self.request("GET", "/users" + query)
+            batch = data if isinstance(data, list) else (data or {}).get("items", [])
+            users.extend(batch)
+            if len(batch) < page:
+                return users
+            offset += len(batch)
+
+    async def get_group(self, name: str) -> dict | None:
+        """The group model (``users``: member names), None if no such group. Needs ``read:groups``."""
+        try:
+            _, data = await self.request("GET", f"/groups/{quote(name, safe='')}")
         except HubAPIError as e:
             if e.status == 404:
                 return None

@@ -1,0 +1,208 @@
+"""The admin panel: ``/services/ds-compute/admin`` and ``admin/audit``.
+
+Server-rendered pages in JupyterHub's look (its Bootstrap), for hub admins
+only (the identity model's ``admin``); everyone else gets a 403 page.
+
+- ``GET admin?tier=&state=&user=``: one row per server (users without a
+  server get one ``stopped`` row): tier, state, volume id and where it is
+  attached, time on tier, cost this budget period, last activity; actions.
+- ``POST admin/action`` (HubOAuth cookie + ``_xsrf`` form field):
+  ``action=switch`` (through the orchestrator, same checks as the API),
+  ``stop`` (hub API ``DELETE``), ``start`` (hub API ``POST`` with the tier).
+- ``GET admin/audit?user=&event=``: the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from urllib.parse import urlencode
+
+from tornado import web
+
+from .. import policy, tiers
+from ..volumes.local import volume_id_for
+from .accounting import parse_time
+from .handlers import APIError, PageHandler
+from .hubapi import HubAPIError
+from .idle import describe_seconds
+from .store import isoformat, utcnow
+
+__all__ = ["admin_handlers"]
+
+STATES = ("running", "starting", "stopping", "switching", "stopped")
+
+
+def attachment(volume_root: str, volume_id: str) -> dict | None:
+    """Where a local volume is attached (``{"server", "host", "path"}``), from its registry file."""
+    if not volume_root:
+        return None
+    try:
+        with open(os.path.join(volume_root, ".attachments", f"{volume_id}.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+class AdminBase(PageHandler):
+    def check_admin(self):
+        if not self.is_admin():
+            raise web.HTTPError(403, "The ds-compute admin panel is for hub admins only.")
+
+
+class AdminHandler(AdminBase):
+    @web.authenticated
+    async def get(self):
+        self.check_admin()
+        try:
+            users = await self.hub.list_users()
+        except HubAPIError as e:
+            raise web.HTTPError(502, f"Could not list users from JupyterHub: {e.message}")
+        now = utcnow()
+        settings = self.live.settings
+        since = policy.period_start(now, settings["budget_period"])
+        costs = self.live.accounting.per_server(since, now)
+        intervals = self.live.accounting.open_intervals()
+        root = self.settings.get("volume_root") or ""
+        rows = []
+        for u in sorted(users, key=lambda u: u["name"]):
+            servers = dict(u.get("servers") or {})
+            if "" not in servers:
+                servers[""] = None
+            for name, srv in sorted(servers.items()):
+                rows.append(self._row(u, name, srv, costs, intervals, root, now))
+        tier_filter = self.get_argument("tier", "")
+        state_filter = self.get_argument("state", "")
+        user_filter = self.get_argument("user", "")
+        shown = [
+            r
+            for r in rows
+            if (not tier_filter or r["tier"] == tier_filter)
+            and (not state_filter or r["state"] == state_filter)
+            and (not user_filter or user_filter in r["user"])
+        ]
+        self.render_page(
+            "admin.html",
+            rows=shown,
+            total=len(rows),
+            tiers=tiers.tiers_of(self.profiles),
+            states=STATES,
+            filters={"tier": tier_filter, "state": state_filter, "user": user_filter},
+            xsrf=self.xsrf_token.decode() if isinstance(self.xsrf_token, bytes) else self.xsrf_token,
+            message=self.get_argument("msg", ""),
+            error=self.get_argument("error", ""),
+            period=settings["budget_period"],
+            audit=self.store.list_audit(limit=15),
+        )
+
+    def _row(self, u, name, srv, costs, intervals, root, now):
+        user = u["name"]
+        groups = u.get("groups") or []
+        switch = self.store.active_switch(user, name)
+        options = (srv or {}).get("user_options") or {}
+        profile = options.get("profile")
+        if srv is None or (srv.get("stopped") and not srv.get("pending")):
+            state = "stopped"
+        elif switch is not None:
+            state = "switching"
+        elif srv.get("pending") == "spawn":
+            state = "starting"
+        elif srv.get("pending") == "stop":
+            state = "stopping"
+        elif srv.get("ready"):
+            state = "running"
+        else:
+            state = srv.get("pending") or "stopped"
+        if state != "stopped" and not profile:
+            profile = tiers.default_slug(self.profiles, groups)
+        vid = volume_id_for(user, name)
+        att = attachment(root, vid)
+        started = parse_time((srv or {}).get("started"))
+        interval = intervals.get((user, name))
+        on_tier_since = None
+        if state != "stopped":
+            on_tier_since = parse_time(interval["started_key"]) if interval else started
+        last = parse_time((srv or {}).get("last_activity")) or parse_time(u.get("last_activity"))
+        return {
+            "user": user,
+            "server_name": name,
+            "admin": bool(u.get("admin")),
+            "groups": groups,
+            "tier": profile or "",
+            "state": state,
+            "switch_id": switch["id"] if switch else None,
+            "volume_id": vid,
+            "attached": att,
+            "time_on_tier": describe_seconds(now - on_tier_since) if on_tier_since else "",
+            "cost": costs.get((user, name), 0.0),
+            "last_activity": isoformat(last) if last else None,
+            "last_activity_ago": describe_seconds(now - last) + " ago" if last else "never",
+        }
+
+
+class AdminActionHandler(AdminBase):
+    """``POST admin/action``: switch, stop or start a user's server."""
+
+    @web.authenticated
+    async def post(self):
+        self.check_admin()
+        action = self.get_body_argument("action", "")
+        user = self.get_body_argument("user", "")
+        name = self.get_body_argument("server_name", "")
+        profile = self.get_body_argument("profile", "")
+        actor = self.current_user["name"]
+        label = f"{user}'s server {name!r}" if name else f"{user}'s server"
+        try:
+            if action == "switch":
+                record, progress_url = await self.start_switch(
+                    self.current_user, {"user": user, "server_name": name, "profile": profile}
+                )
+                self.orchestrator.launch(record["id"])
+                msg = f"Switching {label} to {profile} (switch {record['id']})."
+            elif action == "stop":
+                await self.hub.stop_server(user, name)
+                self.store.audit("admin:stop", actor=actor, user=user, server_name=name, outcome="requested")
+                msg = f"Stopping {label}."
+            elif action == "start":
+                options = {"profile": profile} if profile else {}
+                result = await self.hub.start_server(user, name, options)
+                self.store.audit(
+                    "admin:start", actor=actor, user=user, server_name=name, to_profile=profile or None,
+                    outcome=result,
+                )
+                msg = f"Starting {label}" + (f" on {profile}." if profile else ".")
+            else:
+                raise APIError(400, f"Unknown action {action!r}: switch, stop or start.")
+        except APIError as e:
+            return self._back(error=e.message)
+        except HubAPIError as e:
+            self.store.audit(
+                f"admin:{action}", actor=actor, user=user, server_name=name, to_profile=profile or None,
+                outcome="refused", reason=e.message,
+            )
+            return self._back(error=f"JupyterHub refused: {e.message}")
+        self._back(msg=msg)
+
+    def _back(self, **args):
+        self.redirect(f"{self.prefix}admin?" + urlencode(args))
+
+
+class AuditHandler(AdminBase):
+    @web.authenticated
+    def get(self):
+        self.check_admin()
+        user = self.get_argument("user", "") or None
+        event = self.get_argument("event", "")
+        limit = max(1, min(int(self.get_argument("limit", "500") or 500), 5000))
+        events = self.store.list_audit(limit=limit, user=user)
+        if event:
+            events = [e for e in events if e["event"].startswith(event)]
+        self.render_page("admin_audit.html", events=events, filters={"user": user or "", "event": event})
+
+
+def admin_handlers(prefix: str) -> list[tuple]:
+    return [
+        (prefix + "admin/?", AdminHandler),
+        (prefix + "admin/action", AdminActionHandler),
+        (prefix + "admin/audit", AuditHandler),
+    ]

@@ -1,0 +1,203 @@
+"""Idle downshift: move servers idle on an expensive tier down to the default tier.
+
+Every ``idle_check_interval`` seconds the service reads the active servers
+from the hub. A server is idle since the later of its hub ``last_activity``
+(which the hub updates from the proxy's traffic and from the single-user
+server's own activity reports, and those include kernel activity) and its
+``started`` time. When :func:`jupyter_ds_compute.policy.idle_action` says so:
+
+- ``downshift``: a switch to the owner's default tier, requested by
+  ``policy:idle`` and run by the same orchestrator as any other switch
+  (progress, rollback, audit);
+- ``stop``: the server is stopped through the hub API (as the idle culler
+  would; the spawner detaches the volume).
+
+Each decision is written to the audit log as ``policy:idle`` with the reason,
+which Lab shows (``notices`` in ``GET api/tiers``).
+
+This runs alongside ``jupyterhub-idle-culler``: the culler stops servers idle
+longer than *its* timeout through the same hub API, so a culled server goes
+through the spawner's normal stop and its volume is detached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .. import policy, tiers
+from .accounting import parse_time
+from .hubapi import HubAPIError, server_label
+from .store import SwitchInFlight, utcnow
+
+__all__ = ["IdleWatcher", "describe_seconds"]
+
+
+def describe_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes, sec = divmod(seconds, 60)
+    if minutes < 120:
+        return f"{minutes}min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}"
+
+
+class IdleWatcher:
+    """The idle loop (see the module docstring)."""
+
+    def __init__(self, live, store, orchestrator, hub, profiles, settings: dict, log=None):
+        self.live = live
+        self.store = store
+        self.orchestrator = orchestrator
+        self.hub = hub
+        self.profiles = profiles
+        self.settings = settings
+        self.log = log or logging.getLogger(__name__)
+        self._task = None
+
+    def enabled(self) -> bool:
+        return any(t.idle_downshift_after is not None for t in tiers.tiers_of(self.profiles))
+
+    async def check(self, now: float | None = None) -> list[dict]:
+        """One pass; returns the decisions taken (``{"user", "server_name", "action", ...}``)."""
+        servers = await self.live.refresh()
+        now = utcnow() if now is None else now
+        counts = {}
+        for s in servers:
+            counts[s["profile"]] = counts.get(s["profile"], 0) + 1
+        taken = []
+        for s in servers:
+            if not s["ready"] or s["pending"] or not s["profile"]:
+                continue
+            try:
+                tier = tiers.get_tier(self.profiles, s["profile"])
+            except tiers.TierOptionsError:
+                continue
+            if tier.idle_downshift_after is None:
+                continue
+            if self.store.active_switch(s["user"], s["server_name"]) is not None:
+                continue
+            since = max(parse_time(s["last_activity"]) or 0, parse_time(s["started"]) or 0)
+            if not since:
+                continue
+            idle = now - since
+            default = tiers.default_slug(self.profiles, s["groups"])
+            decision = policy.idle_action(
+                profile=s["profile"],
+                idle_downshift_after=tier.idle_downshift_after,
+                idle_seconds=idle,
+                default_profile=default,
+                action=self.settings["idle_action"],
+            )
+            if decision is None:
+                continue
+            reason = (
+                f"idle for {describe_seconds(idle)} on tier {tier.display_name}"
+                f" (limit {describe_seconds(tier.idle_downshift_after)})"
+            )
+            try:
+                if decision[0] == "downshift":
+                    result = await self.downshift(s, tier, decision[1], reason, counts)
+                else:
+                    result = await self.stop(s, tier, reason)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - one server must not stop the loop
+                self.log.warning("Idle action on %s failed: %s", server_label(s["user"], s["server_name"]), e)
+                continue
+            if result:
+                taken.append(result)
+        return taken
+
+    async def downshift(self, s: dict, tier, target: str, reason: str, counts: dict) -> dict | None:
+        user, name = s["user"], s["server_name"]
+        target_tier = tiers.get_tier(self.profiles, target)
+        cap = policy.cap_refusal(target_tier.display_name, target_tier.max_servers, counts.get(target, 0))
+        if cap:
+            self.store.audit(
+                "policy:idle",
+                actor="policy:idle",
+                user=user,
+                server_name=name,
+                from_profile=s["profile"],
+                to_profile=target,
+                outcome="refused",
+                reason=f"{reason}; not moved: {cap}",
+            )
+            return None
+        to_options = tiers.validate_user_options(self.profiles, {"profile": target}, s["groups"])
+        from_options = dict(s["user_options"], profile=s["profile"])
+        message = f"{reason}: moved to {target_tier.display_name}"
+        try:
+            record = self.store.create_switch(
+                user=user,
+                server_name=name,
+                requested_by="policy:idle",
+                from_profile=s["profile"],
+                to_profile=target,
+                from_options=from_options,
+                to_options=to_options,
+                next_url=None,
+                validate_message=message,
+            )
+        except SwitchInFlight:
+            return None
+        self.store.audit(
+            "policy:idle",
+            actor="policy:idle",
+            user=user,
+            server_name=name,
+            switch_id=record["id"],
+            from_profile=s["profile"],
+            to_profile=target,
+            outcome="downshift",
+            reason=message,
+        )
+        self.log.info("Idle downshift of %s: %s (switch %s)", server_label(user, name), message, record["id"])
+        self.orchestrator.launch(record["id"])
+        counts[target] = counts.get(target, 0) + 1
+        return {"user": user, "server_name": name, "action": "downshift", "switch_id": record["id"]}
+
+    async def stop(self, s: dict, tier, reason: str) -> dict | None:
+        user, name = s["user"], s["server_name"]
+        message = f"{reason}: stopped"
+        try:
+            await self.hub.stop_server(user, name)
+        except HubAPIError as e:
+            self.log.warning("Idle stop of %s failed: %s", server_label(user, name), e)
+            return None
+        self.store.audit(
+            "policy:idle",
+            actor="policy:idle",
+            user=user,
+            server_name=name,
+            from_profile=s["profile"],
+            outcome="stop",
+            reason=message,
+        )
+        self.log.info("Idle stop of %s: %s", server_label(user, name), message)
+        return {"user": user, "server_name": name, "action": "stop"}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - retried at the next interval
+                self.log.warning("Idle check failed: %s", e)
+            await asyncio.sleep(self.settings["idle_check_interval"])
+
+    def start(self) -> None:
+        if self.enabled():
+            self._task = asyncio.ensure_future(self.run())
+
+    async def stop_loop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except BaseException:  # noqa: BLE001 - cancelled
+                pass
