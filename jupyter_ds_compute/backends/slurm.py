@@ -1,0 +1,607 @@
+"""Backend ``slurm``: each server is a Slurm batch job.
+
+Tiers map onto what a Slurm operator configures anyway: a tier's
+``extra["slurm"]`` names its ``partition``, ``time`` limit, ``account``,
+``qos``, ``reservation``, ``constraint``, ``gres`` and extra ``sbatch_lines``;
+``cpu``, ``mem`` and ``gpu`` become ``--cpus-per-task``, ``--mem`` and
+``--gres=gpu:N``.  ``c.SlurmBackend.*`` holds the operator-wide defaults::
+
+    c.DSComputeSpawner.backend = "slurm"
+    c.DSComputeSpawner.profile_list = [
+        {"slug": "small", "cpu": 1, "mem": "2G",
+         "extra": {"slurm": {"partition": "small", "time": "8:00:00"}}},
+        {"slug": "gpu", "cpu": 4, "mem": "16G", "gpu": 1,
+         "extra": {"slurm": {"partition": "gpu", "qos": "gpu",
+                             "sbatch_lines": ["#SBATCH --exclusive=user"]}}},
+    ]
+
+What it takes from batchspawner (``pip install jupyter-ds-compute[slurm]``):
+the ``SlurmSpawner``'s reading of Slurm, i.e. its job-state rules
+(``state_pending_re``, ``state_running_re``, ``state_unknown_re``, still
+configurable as ``c.SlurmSpawner.state_*``) and its job-id parser, so a
+server is pending, running or gone exactly when batchspawner says so.  What
+it does not take, on purpose:
+
+- ``submit_batch_script``, which merges ``user_options`` into the template
+  variables (a user could set ``partition``, ``options`` or the command) and
+  runs a shell string behind ``sudo``. Here the script comes from one template
+  file that receives only operator config and ``shlex.quote``d values,
+  resources go on sbatch's argv, and sbatch runs as the user through
+  ``setuid`` (argv, no shell).  The spawner has already refused any
+  ``user_options`` key that is not a tier or one of its options.
+- one ``squeue`` per server per poll: :mod:`.squeue` polls every job of the
+  hub with one call per interval.
+- the ``/hub/api/batchspawner`` port report (a handler that ``setattr``s any
+  posted key on the spawner): the job writes its port into the server's
+  spool directory (:mod:`.slurm_launch`) and the hub takes the host from
+  Slurm's own ``BatchHost``.
+
+Volumes: the local volume driver's directory mode, on a path every node
+sees (``c.LocalVolume.root`` on the shared file system); so must be
+:attr:`SlurmBackend.spool_dir`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import shlex
+import string
+import subprocess
+import sys
+from collections import deque
+
+from traitlets import Bool, CaselessStrEnum, Float, List, Unicode, default
+
+from .base import Backend, BackendError, HostInfo
+from .local import LocalBackend, _set_user, unreachable_dir
+from .squeue import SqueuePoller, SqueueUnavailable
+
+TEMPLATE = os.path.join(os.path.dirname(__file__), "slurm_job.sh")
+
+#: keys a tier may set under ``extra["slurm"]``
+TIER_KEYS = ("partition", "time", "account", "qos", "reservation", "constraint", "gres", "sbatch_lines")
+#: one Slurm word: partition, QoS, account, time, gres, constraint expressions
+_WORD = re.compile(r"^[A-Za-z0-9_.:,+=@%/&|!\[\]*-]+$")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+#: states after which the job will not run again (squeue's long names)
+ENDED = {
+    "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
+    "OUT_OF_MEMORY", "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "TIMEOUT",
+}  # fmt: skip
+WHY = {
+    "TIMEOUT": "it reached its time limit",
+    "PREEMPTED": "it was preempted",
+    "NODE_FAIL": "its node failed",
+    "CANCELLED": "it was cancelled (scancel)",
+    "OUT_OF_MEMORY": "it ran out of memory",
+    "FAILED": "it failed",
+    "COMPLETED": "the server exited",
+    "BOOT_FAIL": "its node failed to boot",
+    "DEADLINE": "it reached its deadline",
+}
+
+
+def _batchspawner():
+    try:
+        import batchspawner
+    except ImportError as e:
+        raise ImportError(
+            "The slurm backend needs batchspawner: pip install jupyter-ds-compute[slurm]"
+        ) from e
+    return batchspawner
+
+
+class SlurmBackend(Backend):
+    """Run ``jupyterhub-singleuser`` as a Slurm batch job on the tier's partition."""
+
+    name = "slurm"
+
+    # -- operator-wide defaults (a tier's extra["slurm"] overrides them) ----------
+
+    partition = Unicode(
+        "",
+        help="""
+        Partition for tiers that name none (empty: the cluster's default).
+
+        Example::
+
+            c.SlurmBackend.partition = "interactive"
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    time = Unicode("", help="""Default ``--time`` limit, e.g. ``"8:00:00"`` (empty: the partition's).""").tag(
+        config=True
+    )
+    account = Unicode("", help="""Default ``--account``.""").tag(config=True)
+    qos = Unicode("", help="""Default ``--qos``.""").tag(config=True)
+    reservation = Unicode("", help="""Default ``--reservation``.""").tag(config=True)
+    constraint = Unicode("", help="""Default ``--constraint`` (node features).""").tag(config=True)
+
+    gres_name = Unicode(
+        "gpu",
+        help="""GRES name for a tier's ``gpu`` count: ``--gres={gres_name}:{gpu}``. A tier's ``gres`` replaces it.""",
+    ).tag(config=True)
+
+    sbatch_lines = List(
+        Unicode(),
+        help="""
+        Extra ``#SBATCH`` lines for every job (a tier's ``sbatch_lines`` come after).
+
+        Example::
+
+            c.SlurmBackend.sbatch_lines = ["#SBATCH --exclusive=user", "#SBATCH --signal=B:TERM@60"]
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    prologue = Unicode(
+        "",
+        help="""
+        Shell lines run in the job before the server (operator config, not
+        quoted), e.g. ``module load cuda``.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    # -- where and how -----------------------------------------------------------------
+
+    spool_dir = Unicode(
+        help="""
+        Directory on the shared file system (seen by the hub and every node)
+        for each server's Slurm output and port file
+        (``<spool_dir>/<user>--<server>/``). Default: ``ds-compute-slurm`` in
+        the hub's working directory.
+
+        Example::
+
+            c.SlurmBackend.spool_dir = "/shared/jupyterhub/slurm"
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    @default("spool_dir")
+    def _default_spool_dir(self):
+        return os.path.abspath("ds-compute-slurm")
+
+    script_template = Unicode(
+        TEMPLATE,
+        help="""
+        The job script template (``string.Template``: ``$sbatch_lines``,
+        ``$prologue``, ``$launch``). Default: the one shipped in the package.
+        """,
+    ).tag(config=True)
+
+    server_ip = Unicode("0.0.0.0", help="""Address the server listens on, on its node.""").tag(config=True)
+
+    node_address = Unicode(
+        "{node}",
+        help="""
+        How the hub reaches a node: a format string of Slurm's node name
+        (``BatchHost``), e.g. ``"{node}.ib.cluster"``.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    python = Unicode(
+        help="""Python on the nodes that runs the launcher (default: the hub's own, as for ``cmd``).""",
+    ).tag(config=True)
+
+    @default("python")
+    def _default_python(self):
+        return sys.executable
+
+    sbatch = List(Unicode(), ["sbatch"], help="""The sbatch command (argv).""").tag(config=True)
+    scancel = List(Unicode(), ["scancel"], help="""The scancel command (argv).""").tag(config=True)
+    squeue = List(
+        Unicode(), ["squeue"], help="""The squeue command (argv); one call polls every server."""
+    ).tag(config=True)
+
+    squeue_interval = Float(
+        15.0,
+        help="""
+        Seconds a ``squeue`` answer is reused by every server's poll. The hub
+        then runs at most about 60 / interval ``squeue`` a minute, whatever
+        the number of servers (batchspawner: one per server per poll).
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    squeue_jitter = Float(0.2, help="""Random +/- fraction of :attr:`squeue_interval`.""").tag(config=True)
+
+    startup_poll_interval = Float(
+        0.5, help="""Seconds between checks of a starting job (shared by all starting servers)."""
+    ).tag(config=True)
+
+    command_timeout = Float(30.0, help="""Seconds before sbatch, scancel or squeue count as failed.""").tag(
+        config=True
+    )
+
+    stop_timeout = Float(30.0, help="""Seconds ``stop`` waits for Slurm to end the job.""").tag(config=True)
+
+    run_as = CaselessStrEnum(
+        ["auto", "system", "hub"],
+        "auto",
+        help="""
+        Who submits (and so owns) the job: ``auto`` is the user's system
+        account when the hub runs as root, else the hub's own account.
+        """,
+    ).tag(config=True)
+
+    create_system_users = Bool(
+        False,
+        help="""
+        Create a missing system user on the hub's machine (one-node test
+        clusters; on a real cluster accounts come from the directory service).
+        """,
+    ).tag(config=True)
+
+    # -- state ---------------------------------------------------------------------------
+    job_id = ""
+    host = ""
+    port = 0
+    workdir = ""
+
+    def __init__(self, spawner, **kwargs):
+        super().__init__(spawner, **kwargs)
+        self._job = None
+        self._ended_logged = False
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @property
+    def poller(self):
+        return SqueuePoller.shared(
+            self.squeue,
+            interval=self.squeue_interval,
+            jitter=self.squeue_jitter,
+            timeout=self.command_timeout,
+        )
+
+    @property
+    def job(self):
+        """batchspawner's SlurmSpawner, used for its reading of Slurm only."""
+        if self._job is None:
+            self._job = _batchspawner().SlurmSpawner(config=self.config, log=self.log)
+        return self._job
+
+    @property
+    def as_system_user(self):
+        if self.run_as == "hub":
+            return False
+        if self.run_as == "system" and os.geteuid() != 0:
+            raise BackendError("c.SlurmBackend.run_as = 'system' needs the hub to run as root")
+        return os.geteuid() == 0
+
+    async def owner(self):
+        """``(uid, gid)`` the job and its volume belong to."""
+        if self.as_system_user:
+            # the local backend's useradd logic, with our create_system_users
+            await LocalBackend._ensure_system_user(self, self.spawner.user.name)
+            uid, gid, _ = _set_user(self.spawner.user.name)
+            return uid, gid
+        return os.getuid(), os.getgid()
+
+    def _preexec(self):
+        if not self.as_system_user:
+            return None
+        uid, gid, groups = _set_user(self.spawner.user.name)
+
+        def drop():
+            os.setgid(gid)
+            os.setgroups(groups)
+            os.setuid(uid)
+
+        return drop
+
+    async def _run(self, argv, input=None, env=None, as_user=True):
+        self.log.info("Running %s for %s", " ".join(shlex.quote(a) for a in argv), self.log_name)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd="/",
+                preexec_fn=self._preexec() if as_user else None,
+            )
+            out, err = await asyncio.wait_for(
+                proc.communicate(input.encode() if input is not None else None), self.command_timeout
+            )
+        except asyncio.TimeoutError:
+            proc.kill()
+            raise BackendError(f"{argv[0]} did not answer within {self.command_timeout:g}s") from None
+        except OSError as e:
+            raise BackendError(f"Could not run {argv[0]}: {e}") from None
+        return proc.returncode, out.decode(errors="replace").strip(), err.decode(errors="replace").strip()
+
+    # -- the submission (pure: operator config + tier -> argv, script) ----------------
+
+    def settings(self, tier):
+        """The tier's Slurm settings over the operator defaults; validated."""
+        own = tier.extra.get("slurm") or {}
+        if not isinstance(own, dict):
+            raise BackendError(f"Tier {tier.slug!r}: extra.slurm must be a dict (hub config); ask an admin")
+        unknown = sorted(set(own) - set(TIER_KEYS))
+        if unknown:
+            raise BackendError(
+                f"Tier {tier.slug!r}: unknown extra.slurm key(s) {', '.join(unknown)} "
+                f"(known: {', '.join(TIER_KEYS)}); ask an admin"
+            )
+        merged = {key: own.get(key, getattr(self, key, "")) for key in TIER_KEYS if key != "sbatch_lines"}
+        for key, value in merged.items():
+            if value in ("", None):
+                continue
+            if not isinstance(value, str) or not _WORD.match(value):
+                raise BackendError(
+                    f"Tier {tier.slug!r}: extra.slurm.{key} {value!r} is not a Slurm value; ask an admin"
+                )
+        lines = list(self.sbatch_lines) + list(own.get("sbatch_lines") or [])
+        for line in lines:
+            if not isinstance(line, str) or not line.startswith("#SBATCH ") or "\n" in line or "\r" in line:
+                raise BackendError(f"Tier {tier.slug!r}: sbatch line {line!r} must be one '#SBATCH ...' line")
+        merged["sbatch_lines"] = lines
+        return merged
+
+    def sbatch_argv(self, tier, workdir, chdir):
+        """sbatch's command line: every resource as its own argv element."""
+        s = self.settings(tier)
+        argv = [
+            *self.sbatch,
+            "--parsable",
+            f"--job-name=ds-compute-{self.spawner.user.name}",
+            f"--output={os.path.join(workdir, 'slurm-%j.log')}",
+            f"--chdir={chdir}",
+            "--export=ALL",
+            "--nodes=1",
+            "--ntasks=1",
+            f"--cpus-per-task={max(1, math.ceil(tier.cpu))}",
+            f"--mem={max(1, math.ceil(tier.mem / 2**20))}M",
+        ]
+        gres = s["gres"] or (f"{self.gres_name}:{tier.gpu}" if tier.gpu else "")
+        if gres:
+            argv.append(f"--gres={gres}")
+        for key in ("partition", "time", "account", "qos", "reservation", "constraint"):
+            if s[key]:
+                argv.append(f"--{key}={s[key]}")
+        return argv
+
+    def describe(self, tier):
+        """``partition gpu, 4 CPUs, 16384M, gpu:1, time 4:00:00`` for progress messages."""
+        s = self.settings(tier)
+        parts = [f"partition {s['partition'] or '(default)'}", f"{max(1, math.ceil(tier.cpu))} CPUs",
+                 f"{max(1, math.ceil(tier.mem / 2**20))}M memory"]  # fmt: skip
+        gres = s["gres"] or (f"{self.gres_name}:{tier.gpu}" if tier.gpu else "")
+        parts += [gres] if gres else []
+        parts += [f"{key} {s[key]}" for key in ("time", "account", "qos") if s[key]]
+        return ", ".join(parts)
+
+    def script(self, tier, cmd, workdir):
+        """The job script: operator config and quoted values only."""
+        s = self.settings(tier)
+        launch = [self.python, "-m", "jupyter_ds_compute.backends.slurm_launch", "--port-dir", workdir,
+                  "--ip", self.server_ip, "--", *cmd]  # fmt: skip
+        with open(self.script_template) as f:
+            template = string.Template(f.read())
+        return template.substitute(
+            sbatch_lines="\n".join(s["sbatch_lines"]),
+            prologue=self.prologue,
+            launch=" ".join(shlex.quote(a) for a in launch),
+        )
+
+    @staticmethod
+    def job_env(env):
+        """The server's env for sbatch (``--export=ALL``): nothing sbatch reads as options."""
+        clean = {k: v for k, v in env.items() if not k.startswith(("SBATCH_", "SLURM_"))}
+        if "SLURM_CONF" in os.environ:
+            clean["SLURM_CONF"] = os.environ["SLURM_CONF"]
+        return clean
+
+    # -- Backend interface ---------------------------------------------------------------
+
+    async def prepare(self, tier):
+        s = self.settings(tier)  # refuse broken operator config before anything happens
+        return HostInfo(kind="shared-fs", id=f"slurm:{s['partition'] or 'default'}")
+
+    def bind(self):
+        # the real host:port are known once the job runs; start() returns them
+        return self.server_ip, 0
+
+    def _workdir(self):
+        user, server = self.spawner.user.name, self.spawner.name
+        name = _SAFE_NAME.sub("_", user) + ("--" + _SAFE_NAME.sub("_", server) if server else "")
+        return os.path.join(self.spool_dir, name)
+
+    def _ensure_workdir(self):
+        os.makedirs(self.spool_dir, mode=0o755, exist_ok=True)
+        workdir = self._workdir()
+        os.makedirs(workdir, mode=0o700, exist_ok=True)
+        if self.as_system_user:
+            uid, gid, _ = _set_user(self.spawner.user.name)
+            os.chown(workdir, uid, gid)
+            blocked = unreachable_dir(workdir, uid, [gid])
+            if blocked:
+                raise BackendError(
+                    f"The Slurm spool directory {workdir} is not reachable by {self.spawner.user.name!r}: "
+                    f"{blocked} does not let them through (c.SlurmBackend.spool_dir)."
+                )
+        return workdir
+
+    async def start(self, tier, cmd, env, volume_path, keep_root=False):
+        if keep_root:
+            raise BackendError(
+                "The slurm backend cannot mount volume images: use c.LocalVolume.mode = 'directory'"
+            )
+        self.workdir = self._ensure_workdir()
+        argv = self.sbatch_argv(tier, self.workdir, volume_path)
+        script = self.script(tier, cmd, self.workdir)
+        self.log.debug("Job script for %s:\n%s", self.log_name, script)
+        rc, out, err = await self._run(argv, input=script, env=self.job_env(env))
+        if rc:
+            raise BackendError(
+                f"Slurm refused the job for tier {tier.display_name}: {err or out}",
+                log_message=f"sbatch exit {rc} for {self.log_name}: {err} {out}",
+            )
+        try:
+            self.job_id = self.job.parse_job_id(out)
+        except Exception:
+            raise BackendError(f"sbatch gave no job id: {out!r}") from None
+        self._ended_logged = False
+        self.poller.track(self.job_id)
+        self.emit(f"Submitted Slurm job {self.job_id}: {self.describe(tier)}")
+        self.host = await self._wait_running()
+        self.port = await self._wait_port()
+        address = self.node_address.format(node=self.host)
+        self.emit(f"Job {self.job_id} running on {self.host}, server port {self.port}")
+        return address, self.port
+
+    async def _status(self, max_age=None):
+        """(JobInfo or None, what batchspawner would call it)."""
+        try:
+            info = await self.poller.get(self.job_id, max_age=max_age)
+        except SqueueUnavailable as e:
+            return None, "unknown", str(e)
+        if info is None:
+            return None, "gone", "Slurm no longer knows the job"
+        self.job.job_status = f"{info.state} {info.host}".strip()
+        if info.state in ENDED:
+            return info, "ended", self._why(info)
+        if self.job.state_isrunning():
+            return info, "running", ""
+        if self.job.state_ispending():
+            return info, "pending", info.reason
+        return info, "other", info.state
+
+    @staticmethod
+    def _why(info):
+        why = WHY.get(info.state, info.state.lower())
+        if info.reason and info.reason not in ("None", "(null)"):
+            why += f" ({info.reason})"
+        return why
+
+    async def _wait_running(self):
+        shown = None
+        while True:
+            info, kind, detail = await self._status(self.startup_poll_interval)
+            if kind == "running":
+                return info.host
+            if kind in ("ended", "gone"):
+                tail = await self.log_tail()
+                raise BackendError(
+                    f"Slurm job {self.job_id} ended before the server started: {detail}. "
+                    f"Last lines of its output:\n{tail}",
+                    log_message=f"job {self.job_id} of {self.log_name} {detail}; output:\n{tail}",
+                )
+            message = {
+                "pending": f"Job {self.job_id} pending"
+                + (f" ({detail})" if detail not in ("", "None") else ""),
+                "unknown": f"Job {self.job_id}: Slurm is not answering ({detail})",
+            }.get(kind, f"Job {self.job_id} is {detail}")
+            if message != shown:
+                self.emit(message)
+                shown = message
+            await asyncio.sleep(self.startup_poll_interval)
+
+    async def _wait_port(self):
+        path = os.path.join(self.workdir, f"job-{self.job_id}.port")
+        while True:
+            try:
+                with open(path) as f:
+                    port = int(f.read().strip())
+                if 0 < port < 65536:
+                    return port
+                raise ValueError(port)
+            except FileNotFoundError:
+                pass
+            except ValueError:
+                raise BackendError(f"Job {self.job_id} reported a bad port in {path}") from None
+            _, kind, detail = await self._status(self.startup_poll_interval)
+            if kind in ("ended", "gone"):
+                tail = await self.log_tail()
+                raise BackendError(
+                    f"The server exited during start (Slurm job {self.job_id}: {detail}). "
+                    f"Last lines of its log:\n{tail}",
+                    log_message=f"job {self.job_id} of {self.log_name} ended during start: {detail}\n{tail}",
+                )
+            await asyncio.sleep(self.startup_poll_interval / 5)
+
+    async def poll(self):
+        if not self.job_id:
+            return 0
+        info, kind, detail = await self._status()
+        if kind in ("running", "pending", "unknown", "other"):
+            return None
+        if not self._ended_logged:
+            self._ended_logged = True
+            self.log.warning(
+                "Server %s stopped: Slurm job %s %s: %s",
+                self.log_name,
+                self.job_id,
+                "ended" if kind == "ended" else "is gone",
+                detail,
+            )
+            self.emit(f"Slurm job {self.job_id} ended: {detail}")
+        return 0 if info is not None and info.state == "COMPLETED" else 1
+
+    async def stop(self, now=False):
+        if not self.job_id:
+            return
+        rc, out, err = await self._run([*self.scancel, self.job_id])
+        if rc and "Invalid job id" not in err and "already completing or completed" not in err:
+            self.log.warning("scancel %s for %s: exit %s %s", self.job_id, self.log_name, rc, err or out)
+        if not now:
+            deadline = asyncio.get_running_loop().time() + self.stop_timeout
+            while asyncio.get_running_loop().time() < deadline:
+                info, kind, _ = await self._status(self.startup_poll_interval)
+                if kind in ("ended", "gone") or (info is not None and info.state == "COMPLETING"):
+                    break
+                await asyncio.sleep(self.startup_poll_interval)
+            else:
+                self.log.warning(
+                    "Slurm job %s of %s did not end within %ss", self.job_id, self.log_name, self.stop_timeout
+                )
+        self.poller.untrack(self.job_id)
+        self._remove_port_file()
+        self.job_id, self.host, self.port = "", "", 0
+
+    def _remove_port_file(self):
+        if self.workdir and self.job_id:
+            try:
+                os.unlink(os.path.join(self.workdir, f"job-{self.job_id}.port"))
+            except OSError:
+                pass
+
+    async def log_tail(self, lines=30):
+        if not (self.workdir and self.job_id):
+            return ""
+        try:
+            with open(os.path.join(self.workdir, f"slurm-{self.job_id}.log"), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 64 * 1024))
+                tail = deque(f.read().decode(errors="replace").splitlines(), maxlen=lines)
+        except OSError:
+            return ""
+        return "\n".join(tail)
+
+    def get_state(self):
+        if not self.job_id:
+            return {}
+        return {"job_id": self.job_id, "host": self.host, "port": self.port, "workdir": self.workdir}
+
+    def load_state(self, state):
+        self.job_id = str(state.get("job_id", ""))
+        self.host = state.get("host", "")
+        self.port = state.get("port", 0)
+        self.workdir = state.get("workdir", "")
+        if self.job_id:
+            self.poller.track(self.job_id)
