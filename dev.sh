@@ -53,6 +53,10 @@ setup_venv() {
         "$(base_python)" -m venv "$VENV"
         chmod -R a+rX "$VENV"
     fi
+    # user site-packages must be visible in servers' kernels so that
+    # `pip install --user` lands on the volume (PYTHONUSERBASE) and follows
+    # the user from tier to tier; a venv hides them unless it sees system site
+    sed -i 's/^include-system-site-packages = false/include-system-site-packages = true/' "$VENV/pyvenv.cfg"
     local stamp="$VENV/.ds-compute-deps" want
     want="$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
