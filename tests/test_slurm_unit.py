@@ -1,0 +1,316 @@
+"""SlurmBackend and the shared squeue poller without a cluster: the job script
+and sbatch argv come from operator config only, state reading, the poller's
+one-call-per-interval contract, the launcher."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import stat
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+from traitlets.config import Config, LoggingConfigurable
+
+from jupyter_ds_compute import tiers
+from jupyter_ds_compute.backends.base import BackendError
+from jupyter_ds_compute.backends.slurm import SlurmBackend, _batchspawner
+from jupyter_ds_compute.backends.squeue import JobInfo, SqueuePoller, SqueueUnavailable, parse
+
+PROFILES = tiers.normalize_profile_list(
+    [
+        {"slug": "small", "display_name": "small", "hourly_cost": 0.1, "default": True, "cpu": 1, "mem": "2G",
+         "extra": {"slurm": {"partition": "small", "time": "8:00:00"}}},
+        {"slug": "gpu", "display_name": "gpu", "hourly_cost": 0.1, "cpu": 4, "mem": "16G", "gpu": 1,
+         "extra": {"slurm": {"partition": "gpu", "qos": "gpu", "sbatch_lines": ["#SBATCH --exclusive=user"]}}},
+        {"slug": "bad-key", "display_name": "bad-key", "hourly_cost": 0.1, "cpu": 1, "mem": "1G", "extra": {"slurm": {"options": "--wrap=id"}}},
+        {"slug": "bad-value", "display_name": "bad-value", "hourly_cost": 0.1, "cpu": 1, "mem": "1G", "extra": {"slurm": {"partition": "gpu --wrap=id"}}},
+        {"slug": "bad-line", "display_name": "bad-line", "hourly_cost": 0.1, "cpu": 1, "mem": "1G", "extra": {"slurm": {"sbatch_lines": ["#SBATCH -p a\nid"]}}},
+    ]
+)  # fmt: skip
+CMD = ["/venv/bin/jupyterhub-singleuser", "--debug"]
+
+
+class FakeSpawner(LoggingConfigurable):
+    def __init__(self, user="alice", user_options=None, config=None):
+        super().__init__(config=config or Config())
+        self.user = SimpleNamespace(name=user)
+        self.name = ""
+        self._log_name = user
+        self.user_options = user_options or {}
+
+
+def backend(user_options=None, config=None, user="alice"):
+    cfg = config or Config()
+    cfg.SlurmBackend.run_as = "hub"
+    cfg.SlurmBackend.python = "/venv/bin/python"
+    return SlurmBackend(FakeSpawner(user, user_options, cfg))
+
+
+def tier(slug):
+    return tiers.get_tier(PROFILES, slug)
+
+
+def submission(b, slug):
+    t = tier(slug)
+    return b.sbatch_argv(t, "/spool/alice", "/vol/alice"), b.script(t, CMD, "/spool/alice")
+
+
+# -- the job script and argv ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "user_options",
+    [
+        {"profile": "small", "req_partition": "gpu", "req_options": "--wrap=id"},
+        {"profile": "small", "partition": "gpu", "options": "--wrap=id", "cmd": "id", "prologue": "id"},
+        {"profile": "small", "sbatch_lines": ["#SBATCH -p gpu"], "time": "99:00:00", "qos": "high"},
+        {"profile": "gpu\n#SBATCH --wrap=id", "keepvars": "ALL", "srun": "id;", "epilogue": "id"},
+    ],
+)
+def test_user_options_change_neither_script_nor_argv(user_options):
+    """Even if options ever got past the spawner's validation, the backend never reads them."""
+    clean = submission(backend({"profile": "small"}), "small")
+    crafted = submission(backend(user_options), "small")
+    assert crafted == clean
+    argv, script = crafted
+    for value in ("--wrap=id", "gpu", "99:00:00", "high", "id;"):
+        assert value not in script
+        assert not any(value in a for a in argv if not a.startswith("--partition=small"))
+
+
+def test_argv_carries_the_tier_resources():
+    argv, script = submission(backend(), "gpu")
+    assert argv[:2] == ["sbatch", "--parsable"]
+    for expected in ("--cpus-per-task=4", "--mem=16384M", "--gres=gpu:1", "--partition=gpu", "--qos=gpu",
+                     "--chdir=/vol/alice", "--output=/spool/alice/slurm-%j.log", "--export=ALL"):  # fmt: skip
+        assert expected in argv
+    assert not any(a.startswith("--time") for a in argv)
+    assert "#SBATCH --exclusive=user" in script.splitlines()
+
+
+def test_operator_defaults_and_tier_override():
+    cfg = Config()
+    cfg.SlurmBackend.account = "ds-team"
+    cfg.SlurmBackend.time = "1:00:00"
+    cfg.SlurmBackend.sbatch_lines = ["#SBATCH --signal=B:TERM@60"]
+    argv, script = submission(backend(config=cfg), "small")
+    assert "--account=ds-team" in argv and "--time=8:00:00" in argv  # the tier's time wins
+    assert "#SBATCH --signal=B:TERM@60" in script
+
+
+def test_command_is_quoted_in_the_script(tmp_path):
+    b = backend()
+    cmd = ["/bin/echo", "a b", "$(touch pwned)", "`id`", "'; id; '"]
+    script = b.script(tier("small"), cmd, "/spool/alice")
+    last = script.strip().splitlines()[-1]
+    assert last.startswith("exec ")
+    words = shlex.split(last)[1:]
+    assert words[words.index("--") + 1 :] == cmd
+    # and bash agrees: the exec line runs exactly that argv
+    probe = script.replace(last, "printf '%s\\n' " + last[len("exec ") :])
+    out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, cwd=tmp_path).stdout
+    assert out.splitlines()[-len(cmd) :] == cmd
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    "slug, word", [("bad-key", "options"), ("bad-value", "partition"), ("bad-line", "sbatch")]
+)
+def test_broken_operator_config_is_refused(slug, word):
+    with pytest.raises(BackendError) as e:
+        submission(backend(), slug)
+    assert word in e.value.message and slug in e.value.message
+
+
+def test_job_env_drops_what_sbatch_reads_as_options(monkeypatch):
+    server_env = {
+        "SBATCH_PARTITION": "gpu",
+        "SLURM_JOB_ID": "1",
+        "SLURM_CONF": "/x",
+        "HOME": "/vol",
+        "X": "y",
+    }
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    assert SlurmBackend.job_env(server_env) == {"HOME": "/vol", "X": "y"}
+    # the hub's own SLURM_CONF (where sbatch finds the cluster) is kept
+    monkeypatch.setenv("SLURM_CONF", "/etc/slurm-test/slurm.conf")
+    assert SlurmBackend.job_env(server_env)["SLURM_CONF"] == "/etc/slurm-test/slurm.conf"
+
+
+def test_bind_is_a_placeholder_and_host_is_shared_fs():
+    b = backend()
+    assert b.bind() == ("0.0.0.0", 0)
+    host = asyncio.run(b.prepare(tier("gpu")))
+    assert host.kind == "shared-fs" and host.id == "slurm:gpu"
+
+
+# -- reading Slurm's answer (batchspawner's rules) --------------------------------------
+
+
+class FixedPoller:
+    def __init__(self, answer):
+        self.answer = answer
+
+    async def get(self, job_id, max_age=None):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    def track(self, job_id):
+        pass
+
+
+@pytest.mark.parametrize(
+    "answer, status, logged",
+    [
+        (JobInfo("7", "PENDING", "", "Priority"), None, None),
+        (JobInfo("7", "CONFIGURING", "n1", "None"), None, None),
+        (JobInfo("7", "RUNNING", "n1", "None"), None, None),
+        (JobInfo("7", "COMPLETING", "n1", "None"), None, None),
+        (SqueueUnavailable("Unable to contact slurm controller"), None, None),
+        (JobInfo("7", "TIMEOUT", "n1", "None"), 1, "ended: it reached its time limit"),
+        (JobInfo("7", "PREEMPTED", "n1", "None"), 1, "ended: it was preempted"),
+        (JobInfo("7", "NODE_FAIL", "n1", "None"), 1, "ended: its node failed"),
+        (JobInfo("7", "CANCELLED", "n1", "None"), 1, "ended: it was cancelled (scancel)"),
+        (JobInfo("7", "COMPLETED", "n1", "None"), 0, "ended: the server exited"),
+        (None, 1, "is gone: Slurm no longer knows the job"),
+    ],
+)
+def test_poll(monkeypatch, caplog, answer, status, logged):
+    b = backend()
+    b.job_id = "7"
+    monkeypatch.setattr(SlurmBackend, "poller", FixedPoller(answer))
+    caplog.set_level("INFO")
+    assert asyncio.run(b.poll()) == status
+    if logged:
+        assert f"Slurm job 7 {logged}" in caplog.text
+        assert b.events.get_nowait().startswith("Slurm job 7 ended: ")
+        # logged once, not at every poll
+        asyncio.run(b.poll())
+        assert caplog.text.count(f"Slurm job 7 {logged}") == 1
+
+
+def test_missing_batchspawner_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "batchspawner", None)
+    with pytest.raises(ImportError, match=r"pip install jupyter-ds-compute\[slurm\]"):
+        _batchspawner()
+
+
+def test_importing_the_backend_imports_no_batchspawner():
+    code = "import sys, jupyter_ds_compute.backends.slurm; assert 'batchspawner' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_state_round_trip():
+    b = backend()
+    b.job_id, b.host, b.port, b.workdir = "42", "n1", 4242, "/spool/alice"
+    state = b.get_state()
+    c = backend()
+    c.load_state(state)
+    assert (c.job_id, c.host, c.port, c.workdir) == ("42", "n1", 4242, "/spool/alice")
+    assert "42" in c.poller.jobs
+    c.poller.untrack("42")
+    assert backend().get_state() == {}
+
+
+# -- the shared poller -------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_squeue(tmp_path):
+    """An squeue that logs its argv and answers for the jobs asked about."""
+    calls = tmp_path / "calls"
+    script = tmp_path / "squeue"
+    script.write_text(textwrap.dedent(f"""\
+            #!/bin/sh
+            echo "$@" >> {calls}
+            [ -e {tmp_path}/fail ] && {{ echo "slurm_load_jobs error: Unable to contact slurm controller" >&2; exit 1; }}
+            for arg in "$@"; do
+              case $arg in --jobs=*) ids=${{arg#--jobs=}} ;; esac
+            done
+            found=0
+            for id in $(echo "$ids" | tr , ' '); do
+              [ "$id" -lt 1000 ] && {{ echo "$id|RUNNING|node$id|None"; found=1; }}
+            done
+            [ $found = 1 ] || {{ echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; }}
+            """))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script, calls
+
+
+def ncalls(calls):
+    return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+
+async def test_concurrent_polls_share_one_call(fake_squeue):
+    script, calls = fake_squeue
+    poller = SqueuePoller([str(script)], interval=60, jitter=0.2)
+    ids = [str(i) for i in range(1, 201)]
+    for i in ids:
+        poller.track(i)
+    results = await asyncio.gather(*(poller.get(i) for i in ids))
+    assert ncalls(calls) == 1 and poller.calls == 1
+    assert [r.host for r in results] == [f"node{i}" for i in ids]
+    assert f"--jobs={','.join(ids)}" in calls.read_text()
+    # cached: another round of polls asks nothing
+    await asyncio.gather(*(poller.get(i) for i in ids))
+    assert ncalls(calls) == 1
+    # a starting server wants a fresh answer; a new job is never served stale
+    await poller.get("1", max_age=0)
+    await poller.get("999")
+    assert ncalls(calls) == 3
+
+
+async def test_expiry_with_jitter(fake_squeue):
+    script, calls = fake_squeue
+    poller = SqueuePoller([str(script)], interval=0.2, jitter=0.5)
+    await poller.get("5")
+    assert 0.1 <= poller._ttl <= 0.3
+    await asyncio.sleep(0.35)
+    await poller.get("5")
+    assert ncalls(calls) == 2
+
+
+async def test_unknown_jobs_and_failures(fake_squeue, tmp_path):
+    script, calls = fake_squeue
+    poller = SqueuePoller([str(script)], interval=60)
+    assert await poller.get("5000") is None  # "Invalid job id": Slurm forgot it
+    (tmp_path / "fail").touch()
+    with pytest.raises(SqueueUnavailable, match="Unable to contact"):
+        await poller.get("5", max_age=0)
+    (tmp_path / "fail").unlink()
+    assert (await poller.get("5", max_age=0)).state == "RUNNING"
+
+
+def test_parse():
+    out = "12|PENDING|(null)|Resources\n13|RUNNING|n7|None\nnoise\n"
+    assert parse(out) == {
+        "12": JobInfo("12", "PENDING", "", "Resources"),
+        "13": JobInfo("13", "RUNNING", "n7", "None"),
+    }
+
+
+def test_shared_is_one_instance_per_command():
+    a = SqueuePoller.shared(("squeue-test",), interval=3.0)
+    b = SqueuePoller.shared(("squeue-test",), interval=5.0)
+    assert a is b and a.interval == 5.0
+    assert SqueuePoller.shared(("other-squeue",)) is not a
+
+
+# -- the launcher on the node ----------------------------------------------------------------
+
+
+def test_launcher_reports_port_and_rewrites_service_url(tmp_path):
+    env = dict(os.environ, SLURM_JOB_ID="77", JUPYTERHUB_SERVICE_URL="http://0.0.0.0:0/user/alice/")
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyter_ds_compute.backends.slurm_launch", "--port-dir", str(tmp_path),
+         "--ip", "127.0.0.1", "--", "sh", "-c", "echo $JUPYTERHUB_SERVICE_URL"],  # fmt: skip
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    port = int((tmp_path / "job-77.port").read_text())
+    assert out == f"http://127.0.0.1:{port}/user/alice/"
