@@ -192,7 +192,7 @@ def test_poll(monkeypatch, caplog, answer, status, logged):
         assert b.events.get_nowait().startswith("Slurm job 7 ended: ")
         # logged once, not at every poll
         asyncio.run(b.poll())
-        assert caplog.text.count(f"Slurm job 7 {logged}") == 1
+        assert caplog.text.count(f"stopped: Slurm job 7 {logged}") == 1
 
 
 def test_missing_batchspawner_names_the_extra(monkeypatch):
