@@ -36,6 +36,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from .. import policy, tiers
+from .hubapi import HubAPIError
 from .store import isoformat, utcnow
 
 __all__ = [
@@ -449,7 +450,14 @@ class LivePolicy:
         ``exclude`` (user, server_name) is not counted against caps (the
         server being switched). ``fresh`` polls the hub first.
         """
-        servers = await self.refresh() if fresh or self.last_poll is None else self.active
+        try:
+            servers = await self.refresh() if fresh or self.last_poll is None else self.active
+        except HubAPIError as e:
+            if e.status != 403:
+                raise
+            # the service's role lacks list:users: no caps here (the spawner still checks at start)
+            self.log.warning("Cannot list servers for cap checks (%s); give the service list:users", e)
+            servers = []
         counts = running_counts(servers, exclude)
         groups = list(groups or ())
         budget = await self.budget(user, groups)
