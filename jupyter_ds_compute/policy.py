@@ -112,7 +112,9 @@ def validate_budgets(budgets: object) -> dict:
         raise ValueError(f"budgets must be a dict, got {type(budgets).__name__}")
     unknown = set(budgets) - {"users", "groups", "default"}
     if unknown:
-        raise ValueError(f"budgets: unknown key(s) {', '.join(sorted(map(str, unknown)))}; known: users, groups, default")
+        raise ValueError(
+            f"budgets: unknown key(s) {', '.join(sorted(map(str, unknown)))}; known: users, groups, default"
+        )
 
     def amount(value, where):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -130,7 +132,9 @@ def validate_budgets(budgets: object) -> dict:
     return out
 
 
-def applicable_budgets(user: str, groups: Iterable[str] | None, budgets: Mapping) -> list[tuple[str, str, float]]:
+def applicable_budgets(
+    user: str, groups: Iterable[str] | None, budgets: Mapping
+) -> list[tuple[str, str, float]]:
     """The budgets that limit ``user``: ``[(kind, name, amount)]``.
 
     - ``("user", user, amount)``: the user's own spending, limited by
@@ -197,7 +201,9 @@ def budget_refusal(state: dict, display_name: str, hourly_cost: float, free_belo
     if state.get("state") != "spent" or hourly_cost <= free_below:
         return None
     period = state.get("period") or "period"
-    whose = "Your budget" if state.get("kind", "user") == "user" else f"The budget of group {state.get('name')}"
+    whose = (
+        "Your budget" if state.get("kind", "user") == "user" else f"The budget of group {state.get('name')}"
+    )
     return (
         f"{whose} is spent ({state['spent']:.2f} of {state['budget']:.2f} this {period}):"
         f" tier {display_name!r} ({hourly_cost:.2f}/h) is refused until the next {period};"

@@ -32,7 +32,9 @@ def in_browser(scenario):
     them apart.
     """
     if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Chromium is missing at {CHROMIUM}: ./dev.sh test installs it (apt-get install chromium)")
+        pytest.fail(
+            f"Chromium is missing at {CHROMIUM}: ./dev.sh test installs it (apt-get install chromium)"
+        )
 
     def run():
         from playwright.sync_api import sync_playwright

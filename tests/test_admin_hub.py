@@ -79,7 +79,13 @@ def test_table_filters_and_actions(hub, admin):
         # switch alice to small from the panel
         r = admin.post(
             f"{hub.url}/services/ds-compute/admin/action",
-            data={"_xsrf": xsrf(page.text), "action": "switch", "user": alice, "server_name": "", "profile": "small"},
+            data={
+                "_xsrf": xsrf(page.text),
+                "action": "switch",
+                "user": alice,
+                "server_name": "",
+                "profile": "small",
+            },
         )
         assert r.status_code == 200 and "Switching" in r.text, r.text[:800]
         wait_for(
@@ -93,7 +99,13 @@ def test_table_filters_and_actions(hub, admin):
         page = admin_page(hub, admin)
         r = admin.post(
             f"{hub.url}/services/ds-compute/admin/action",
-            data={"_xsrf": xsrf(page.text), "action": "start", "user": bob, "server_name": "", "profile": "manycore"},
+            data={
+                "_xsrf": xsrf(page.text),
+                "action": "start",
+                "user": bob,
+                "server_name": "",
+                "profile": "manycore",
+            },
         )
         assert r.status_code == 200 and "Starting" in r.text, r.text[:800]
         assert hub.wait_ready(bob)["user_options"]["profile"] == "manycore"

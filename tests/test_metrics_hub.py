@@ -35,7 +35,11 @@ def value(samples, name, **labels):
 
 def service(hub, method, path, token, **kwargs):
     return requests.request(
-        method, f"{hub.url}/services/ds-compute/{path}", headers={"Authorization": f"token {token}"}, timeout=30, **kwargs
+        method,
+        f"{hub.url}/services/ds-compute/{path}",
+        headers={"Authorization": f"token {token}"},
+        timeout=30,
+        **kwargs,
     )
 
 
@@ -67,7 +71,10 @@ def test_metrics_count_what_happened(hub):
             message="running gpu gauge",
         )
         after = scrape(hub)
-        assert value(after, "ds_compute_switches_total", from_tier="small", to_tier="gpu", outcome="succeeded") == 1
+        assert (
+            value(after, "ds_compute_switches_total", from_tier="small", to_tier="gpu", outcome="succeeded")
+            == 1
+        )
         assert value(after, "ds_compute_switch_duration_seconds_count", outcome="succeeded") == 1
         assert value(after, "ds_compute_switch_duration_seconds_sum", outcome="succeeded") > 0
         assert value(after, "ds_compute_switch_duration_seconds_bucket", outcome="succeeded", le="+Inf") == 1
@@ -89,7 +96,13 @@ def test_metrics_count_idle_downshifts(hub):
     hub.spawn(user, {"profile": "dozy"})
     try:
         wait_for(
-            lambda: value(scrape(hub), "ds_compute_idle_downshifts_total", from_tier="dozy", to_tier="small", action="downshift")
+            lambda: value(
+                scrape(hub),
+                "ds_compute_idle_downshifts_total",
+                from_tier="dozy",
+                to_tier="small",
+                action="downshift",
+            )
             == 1,
             timeout=60,
             interval=0.5,
@@ -102,6 +115,9 @@ def test_metrics_count_idle_downshifts(hub):
             interval=0.5,
         )
         after = scrape(hub)
-        assert value(after, "ds_compute_switches_total", from_tier="dozy", to_tier="small", outcome="succeeded") == 1
+        assert (
+            value(after, "ds_compute_switches_total", from_tier="dozy", to_tier="small", outcome="succeeded")
+            == 1
+        )
     finally:
         hub.stop_server(user)

@@ -168,7 +168,14 @@ def test_budget_refusal(state, cost, free, refused):
 
 
 def test_budget_refusal_names_the_group():
-    st = {"state": "spent", "spent": 5.0, "budget": 5.0, "period": "week", "kind": "group", "name": "students"}
+    st = {
+        "state": "spent",
+        "spent": 5.0,
+        "budget": 5.0,
+        "period": "week",
+        "kind": "group",
+        "name": "students",
+    }
     assert budget_refusal(st, "GPU", 1.2, 0.05).startswith("The budget of group students is spent")
 
 
@@ -187,7 +194,11 @@ def test_budget_refusal_names_the_group():
 def test_idle_action(profile, after, idle, default, action, expected):
     assert (
         idle_action(
-            profile=profile, idle_downshift_after=after, idle_seconds=idle, default_profile=default, action=action
+            profile=profile,
+            idle_downshift_after=after,
+            idle_seconds=idle,
+            default_profile=default,
+            action=action,
         )
         == expected
     )
@@ -195,7 +206,9 @@ def test_idle_action(profile, after, idle, default, action, expected):
 
 def test_idle_action_rejects_unknown_action():
     with pytest.raises(ValueError, match="downshift, stop"):
-        idle_action(profile="gpu", idle_downshift_after=1, idle_seconds=2, default_profile="small", action="cull")
+        idle_action(
+            profile="gpu", idle_downshift_after=1, idle_seconds=2, default_profile="small", action="cull"
+        )
 
 
 # -- the service's accounting (SQLite, injected times) ------------------------------------

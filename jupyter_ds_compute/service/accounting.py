@@ -137,9 +137,9 @@ class Accounting:
                 ).fetchone()
                 if row is not None and row["started_key"] == started_key and row["profile"] == s["profile"]:
                     end = max(row["end"], now)
-                    accrued[row["profile"] or ""] = accrued.get(row["profile"] or "", 0) + row[
-                        "hourly_cost"
-                    ] * (end - row["end"]) / 3600
+                    accrued[row["profile"] or ""] = (
+                        accrued.get(row["profile"] or "", 0) + row["hourly_cost"] * (end - row["end"]) / 3600
+                    )
                     self.db.execute('UPDATE usage SET "end" = ? WHERE id = ?', (end, row["id"]))
                     continue
                 if row is not None:
@@ -152,7 +152,9 @@ class Accounting:
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (*key, s["profile"], cost, started_key, min(start, now), now),
                 )
-                accrued[s["profile"] or ""] = accrued.get(s["profile"] or "", 0) + cost * (now - min(start, now)) / 3600
+                accrued[s["profile"] or ""] = (
+                    accrued.get(s["profile"] or "", 0) + cost * (now - min(start, now)) / 3600
+                )
             for row in self.db.execute("SELECT id, user, server_name FROM usage WHERE open = 1").fetchall():
                 if (row["user"], row["server_name"]) not in seen:
                     self.db.execute("UPDATE usage SET open = 0 WHERE id = ?", (row["id"],))
@@ -283,7 +285,11 @@ def spawn_refusal(spawner, tier, profiles) -> str | None:
         reason = policy.cap_refusal(tier.display_name, tier.max_servers, running)
         kind = "cap"
     path = _db_path(section)
-    budgeted = settings["budgets"]["users"] or settings["budgets"]["groups"] or settings["budgets"]["default"] is not None
+    budgeted = (
+        settings["budgets"]["users"]
+        or settings["budgets"]["groups"]
+        or settings["budgets"]["default"] is not None
+    )
     if reason is None and budgeted and path and os.path.exists(path):
         user_groups = list(getattr(spawner.user, "groups", []) or [])
         names = [g.name for g in user_groups]
@@ -298,7 +304,9 @@ def spawn_refusal(spawner, tier, profiles) -> str | None:
         except sqlite3.Error as e:
             spawner.log.warning("Could not read the ds-compute accounts at %s: %s", path, e)
         else:
-            reason = policy.budget_refusal(state, tier.display_name, tier.hourly_cost, free_below(profiles, names))
+            reason = policy.budget_refusal(
+                state, tier.display_name, tier.hourly_cost, free_below(profiles, names)
+            )
             kind = "budget"
     if reason and path:
         record_policy_event(
@@ -314,7 +322,9 @@ def spawn_refusal(spawner, tier, profiles) -> str | None:
     return reason
 
 
-def record_policy_event(path, *, actor, user, server_name, to_profile, outcome, policy_name, reason, from_profile=None):
+def record_policy_event(
+    path, *, actor, user, server_name, to_profile, outcome, policy_name, reason, from_profile=None
+):
     """Append a ``policy:<name>`` audit event to the service's database (best effort)."""
     try:
         db = sqlite3.connect(path, timeout=5)
@@ -322,7 +332,17 @@ def record_policy_event(path, *, actor, user, server_name, to_profile, outcome, 
             db.execute(
                 "INSERT INTO audit (ts, actor, user, server_name, event, from_profile, to_profile, outcome, reason)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (utcnow(), actor, user, server_name, f"policy:{policy_name}", from_profile, to_profile, outcome, reason),
+                (
+                    utcnow(),
+                    actor,
+                    user,
+                    server_name,
+                    f"policy:{policy_name}",
+                    from_profile,
+                    to_profile,
+                    outcome,
+                    reason,
+                ),
             )
             db.commit()
         finally:

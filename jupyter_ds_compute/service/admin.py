@@ -167,7 +167,11 @@ class AdminActionHandler(AdminBase):
                 options = {"profile": profile} if profile else {}
                 result = await self.hub.start_server(user, name, options)
                 self.store.audit(
-                    "admin:start", actor=actor, user=user, server_name=name, to_profile=profile or None,
+                    "admin:start",
+                    actor=actor,
+                    user=user,
+                    server_name=name,
+                    to_profile=profile or None,
                     outcome=result,
                 )
                 msg = f"Starting {label}" + (f" on {profile}." if profile else ".")
@@ -177,8 +181,13 @@ class AdminActionHandler(AdminBase):
             return self._back(error=e.message)
         except HubAPIError as e:
             self.store.audit(
-                f"admin:{action}", actor=actor, user=user, server_name=name, to_profile=profile or None,
-                outcome="refused", reason=e.message,
+                f"admin:{action}",
+                actor=actor,
+                user=user,
+                server_name=name,
+                to_profile=profile or None,
+                outcome="refused",
+                reason=e.message,
             )
             return self._back(error=f"JupyterHub refused: {e.message}")
         self._back(msg=msg)

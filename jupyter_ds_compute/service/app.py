@@ -112,35 +112,27 @@ class DSComputeService(Application):
         help="A Python config file (``c.DSComputeService.x = ...``) to load, if any.",
     ).tag(config=True)
 
-    hub_api_url = Unicode(
-        help=dedent(
-            """
+    hub_api_url = Unicode(help=dedent("""
             The hub's REST API, e.g. ``http://127.0.0.1:8081/hub/api``.
             Default: ``$JUPYTERHUB_API_URL`` (set by the hub).
-            """
-        ).strip()
-    ).tag(config=True)
+            """).strip()).tag(config=True)
 
     @default("hub_api_url")
     def _default_hub_api_url(self):
         return os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
 
-    api_token = Unicode(
-        help="The service's token for the hub API. Default: ``$JUPYTERHUB_API_TOKEN``."
-    ).tag(config=True)
+    api_token = Unicode(help="The service's token for the hub API. Default: ``$JUPYTERHUB_API_TOKEN``.").tag(
+        config=True
+    )
 
     @default("api_token")
     def _default_api_token(self):
         return os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
-    service_url = Unicode(
-        help=dedent(
-            """
+    service_url = Unicode(help=dedent("""
             Where the service listens, e.g. ``http://127.0.0.1:10101``.
             Default: ``$JUPYTERHUB_SERVICE_URL`` (the service's ``url`` in the hub config).
-            """
-        ).strip()
-    ).tag(config=True)
+            """).strip()).tag(config=True)
 
     @default("service_url")
     def _default_service_url(self):
@@ -171,18 +163,14 @@ class DSComputeService(Application):
             value += "/"
         return value
 
-    data_dir = Unicode(
-        help=dedent(
-            """
+    data_dir = Unicode(help=dedent("""
             Directory of the service's database and cookie secret. Created if absent.
             Default: ``$DS_COMPUTE_DATA_DIR`` (or ``$DS_COMPUTE_SERVICE_DATA``),
             else ``./ds-compute-service``
             (relative to the hub's working directory).
 
             Example: ``c.DSComputeService.data_dir = "/srv/jupyterhub/ds-compute"``
-            """
-        ).strip()
-    ).tag(config=True)
+            """).strip()).tag(config=True)
 
     @default("data_dir")
     def _default_data_dir(self):
@@ -192,22 +180,16 @@ class DSComputeService(Application):
             or os.path.abspath("ds-compute-service")
         )
 
-    db_url = Unicode(
-        help=dedent(
-            """
+    db_url = Unicode(help=dedent("""
             SQLite URL of the switch records and audit log.
             Default: ``sqlite:///<data_dir>/ds-compute.sqlite``.
-            """
-        ).strip()
-    ).tag(config=True)
+            """).strip()).tag(config=True)
 
     @default("db_url")
     def _default_db_url(self):
         return "sqlite:///" + os.path.join(self.data_dir, "ds-compute.sqlite")
 
-    profile_list = Any(
-        help=dedent(
-            """
+    profile_list = Any(help=dedent("""
             The tiers: the spawner's ``profile_list`` (list, or dict keyed by slug).
             A callable profile list cannot reach the service; give the service
             the evaluated list. Validated with ``tiers.normalize_profile_list``.
@@ -216,9 +198,7 @@ class DSComputeService(Application):
             Example (hub config)::
 
                 "environment": {"DS_COMPUTE_PROFILE_LIST": json.dumps(c.DSComputeSpawner.profile_list)}
-            """
-        ).strip()
-    ).tag(config=True)
+            """).strip()).tag(config=True)
 
     @default("profile_list")
     def _default_profile_list(self):
@@ -230,50 +210,36 @@ class DSComputeService(Application):
         except ValueError as e:
             raise ValueError(f"$DS_COMPUTE_PROFILE_LIST is not valid JSON: {e}") from None
 
-    stop_timeout = Float(
-        help=dedent(
-            """
+    stop_timeout = Float(help=dedent("""
             Seconds to wait for a server to stop (DELETE until ``stopped``).
             Default: ``$DS_COMPUTE_STOP_TIMEOUT`` or 300.
-            """
-        ).strip()
-    ).tag(config=True)
+            """).strip()).tag(config=True)
 
     @default("stop_timeout")
     def _default_stop_timeout(self):
         return _env_float("DS_COMPUTE_STOP_TIMEOUT", 300)
 
-    start_timeout = Float(
-        help=dedent(
-            """
+    start_timeout = Float(help=dedent("""
             Seconds to wait for a server to be ready after the start request
             (also bounds waiting for a pending start or stop at reconcile).
             Default: ``$DS_COMPUTE_START_TIMEOUT`` or 600.
-            """
-        ).strip()
-    ).tag(config=True)
+            """).strip()).tag(config=True)
 
     @default("start_timeout")
     def _default_start_timeout(self):
         return _env_float("DS_COMPUTE_START_TIMEOUT", 600)
 
-    request_timeout = Float(
-        30, help="Seconds to wait for one answer of the hub API."
-    ).tag(config=True)
+    request_timeout = Float(30, help="Seconds to wait for one answer of the hub API.").tag(config=True)
 
-    poll_interval = Float(
-        0.5, help="Seconds between two polls of a server's state while waiting."
-    ).tag(config=True)
+    poll_interval = Float(0.5, help="Seconds between two polls of a server's state while waiting.").tag(
+        config=True
+    )
 
-    cookie_secret = Any(
-        help=dedent(
-            """
+    cookie_secret = Any(help=dedent("""
             Secret (bytes) signing the HubOAuth cookie. Default: read from
             ``<data_dir>/cookie_secret``, created (mode 0600) if absent, so
             browser sessions survive a restart of the service.
-            """
-        ).strip()
-    ).tag(config=True)
+            """).strip()).tag(config=True)
 
     @default("cookie_secret")
     def _default_cookie_secret(self):
@@ -294,8 +260,7 @@ class DSComputeService(Application):
 
     budgets = Dict(
         default_value=DEFAULTS["budgets"],
-        help=dedent(
-            """
+        help=dedent("""
             Spending limits per budget period, in the unit of the tiers'
             ``hourly_cost`` (cost = hourly_cost x running time, accounted by
             the service). ``users``: a user's own spending; ``groups``: the
@@ -312,8 +277,7 @@ class DSComputeService(Application):
                     "groups": {"students": 5.0},
                     "default": None,
                 }
-            """
-        ).strip(),
+            """).strip(),
     ).tag(config=True)
 
     @validate("budgets")
@@ -344,13 +308,11 @@ class DSComputeService(Application):
     idle_action = CaselessStrEnum(
         list(policy.IDLE_ACTIONS),
         default_value=DEFAULTS["idle_action"],
-        help=dedent(
-            """
+        help=dedent("""
             What happens to a server idle longer than its tier's
             ``idle_downshift_after``: ``downshift`` (switch to the default
             tier, through the normal switch) or ``stop``.
-            """
-        ).strip(),
+            """).strip(),
     ).tag(config=True)
 
     volume_root = Unicode(
@@ -360,13 +322,11 @@ class DSComputeService(Application):
 
     metrics_require_auth = Bool(
         False,
-        help=dedent(
-            """
+        help=dedent("""
             Require an admin's or a service's token for ``GET metrics``.
             Default: the metrics are readable without authentication (they
             hold counts per tier, no user names).
-            """
-        ).strip(),
+            """).strip(),
     ).tag(config=True)
 
     def policy_settings(self) -> dict:
@@ -435,7 +395,13 @@ class DSComputeService(Application):
         )
         self.live = LivePolicy(self.hub_api, self.store, self.profiles, self.policy_settings(), log=self.log)
         self.idle = IdleWatcher(
-            self.live, self.store, self.orchestrator, self.hub_api, self.profiles, self.policy_settings(), log=self.log
+            self.live,
+            self.store,
+            self.orchestrator,
+            self.hub_api,
+            self.profiles,
+            self.policy_settings(),
+            log=self.log,
         )
         self.metrics_registry = make_registry(self.store, self.live, self.profiles)
         self.web_app = create_application(self)

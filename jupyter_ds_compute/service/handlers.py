@@ -159,7 +159,6 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise APIError(403, f"Only {record['user']} or an admin may see this switch.")
         return record
 
-
     async def start_switch(self, caller: dict, body: dict) -> tuple[dict, str]:
         """Check a switch request and record it (state ``pending``).
 
@@ -200,7 +199,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         if server_name is None:
             server_name = self._token_server(caller, owner)
         if not isinstance(server_name, str):
-            raise refuse(400, "'server_name' must be a string ('' for the default server).", field="server_name")
+            raise refuse(
+                400, "'server_name' must be a string ('' for the default server).", field="server_name"
+            )
         target["server_name"] = server_name
         next_url = body.pop("next", None)
         if next_url is not None and not isinstance(next_url, str):
@@ -255,7 +256,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
                 same = False
             if same:
                 tier = tiers.get_tier(self.profiles, current)
-                raise refuse(400, f"{what} is already on tier {tier.display_name} ({current}).", field="profile")
+                raise refuse(
+                    400, f"{what} is already on tier {tier.display_name} ({current}).", field="profile"
+                )
 
         # caps (not counting this server) and budgets, from a fresh poll of the hub
         try:
@@ -545,7 +548,9 @@ class PageHandler(BaseHandler):
         elif isinstance(exc, web.HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         if status_code >= 500 and not isinstance(exc, web.HTTPError):
-            self.log.error("Error rendering a page: %s", "".join(traceback.format_exception(*kwargs["exc_info"])))
+            self.log.error(
+                "Error rendering a page: %s", "".join(traceback.format_exception(*kwargs["exc_info"]))
+            )
             message = "Internal error in the ds-compute service; see its log."
         try:
             self.render_page("error.html", status_code=status_code, message=message)

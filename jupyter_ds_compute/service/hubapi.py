@@ -83,9 +83,7 @@ class HubAPI:
             allow_nonstandard_methods=True,
         )
         try:
-            resp = await asyncio.wait_for(
-                self.client.fetch(req, raise_error=False), self.request_timeout + 5
-            )
+            resp = await asyncio.wait_for(self.client.fetch(req, raise_error=False), self.request_timeout + 5)
         except asyncio.TimeoutError:
             raise HubAPIError(
                 0, f"no answer within {self.request_timeout:g}s", method=method, path=path
@@ -167,9 +165,7 @@ class HubAPI:
 
     async def patch_user_options(self, user: str, server_name: str, user_options: dict) -> dict:
         """Store ``user_options`` on a *stopped* server (JupyterHub 6.0)."""
-        _, data = await self.request(
-            "PATCH", _server_path(user, server_name), {"user_options": user_options}
-        )
+        _, data = await self.request("PATCH", _server_path(user, server_name), {"user_options": user_options})
         return data
 
     async def start_server(self, user: str, server_name: str, user_options: dict) -> str:
@@ -211,9 +207,7 @@ class HubAPI:
             if done(model):
                 return model
             if loop.time() >= deadline:
-                raise asyncio.TimeoutError(
-                    f"{server_label(user, server_name)} not {what} after {timeout:g}s"
-                )
+                raise asyncio.TimeoutError(f"{server_label(user, server_name)} not {what} after {timeout:g}s")
             await asyncio.sleep(self.poll_interval)
 
     async def wait_stopped(self, user: str, server_name: str, timeout: float) -> dict | None:

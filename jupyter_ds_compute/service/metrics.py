@@ -43,7 +43,9 @@ class DSComputeCollector:
     def collect(self):
         db = self.store.db
         switches = CounterMetricFamily(
-            "ds_compute_switches", "Finished switches by tiers and outcome.", labels=["from_tier", "to_tier", "outcome"]
+            "ds_compute_switches",
+            "Finished switches by tiers and outcome.",
+            labels=["from_tier", "to_tier", "outcome"],
         )
         marks = ",".join("?" * len(FINAL_STATES))
         for r in db.execute(
@@ -69,7 +71,9 @@ class DSComputeCollector:
             durations.add_metric([outcome], buckets, sum(values))
         yield durations
 
-        running = GaugeMetricFamily("ds_compute_running_servers", "Servers running or starting per tier.", labels=["tier"])
+        running = GaugeMetricFamily(
+            "ds_compute_running_servers", "Servers running or starting per tier.", labels=["tier"]
+        )
         counts = {t.slug: 0 for t in tiers.tiers_of(self.profiles)}
         for s in self.live.active:
             counts[s["profile"] or ""] = counts.get(s["profile"] or "", 0) + 1
@@ -78,14 +82,18 @@ class DSComputeCollector:
         yield running
 
         cost = CounterMetricFamily(
-            "ds_compute_cost_accrued", "Cost accrued by servers (hourly_cost x running time).", labels=["tier"]
+            "ds_compute_cost_accrued",
+            "Cost accrued by servers (hourly_cost x running time).",
+            labels=["tier"],
         )
         for slug, value in sorted(self.live.accounting.total_by_tier().items()):
             cost.add_metric([slug], value)
         yield cost
 
         refusals = CounterMetricFamily(
-            "ds_compute_policy_refusals", "Starts and switches refused by a policy.", labels=["policy", "tier"]
+            "ds_compute_policy_refusals",
+            "Starts and switches refused by a policy.",
+            labels=["policy", "tier"],
         )
         for r in db.execute(
             "SELECT SUBSTR(event, 8) AS p, COALESCE(to_profile, '') AS t, COUNT(*) AS n FROM audit"
@@ -95,7 +103,8 @@ class DSComputeCollector:
         yield refusals
 
         idle = CounterMetricFamily(
-            "ds_compute_idle_downshifts", "Servers moved down (or stopped) for being idle.",
+            "ds_compute_idle_downshifts",
+            "Servers moved down (or stopped) for being idle.",
             labels=["from_tier", "to_tier", "action"],
         )
         for r in db.execute(
