@@ -97,6 +97,19 @@ def progress_messages(hub, user, timeout=120):
                 return
 
 
+def block_gpus():
+    """A job holding both fake GPUs; returns its id once it runs."""
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", "-J", "ds-compute-blocker", "-p", "gpu", "--gres=gpu:2", "-o", "/dev/null",
+         "-D", "/tmp", "--wrap", "sleep 300"],  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    wait_for(lambda: show_job(blocker).get("JobState") == "RUNNING", timeout=30, message="blocker running")
+    return blocker
+
+
 def service(hub, method, path, token, **kw):
     return requests.request(
         method,
@@ -147,17 +160,8 @@ def test_spawn_each_tier_as_a_job(hub, slug, partition, cpus, mem, gpus):
 
 def test_pending_reason_in_progress(hub):
     """Both fake GPUs taken: the GPU tier's job pends, the progress says why."""
-    blocker = subprocess.run(
-        ["sbatch", "--parsable", "-J", "ds-compute-blocker", "-p", "gpu", "--gres=gpu:2", "-o", "/dev/null",
-         "-D", "/tmp", "--wrap", "sleep 300"],  # fmt: skip
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    blocker = block_gpus()
     try:
-        wait_for(
-            lambda: show_job(blocker).get("JobState") == "RUNNING", timeout=30, message="blocker running"
-        )
         user = hub.create_user("slurm-waiter")
         r = hub.spawn(user, {"profile": "gpu"}, wait=False)
         assert r.status_code == 202, r.text
@@ -173,6 +177,22 @@ def test_pending_reason_in_progress(hub):
         subprocess.run(["scancel", blocker], check=True)
     hub.wait_ready(user, timeout=60)
     hub.stop_server(user)
+
+
+def test_job_ended_by_slurm_during_start_fails_with_reason(hub):
+    """A pending job that Slurm ends (here: scancel) fails the spawn with the reason."""
+    blocker = block_gpus()
+    try:
+        user = hub.create_user("slurm-unlucky")
+        assert hub.spawn(user, {"profile": "gpu"}, wait=False).status_code in (201, 202, 500)
+        job_id = wait_for(lambda: next(iter(jobs_of(user)), None), timeout=30, message="the user's job")
+        wait_for(lambda: show_job(job_id).get("Reason") == "Resources", timeout=30, message="job pending")
+        subprocess.run(["scancel", job_id], check=True)
+        wait_for(lambda: hub.server_model(user) is None, timeout=30, interval=0.5, message="spawn failed")
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+    log = hub.log_path.read_text(errors="replace")
+    assert f"Failed: Slurm job {job_id} ended before the server started: it was cancelled (scancel)" in log
 
 
 def test_switch_between_tiers_file_follows(hub):

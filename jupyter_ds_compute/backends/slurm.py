@@ -285,9 +285,17 @@ class SlurmBackend(Backend):
     async def owner(self):
         """``(uid, gid)`` the job and its volume belong to."""
         if self.as_system_user:
-            # the local backend's useradd logic, with our create_system_users
-            await LocalBackend._ensure_system_user(self, self.spawner.user.name)
-            uid, gid, _ = _set_user(self.spawner.user.name)
+            name = self.spawner.user.name
+            try:
+                # the local backend's useradd logic, with our create_system_users
+                await LocalBackend._ensure_system_user(self, name)
+                uid, gid, _ = _set_user(name)
+            except BackendError:
+                raise BackendError(
+                    f"No system user {name!r} on the hub's machine: jobs run as the user, so the "
+                    "hub must know their account (directory service), or set "
+                    "c.SlurmBackend.create_system_users = True on a one-node cluster"
+                ) from None
             return uid, gid
         return os.getuid(), os.getgid()
 
@@ -443,6 +451,14 @@ class SlurmBackend(Backend):
                 "The slurm backend cannot mount volume images: use c.LocalVolume.mode = 'directory'"
             )
         self.workdir = self._ensure_workdir()
+        if self.as_system_user:
+            uid, gid, groups = _set_user(self.spawner.user.name)
+            blocked = unreachable_dir(volume_path, uid, groups)
+            if blocked:
+                raise BackendError(
+                    f"The volume {volume_path} is not reachable by {self.spawner.user.name!r}: "
+                    f"{blocked} does not let them through (c.LocalVolume.root must be traversable, o+x)."
+                )
         argv = self.sbatch_argv(tier, self.workdir, volume_path)
         script = self.script(tier, cmd, self.workdir)
         self.log.debug("Job script for %s:\n%s", self.log_name, script)
