@@ -311,7 +311,7 @@ class SlurmBackend(Backend):
 
         return drop
 
-    async def _run(self, argv, input=None, env=None, as_user=True):
+    async def _run(self, argv, input=None, env=None):
         self.log.info("Running %s for %s", " ".join(shlex.quote(a) for a in argv), self.log_name)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -321,7 +321,7 @@ class SlurmBackend(Backend):
                 stderr=subprocess.PIPE,
                 env=env,
                 cwd="/",
-                preexec_fn=self._preexec() if as_user else None,
+                preexec_fn=self._preexec(),
             )
             out, err = await asyncio.wait_for(
                 proc.communicate(input.encode() if input is not None else None), self.command_timeout

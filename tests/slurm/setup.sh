@@ -237,7 +237,11 @@ do_status() {
 
 case $ACTION in
     install)
-        need_root
+        if [ "$(id -u)" != 0 ]; then
+            # ./dev.sh test as a normal user: nothing to do; the Slurm tests skip themselves
+            log "not root: Slurm not installed or started (tests/test_slurm.py will be skipped)"
+            exit 0
+        fi
         install_packages
         do_start
         ;;
