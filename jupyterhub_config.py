@@ -31,6 +31,7 @@ import secrets
 import sys
 
 from jupyter_ds_compute.hubconfig import check_config, print_banner, service_entry
+from jupyter_ds_compute.service.accounting import policy_settings
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 
@@ -142,6 +143,10 @@ if _extra:
 
 # -- the ds-compute hub service (switches, admin page, audit log, metrics) -------------
 service_port = int(os.environ.get("DS_COMPUTE_SERVICE_PORT", "10101"))
+try:  # a bad policy setting stops the hub here, not at the first spawn
+    policy_settings(c.DSComputeService)
+except ValueError as e:
+    sys.exit(f"jupyter-ds-compute: bad c.DSComputeService setting: {e}")
 if "volume_root" not in c.DSComputeService:
     c.DSComputeService.volume_root = c.LocalVolume.root
 c.JupyterHub.services = list(c.JupyterHub.get("services", [])) + [
