@@ -88,13 +88,15 @@ def test_table_filters_and_actions(hub, admin):
             },
         )
         assert r.status_code == 200 and "Switching" in r.text, r.text[:800]
+        # the panel shows "switching" until the orchestrator has verified the new tier
         wait_for(
-            lambda: (hub.server_model(alice) or {}).get("ready")
-            and hub.server_model(alice)["user_options"]["profile"] == "small",
+            lambda: rows(admin_page(hub, admin).text)[(alice, "")] | {"html": ""}
+            == {"tier": "small", "state": "running", "html": ""},
             timeout=120,
             interval=0.5,
             message="switch to small",
         )
+        assert hub.server_model(alice)["user_options"]["profile"] == "small"
         # start bob on manycore
         page = admin_page(hub, admin)
         r = admin.post(

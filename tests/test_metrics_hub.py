@@ -114,10 +114,19 @@ def test_metrics_count_idle_downshifts(hub):
             timeout=90,
             interval=0.5,
         )
-        after = scrape(hub)
-        assert (
-            value(after, "ds_compute_switches_total", from_tier="dozy", to_tier="small", outcome="succeeded")
-            == 1
+        # the server is ready a moment before the orchestrator records the switch as finished
+        wait_for(
+            lambda: value(
+                scrape(hub),
+                "ds_compute_switches_total",
+                from_tier="dozy",
+                to_tier="small",
+                outcome="succeeded",
+            )
+            == 1,
+            timeout=30,
+            interval=0.5,
+            message="idle switch counted",
         )
     finally:
         hub.stop_server(user)
