@@ -5,6 +5,7 @@ pytest_plugins = ["pytest_jupyter.jupyter_server"]
 import os
 import pwd
 import shutil
+import signal
 import tempfile
 
 from pathlib import Path
@@ -72,9 +73,18 @@ def hub(tmp_path_factory, request):
     extra = TEST_TIERS_CONFIG + getattr(request.module, "HUB_EXTRA_CONFIG", "")
     workdir = hub_workdir(request.module.__name__)
     h = Hub(workdir, extra_config=extra, env=getattr(request.module, "HUB_ENV", None))
+    _current_hub["api_port"] = h.env["DS_COMPUTE_HUB_PORT"]
     h.start()
     yield h
     h.stop()
+    # a failed test may leave servers behind: end them, so they cannot
+    # outlive the run or be mistaken for a later run's servers
+    for pid in server_processes(""):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _current_hub.clear()
     shutil.copy(h.log_path, ARTIFACTS / f"{request.module.__name__}-hub.log")
 
 
@@ -89,10 +99,14 @@ def hub_workdir(name):
     return path
 
 
+_current_hub = {}
+
+
 def server_processes(user):
     """Environments of the processes of ``user``'s servers, keyed by pid.
 
-    Found by the marker every server process inherits from the spawner.
+    Found by the marker every server process inherits from the spawner;
+    only servers of the current module's hub count (by its API port).
     """
     found = {}
     for entry in os.listdir("/proc"):
@@ -104,8 +118,12 @@ def server_processes(user):
         except OSError:
             continue
         env = dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
-        if env.get("DS_COMPUTE_SERVER_KEY", "").startswith(f"{user}/"):
-            found[int(entry)] = env
+        if not env.get("DS_COMPUTE_SERVER_KEY", "").startswith(f"{user}/" if user else ""):
+            continue
+        port = _current_hub.get("api_port")
+        if port and f":{port}/" not in env.get("JUPYTERHUB_API_URL", ""):
+            continue
+        found[int(entry)] = env
     return found
 
 
