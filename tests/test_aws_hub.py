@@ -10,6 +10,7 @@ fake instance addresses are never used.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import threading
 from pathlib import Path
@@ -325,8 +326,11 @@ def test_failed_switch_rolls_back(hub, ec2, moto, fault, message):
 def test_throttled_concurrent_spawns_all_succeed(hub, ec2, moto):
     users = [hub.create_user(f"aws-burst-{i}") for i in range(3)]
     moto.rate({"RunInstances": [1, 0.2], "AttachVolume": [1, 0.5]})
-    for u in users:
-        r = hub.spawn(u, {"profile": "small"}, wait=False)
+    # all at once: a POST may wait for its spawn (slow_spawn_timeout), so
+    # sequential requests would let the bucket refill in between
+    with concurrent.futures.ThreadPoolExecutor(len(users)) as pool:
+        answers = list(pool.map(lambda u: hub.spawn(u, {"profile": "small"}, wait=False), users))
+    for r in answers:
         assert r.status_code in (201, 202), r.text
     for u in users:
         hub.wait_ready(u, timeout=180)
