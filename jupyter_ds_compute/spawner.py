@@ -29,9 +29,9 @@ from traitlets import Bool, Callable, Dict, Float, List, Unicode, Union, default
 
 from . import policy, tiers
 from .backends.base import BackendError
+from .errors import DSComputeError
 from .backends.local import default_singleuser_cmd
 from .service.accounting import spawn_refusal
-from .volumes.base import VolumeError
 
 BACKENDS = {
     "local": "jupyter_ds_compute.backends.local:LocalBackend",
@@ -349,7 +349,7 @@ class DSComputeSpawner(Spawner):
         backend = self._make_backend(tier.backend or self.backend)
         try:
             return await self._start_on(tier, backend)
-        except (BackendError, VolumeError) as e:
+        except DSComputeError as e:
             tail = await backend.log_tail()
             self.log.error("Start of %s failed: %s\n%s", self._log_name, e.log_message, tail)
             self._emit(100, f"Failed: {e.message}")

@@ -4,7 +4,6 @@ talking over HTTP to a real jupyter server running the ds_compute extension
 
 import asyncio
 import json
-import os
 import time
 
 import pytest

@@ -2,8 +2,6 @@
 started from the repo's jupyterhub_config.py (with the test tiers)."""
 
 import os
-import re
-import signal
 import time
 
 import pytest

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from traitlets.config import LoggingConfigurable
 
+from ..errors import DSComputeError
+
 
 @dataclass
 class HostInfo:
@@ -33,17 +35,8 @@ class HostInfo:
     extra: dict = field(default_factory=dict)
 
 
-class BackendError(Exception):
-    """A backend failure with a message meant for the user.
-
-    ``log_message`` carries the detail for the hub log (e.g. the tail of the
-    server's log) when it differs from what the user should see.
-    """
-
-    def __init__(self, message, *, log_message=None):
-        super().__init__(message)
-        self.message = message
-        self.log_message = log_message or message
+class BackendError(DSComputeError):
+    """A backend failure with a message meant for the user."""
 
 
 class Backend(LoggingConfigurable):

@@ -13,7 +13,6 @@ server, kernels included (they start their own sessions).
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import dataclass
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -108,17 +107,6 @@ class Hierarchy:
             except OSError:
                 pass
         return found
-
-    def kill(self, name, sig=signal.SIGKILL):
-        """Signal every process in the group; return how many were signalled."""
-        n = 0
-        for pid in self.pids(name):
-            try:
-                os.kill(pid, sig)
-                n += 1
-            except ProcessLookupError:
-                pass
-        return n
 
     def remove(self, name):
         for p in self.paths(name):

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from traitlets.config import LoggingConfigurable
 
+from ..errors import DSComputeError
 
-class VolumeError(Exception):
+
+class VolumeError(DSComputeError):
     """A volume failure with a message meant for the user."""
-
-    def __init__(self, message, *, log_message=None):
-        super().__init__(message)
-        self.message = message
-        self.log_message = log_message or message
 
 
 class VolumeDriver(LoggingConfigurable):
