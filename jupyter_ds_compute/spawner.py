@@ -27,7 +27,7 @@ from jupyterhub.spawner import Spawner, SpawnException
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Callable, Dict, Float, List, Unicode, Union, default, validate
 
-from . import policy, tiers
+from . import form, policy, tiers
 from .backends.base import BackendError
 from .errors import DSComputeError
 from .backends.local import default_singleuser_cmd
@@ -247,7 +247,7 @@ class DSComputeSpawner(Spawner):
 
     async def _render_options_form(self):
         profiles = await self.load_profiles()
-        context = tiers.form_context(
+        context = form.form_context(
             profiles,
             self._user_groups(),
             gpu_devices_available=len(self.gpu_devices),

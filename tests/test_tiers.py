@@ -13,13 +13,13 @@ import pytest
 from traitlets import Dict, HasTraits, Integer, List, Unicode, default
 
 from jupyter_ds_compute import tiers as t
+from jupyter_ds_compute.form import form_context
 from jupyter_ds_compute.tiers import (
     Tier,
     TierConfigError,
     TierOptionsError,
     apply_overrides,
     default_slug,
-    form_context,
     get_tier,
     load_profile_list,
     normalize_profile_list,

@@ -1,0 +1,156 @@
+"""The spawn form: what ``templates/form.html`` shows for each tier.
+
+Pure functions over the normalized profile list of :mod:`.tiers`: which tiers
+and choices a user sees, their resources and price in words, and a warning
+when a GPU tier asks for more GPUs than this host has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .tiers import (
+    FORM_OPTION_PREFIX,
+    UNLISTED_SUFFIX,
+    Tier,
+    TierOptionsError,
+    _choice_refusal,
+    _default_profile,
+    _refusal,
+    _select,
+    _usable_options,
+    normalize_profile_list,
+)
+
+def _trim(number: float, digits: int) -> str:
+    text = f"{number:.{digits}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2)):
+        if n >= size:
+            return f"{_trim(n / size, 2)} {unit}"
+    if n >= 1024:
+        return f"{_trim(n / 1024, 2)} KiB"
+    return f"{n} B"
+
+
+def _price(cost: float) -> str:
+    if 0 < cost < 0.005:
+        return f"${cost:.4g}/h"
+    return f"${cost:.2f}/h"
+
+
+def _choice_context(slug, key, option, user_groups, chosen) -> dict:
+    field_name = f"{FORM_OPTION_PREFIX}{slug}--{key}"
+    unlisted_cfg = option["unlisted_choice"]
+    kind, value = chosen if chosen else (None, None)
+    choices = []
+    for ckey, choice in (option.get("choices") or {}).items():
+        if _choice_refusal(key, ckey, choice, user_groups):
+            continue
+        choices.append(
+            {
+                "key": ckey,
+                "display_name": choice["display_name"],
+                "description": choice.get("description") or "",
+                "selected": kind == "choice" and value == ckey,
+            }
+        )
+    unlisted = None
+    if unlisted_cfg["enabled"]:
+        unlisted = {
+            "field_name": field_name + UNLISTED_SUFFIX,
+            "display_name": unlisted_cfg.get("display_name") or option.get("display_name") or key,
+            "display_name_in_choices": unlisted_cfg["display_name_in_choices"],
+            "validation_regex": unlisted_cfg.get("validation_regex") or "",
+            "validation_message": unlisted_cfg.get("validation_message") or "",
+            "selected": kind == "unlisted" or not choices,
+            "value": value if kind == "unlisted" else "",
+        }
+    return {
+        "key": key,
+        "display_name": option.get("display_name") or key,
+        "field_name": field_name,
+        "choices": choices,
+        "unlisted": unlisted,
+    }
+
+
+def form_context(
+    profiles: Any,
+    user_groups: Iterable[str] | None,
+    gpu_devices_available: int | None,
+    is_admin: bool = False,
+    user_options: dict | None = None,
+) -> list[dict]:
+    """Per tier, what ``templates/form.html`` needs.
+
+    Tiers (and choices) the user's groups may not use are left out; for an
+    admin such tiers stay in the list with ``allowed`` False and the
+    ``reason`` (shown disabled), so admins see why. ``user_options``
+    (e.g. the server's previous ones) preselect tier and choices when they
+    are still valid. ``gpu_warning`` is set when the tier needs more GPUs
+    than ``gpu_devices_available`` (None: unknown, no warning).
+    """
+    profiles = normalize_profile_list(profiles)
+    groups = list(user_groups or ())
+    previous = None
+    if user_options:
+        try:
+            previous = _select(profiles, user_options, groups, check_groups=True)
+        except TierOptionsError:
+            previous = None
+    default = _default_profile(profiles, groups)
+    selected_slug = previous[0]["slug"] if previous else (default["slug"] if default else None)
+
+    result = []
+    for profile in profiles:
+        tier = Tier.from_profile(profile)
+        reason = _refusal(profile, groups) or _usable_options(profile, groups)
+        if reason and not is_admin:
+            continue
+        if previous and previous[0] is profile:
+            selections = previous[1]
+        elif reason:
+            selections = {}
+        else:
+            selections = _select(profiles, {"profile": tier.slug}, groups, True)[1]
+        options = [
+            _choice_context(tier.slug, key, option, groups, selections.get(key))
+            for key, option in (profile.get("profile_options") or {}).items()
+        ]
+        gpu_short = gpu_devices_available is not None and tier.gpu > max(gpu_devices_available, 0)
+        result.append(
+            {
+                "slug": tier.slug,
+                "field_id": f"profile-item-{tier.slug}",
+                "display_name": tier.display_name,
+                "description": tier.description,
+                "default": default is profile,
+                "selected": tier.slug == selected_slug,
+                "allowed": reason is None,
+                "reason": reason,
+                "cpu": tier.cpu,
+                "cpu_label": f"{_trim(tier.cpu, 2)} CPU" + ("" if tier.cpu == 1 else "s"),
+                "mem": tier.mem,
+                "mem_label": _human_bytes(tier.mem),
+                "gpu": tier.gpu,
+                "gpu_label": (f"{tier.gpu} GPU" + ("" if tier.gpu == 1 else "s")) if tier.gpu else "",
+                "hourly_cost": tier.hourly_cost,
+                "price": _price(tier.hourly_cost),
+                "gpu_warning": gpu_short,
+                "gpu_warning_message": (
+                    (
+                        f"needs {tier.gpu} GPU{'s' if tier.gpu != 1 else ''}, this"
+                        f" host has {max(gpu_devices_available or 0, 0)}"
+                    )
+                    if gpu_short
+                    else ""
+                ),
+                "options": options,
+            }
+        )
+    return result
