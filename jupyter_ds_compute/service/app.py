@@ -231,7 +231,7 @@ class DSComputeService(Application):
 
     request_timeout = Float(30, help="Seconds to wait for one answer of the hub API.").tag(config=True)
 
-    poll_interval = Float(0.5, help="Seconds between two polls of a server's state while waiting.").tag(
+    poll_interval = Float(0.2, help="Seconds between two polls of a server's state while waiting.").tag(
         config=True
     )
 

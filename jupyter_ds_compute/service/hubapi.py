@@ -55,7 +55,7 @@ class HubAPI:
         api_token: str,
         *,
         request_timeout: float = 30,
-        poll_interval: float = 0.5,
+        poll_interval: float = 0.2,
     ):
         self.api_url = api_url.rstrip("/")
         self.api_token = api_token
