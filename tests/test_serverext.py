@@ -34,8 +34,18 @@ class TokenUsers(IdentityProvider):
         return User(username=name) if name else None
 
 
+BUDGET_WARN = {
+    "spent": 8.5, "budget": 10.0, "fraction": 0.85, "state": "warn", "kind": "user", "name": "alice",
+    "period": "month", "period_start": "2024-05-01T00:00:00Z", "warn_fraction": 0.8, "user_spent": 8.5,
+}
+NOTICE = {
+    "time": "2024-05-02T10:00:00.000000Z", "kind": "idle-downshift", "from_profile": "gpu", "to_profile": "small",
+    "message": "Your server was moved to the default tier: idle for 1h00 on tier GPU: moved to Small",
+}
+
+
 class FakeService:
-    """The hub service's /api/tiers and /api/switches, recording calls."""
+    """The hub service's /api/tiers, /api/policy and /api/switches, recording calls."""
 
     def __init__(self):
         self.sockets = netutil.bind_sockets(0, "127.0.0.1")
@@ -43,6 +53,7 @@ class FakeService:
         self.url = f"http://127.0.0.1:{port}/services/ds-compute/"
         self.calls = []
         self.tiers_reply = (200, {"tiers": [dict(t, reason="live") for t in ENV_TIERS]})
+        self.policy_reply = (200, {"budget": BUDGET_WARN, "notices": [NOTICE]})
         self.switch_reply = (202, {"id": "sw1", "progress_url": "/services/ds-compute/switches/sw1?next=/user/alice/lab"})
         self.delay = 0.0
         self.server = None
@@ -62,7 +73,12 @@ class FakeService:
                 )
                 if fake.delay:
                     await asyncio.sleep(fake.delay)
-                code, body = fake.tiers_reply if self.request.path.endswith("/api/tiers") else fake.switch_reply
+                if self.request.path.endswith("/api/tiers"):
+                    code, body = fake.tiers_reply
+                elif self.request.path.endswith("/api/policy"):
+                    code, body = fake.policy_reply
+                else:
+                    code, body = fake.switch_reply
                 self.set_status(code)
                 self.finish(body if isinstance(body, (bytes, str)) else json.dumps(body))
 
@@ -165,7 +181,8 @@ async def fetch_error(jp_fetch, *parts, **kw):
 
 
 # -- status ------------------------------------------------------------------
-def test_status_under_hub(run, jp_fetch, jp_root_dir, monkeypatch, hub_env):
+def test_status_under_hub(run, jp_fetch, jp_root_dir, monkeypatch, hub_env, fake_service):
+    run(fake_service.start())
     (jp_root_dir / "data.bin").write_bytes(os.urandom(2**20))
     started = float(hub_env["DS_COMPUTE_STARTED_AT"])
     monkeypatch.setattr("jupyter_ds_compute.serverext.app.utcnow", lambda: started + 5400)
@@ -201,6 +218,91 @@ def test_only_owner(run, jp_fetch, fake_service, method, path, body):
     assert fake_service.calls == []  # nothing reached the service
 
 
+# -- budget and notices in status ---------------------------------------------
+def test_status_budget_and_notices_from_service(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    code, st = run(fetch_json(jp_fetch, "status"))
+    assert code == 200
+    assert st["budget"] == BUDGET_WARN  # the service's object, unchanged
+    assert st["notices"] == [NOTICE]
+    (call,) = fake_service.calls
+    assert call["method"] == "GET" and call["path"] == "/services/ds-compute/api/policy"
+    assert call["auth"] == "token server-token-of-alice"
+    # cached: polling Lab does not hit the service every time
+    code, st = run(fetch_json(jp_fetch, "status"))
+    assert st["budget"]["state"] == "warn"
+    assert len(fake_service.calls) == 1
+
+
+def test_status_policy_cache_expires(run, jp_fetch, fake_service, jp_serverapp):
+    run(fake_service.start())
+    jp_serverapp.web_app.settings["ds_compute"].policy_cache_seconds = 0
+    run(fetch_json(jp_fetch, "status"))
+    fake_service.policy_reply = (200, {"budget": dict(BUDGET_WARN, state="spent", spent=10.0, fraction=1.0), "notices": []})
+    code, st = run(fetch_json(jp_fetch, "status"))
+    assert st["budget"]["state"] == "spent" and st["notices"] == []
+    assert [c["path"] for c in fake_service.calls] == ["/services/ds-compute/api/policy"] * 2
+
+
+def test_status_without_service(run, jp_fetch, jp_serverapp):
+    jp_serverapp.web_app.settings["ds_compute"].context.service_url = closed_port_url()
+    code, st = run(fetch_json(jp_fetch, "status"))
+    assert code == 200
+    assert st["budget"] is None and st["notices"] == []
+    assert st["tier"] == TIER_SMALL  # the rest of the status is there
+
+
+def test_status_policy_is_bounded(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    fake_service.delay = 5.0
+    t0 = time.monotonic()
+    code, st = run(fetch_json(jp_fetch, "status"))
+    assert code == 200 and st["budget"] is None and st["notices"] == []
+    assert time.monotonic() - t0 < 3.0  # service_timeout=1.0 in jp_server_config
+    # the failure is cached too: the next status does not wait again
+    t0 = time.monotonic()
+    run(fetch_json(jp_fetch, "status"))
+    assert time.monotonic() - t0 < 0.9
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        (500, {"message": "Internal error in the ds-compute service; see its log."}),
+        (403, {"message": "Authentication required"}),
+        (200, b"<html>not json</html>"),
+        (200, {"budget": "lots", "notices": []}),
+        (200, {"budget": None, "notices": {"not": "a list"}}),
+    ],
+)
+def test_status_survives_bad_policy_answers(run, jp_fetch, fake_service, reply):
+    run(fake_service.start())
+    fake_service.policy_reply = reply
+    code, st = run(fetch_json(jp_fetch, "status"))
+    assert code == 200
+    assert st["budget"] is None and st["notices"] == []
+
+
+def test_status_policy_drops_bad_notices_and_non_json_numbers(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    fake_service.policy_reply = (
+        200,
+        '{"budget": {"spent": 1.0, "budget": 0.0, "fraction": Infinity, "state": "spent"}, "notices": [5, {"kind": "x"}, %s]}'
+        % json.dumps(NOTICE),
+    )
+    code, st = run(fetch_json(jp_fetch, "status"))
+    assert st["budget"] == {"spent": 1.0, "budget": 0.0, "fraction": None, "state": "spent"}
+    assert st["notices"] == [NOTICE]
+
+
+def test_status_unlimited_budget(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    unlimited = dict(BUDGET_WARN, budget=None, fraction=None, state="unlimited", spent=3.0)
+    fake_service.policy_reply = (200, {"budget": unlimited, "notices": []})
+    code, st = run(fetch_json(jp_fetch, "status"))
+    assert st["budget"] == unlimited and st["notices"] == []
+
+
 # -- tiers ---------------------------------------------------------------------
 def test_tiers_from_service(run, jp_fetch, fake_service):
     run(fake_service.start())
@@ -212,6 +314,25 @@ def test_tiers_from_service(run, jp_fetch, fake_service):
     (call,) = fake_service.calls
     assert call["method"] == "GET" and call["path"] == "/services/ds-compute/api/tiers"
     assert call["auth"] == "token server-token-of-alice"
+
+
+def test_tiers_pass_cap_and_budget_refusals_unchanged(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    capped = dict(TIER_GPU, slug="capped", display_name="Capped", allowed=False, policy="cap", default=False,
+                  reason="Capped tier full (1/1), try later or ask an admin", max_servers=1, idle_downshift_after=None)
+    pricey = dict(TIER_GPU, allowed=False, policy="budget", default=False, max_servers=None, idle_downshift_after=3600,
+                  reason="Your monthly budget is spent (10.00 of 10.00); GPU is not available until it renews")
+    small = dict(TIER_SMALL, allowed=True, reason=None, policy=None, default=True, max_servers=None, idle_downshift_after=None)
+    spent = dict(BUDGET_WARN, state="spent", spent=10.0, fraction=1.0)
+    fake_service.tiers_reply = (200, {"tiers": [small, pricey, capped], "budget": spent, "notices": [NOTICE]})
+    code, model = run(fetch_json(jp_fetch, "tiers"))
+    assert code == 200 and model["source"] == "service"
+    assert model["tiers"] == [dict(small, current=True), dict(pricey, current=False), dict(capped, current=False)]
+    assert model["budget"] == spent and model["notices"] == [NOTICE]
+    # the fresher budget is what status shows next, without another call
+    code, st = run(fetch_json(jp_fetch, "status"))
+    assert st["budget"] == spent
+    assert [c["path"] for c in fake_service.calls] == ["/services/ds-compute/api/tiers"]
 
 
 def test_tiers_fallback_when_service_down(run, jp_fetch, jp_serverapp):
@@ -331,7 +452,8 @@ class TestVolumeNotNotebookDir:
         monkeypatch.setenv("DS_COMPUTE_VOLUME_PATH", str(elsewhere))
         return server_config()
 
-    def test_warning_in_status_and_log(self, run, jp_fetch, jp_root_dir, tmp_path, capfd):
+    def test_warning_in_status_and_log(self, run, jp_fetch, jp_root_dir, tmp_path, capfd, fake_service):
+        run(fake_service.start())
         code, st = run(fetch_json(jp_fetch, "status"))
         vol = st["volume"]
         assert vol["is_notebook_dir"] is False

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
+import time
 
 from jupyter_server.extension.application import ExtensionApp
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
@@ -45,6 +47,13 @@ class DSComputeExtension(ExtensionApp):
     service_timeout = Float(
         3.0,
         help="""Seconds to wait for the hub service on ``GET tiers`` before falling back to DS_COMPUTE_TIERS.""",
+    ).tag(config=True)
+
+    policy_cache_seconds = Float(
+        30.0,
+        help="""How long the budget and notices from the hub service (``GET status``) are cached.
+        A failed call is cached as long, so an unreachable service costs at most one
+        ``service_timeout`` per period.""",
     ).tag(config=True)
 
     switch_timeout = Float(
@@ -107,6 +116,9 @@ class DSComputeExtension(ExtensionApp):
         self.env_sizes = EnvSizes()
         self._own_scanner: EnvScanner | None = None
         self._background: list[asyncio.Future] = []
+        self._policy: dict | None = None  # {"budget", "notices"} last fetched
+        self._policy_at = 0.0  # time.monotonic() of that fetch
+        self._policy_pending: asyncio.Future | None = None
         self.settings["ds_compute"] = self
         try:  # "last used" of an env = its kernels' starts
             self.serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS_SCHEMA, listener=self._on_kernel_action)
@@ -170,7 +182,7 @@ class DSComputeExtension(ExtensionApp):
     async def status(self) -> dict:
         ctx = self.context
         now = utcnow()
-        usage = await self.volume_usage.snapshot(wait=1.0)
+        usage, pol = await asyncio.gather(self.volume_usage.snapshot(wait=1.0), self.policy())
         return {
             "user": ctx.user,
             "server_name": ctx.server_name,
@@ -191,7 +203,51 @@ class DSComputeExtension(ExtensionApp):
             ),
             "backend": ctx.backend,
             "under_hub": ctx.under_hub,
+            "budget": pol["budget"],
+            "notices": pol["notices"],
         }
+
+    # -- budget and notices (the service's GET api/policy) --------------------
+    async def policy(self) -> dict:
+        """``{"budget": dict or None, "notices": [...]}`` of this server's user.
+
+        From the service's ``GET api/policy`` (with the server's token, so the
+        notices are this server's), cached ``policy_cache_seconds``; concurrent
+        callers share one request. Never raises: ``None``/``[]`` when the
+        service cannot be asked or does not answer.
+        """
+        ctx = self.context
+        if not (ctx.service_url and ctx.api_token):
+            return {"budget": None, "notices": []}
+        if self._policy is not None and time.monotonic() - self._policy_at < self.policy_cache_seconds:
+            return self._policy
+        if self._policy_pending is None:
+            self._policy_pending = asyncio.ensure_future(self._fetch_policy())
+            self._policy_pending.add_done_callback(lambda _: setattr(self, "_policy_pending", None))
+        try:
+            return await asyncio.shield(self._policy_pending)
+        except Exception:  # never: _fetch_policy catches everything; status must not fail
+            self.log.exception("ds-compute: reading the budget failed")
+            return {"budget": None, "notices": []}
+
+    async def _fetch_policy(self) -> dict:
+        resp = await self._service("GET", "api/policy", None, self.service_timeout)
+        problem = None
+        pol = {"budget": None, "notices": []}
+        if resp.code == 200:
+            try:
+                pol = clean_policy(json.loads(resp.body))
+            except (ValueError, TypeError) as e:
+                problem = f"a bad answer ({e})"
+        else:
+            problem = str(resp.error) if resp.code == 599 else f"HTTP {resp.code}"
+        if problem:
+            self.log.warning("ds-compute: no budget or notices from the ds-compute service: %s", problem)
+        self._remember_policy(pol)
+        return pol
+
+    def _remember_policy(self, pol: dict) -> None:
+        self._policy, self._policy_at = pol, time.monotonic()
 
     async def _service(self, method: str, path: str, body: dict | None, timeout: float):
         ctx = self.context
@@ -209,16 +265,27 @@ class DSComputeExtension(ExtensionApp):
             return HTTPResponse(request, 599, error=e)
 
     async def tiers(self) -> dict:
+        """The tiers for this user, each as the service sent it (``allowed``,
+        ``reason``, ``policy`` of group/cap/budget rules unchanged) plus
+        ``current``; the service's ``budget`` and ``notices`` too."""
         ctx = self.context
         tiers, source, warning = ctx.tiers, "environment", None
+        pol = None
         if ctx.service_url and ctx.api_token:
             resp = await self._service("GET", "api/tiers", None, self.service_timeout)
             if resp.code == 200:
                 try:
-                    got = json.loads(resp.body)["tiers"]
+                    reply = json.loads(resp.body)
+                    got = reply["tiers"]
                     if not isinstance(got, list):
                         raise TypeError("tiers is not a list")
                     tiers, source = [t for t in got if isinstance(t, dict)], "service"
+                    if "budget" in reply or "notices" in reply:
+                        try:  # fresher than the status' cache: keep it
+                            pol = clean_policy(reply)
+                            self._remember_policy(pol)
+                        except TypeError as e:
+                            self.log.warning("ds-compute: bad budget or notices in the tiers answer: %s", e)
                 except (ValueError, KeyError, TypeError) as e:
                     warning = f"the ds-compute service sent a bad tier list ({e}); showing the tiers known at start"
             else:
@@ -226,7 +293,16 @@ class DSComputeExtension(ExtensionApp):
                 warning = f"the ds-compute service did not answer ({reason}); showing the tiers known at start"
             if warning:
                 self.log.warning("ds-compute: %s", warning)
-        return {"current": ctx.tier_slug, "tiers": ctx.tiers_with_current(tiers), "source": source, "warning": warning}
+        if pol is None:
+            pol = self._policy or {"budget": None, "notices": []}
+        return {
+            "current": ctx.tier_slug,
+            "tiers": ctx.tiers_with_current(tiers),
+            "source": source,
+            "warning": warning,
+            "budget": pol["budget"],
+            "notices": pol["notices"],
+        }
 
     async def forward_switch(self, body: dict) -> tuple[int, dict]:
         ctx = self.context
@@ -267,3 +343,29 @@ class DSComputeExtension(ExtensionApp):
             "kernels_managed": ksm is not None,
             "envs": [e.to_model(self.env_sizes.get(e.path)) for e in envs],
         }
+
+
+def _finite(value):
+    """JSON numbers only: NaN and infinities (not JSON) become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def clean_policy(reply) -> dict:
+    """``{"budget", "notices"}`` out of a service answer (``api/policy`` or ``api/tiers``).
+
+    Raises TypeError for a malformed one; drops malformed notices.
+    """
+    if not isinstance(reply, dict):
+        raise TypeError("the answer is not a JSON object")
+    budget = reply.get("budget")
+    if budget is not None and not isinstance(budget, dict):
+        raise TypeError("budget is not an object")
+    if budget is not None:
+        budget = {k: _finite(v) for k, v in budget.items()}
+    notices = reply.get("notices") or []
+    if not isinstance(notices, list):
+        raise TypeError("notices is not a list")
+    notices = [n for n in notices if isinstance(n, dict) and isinstance(n.get("message"), str)]
+    return {"budget": budget, "notices": notices}

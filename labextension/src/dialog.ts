@@ -114,6 +114,9 @@ export class TierPicker extends Widget {
     }
     if (!tier.allowed) {
       card.classList.add('jp-mod-refused');
+      if (tier.policy) {
+        card.dataset.policy = tier.policy;
+      }
     }
     if (selectable) {
       card.tabIndex = 0;
@@ -130,7 +133,9 @@ export class TierPicker extends Widget {
     if (current) {
       header.appendChild(badge('current', 'jp-DSCompute-badge-current'));
     } else if (!tier.allowed) {
-      header.appendChild(badge('not available', 'jp-DSCompute-badge-refused'));
+      header.appendChild(
+        badge(refusedBadge(tier.policy), 'jp-DSCompute-badge-refused')
+      );
     }
     const price = document.createElement('span');
     price.className = 'jp-DSCompute-tierPrice';
@@ -164,6 +169,7 @@ export class TierPicker extends Widget {
     if (!tier.allowed && tier.reason) {
       const reason = document.createElement('div');
       reason.className = 'jp-DSCompute-tierReason';
+      reason.dataset.testid = `ds-compute-tier-reason-${tier.slug}`;
       reason.textContent = tier.reason;
       card.appendChild(reason);
     }
@@ -209,6 +215,18 @@ export class TierPicker extends Widget {
   private _list: HTMLElement;
   private _selected: ITier | null = null;
   private _ready: Promise<void>;
+}
+
+/** The badge of a refused tier, by the rule that refuses it. */
+function refusedBadge(policy: string | null | undefined): string {
+  switch (policy) {
+    case 'cap':
+      return 'full';
+    case 'budget':
+      return 'over budget';
+    default:
+      return 'not available';
+  }
 }
 
 function badge(text: string, className: string): HTMLElement {

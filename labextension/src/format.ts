@@ -1,4 +1,4 @@
-import { ITierInfo } from './types';
+import { IBudget, ITierInfo } from './types';
 
 const GiB = 1024 ** 3;
 
@@ -81,4 +81,74 @@ export function tierSummary(tier: ITierInfo): string {
 /** The name to show for a tier. */
 export function tierName(tier: ITierInfo): string {
   return tier.display_name || tier.slug;
+}
+
+/** `85%` (empty for a missing fraction). */
+export function formatPercent(fraction: number | null | undefined): string {
+  if (fraction === null || fraction === undefined || !isFinite(fraction)) {
+    return '';
+  }
+  return `${Math.floor(Math.max(0, fraction) * 100)}%`;
+}
+
+/**
+ * The status-bar text of a budget that needs attention: `⚠ budget 85% used`,
+ * `⚠ budget spent`; empty while there is nothing to say (`ok`, `unlimited`).
+ */
+export function budgetLabel(budget: IBudget | null | undefined): string {
+  if (!budget) {
+    return '';
+  }
+  if (budget.state === 'spent') {
+    return '⚠ budget spent';
+  }
+  if (budget.state === 'warn') {
+    const percent = formatPercent(budget.fraction);
+    return percent ? `⚠ budget ${percent} used` : '⚠ budget almost spent';
+  }
+  return '';
+}
+
+/** Tooltip lines about a budget (none when unlimited or unknown). */
+export function budgetDetails(budget: IBudget | null | undefined): string[] {
+  if (!budget || budget.state === 'unlimited' || budget.budget === null) {
+    return [];
+  }
+  const period = budget.period ? `this ${budget.period}` : 'this period';
+  const whose =
+    budget.kind === 'group' && budget.name
+      ? `Budget of group ${budget.name}`
+      : 'Budget';
+  const percent = formatPercent(budget.fraction);
+  const lines = [
+    `${whose}: ${formatDollars(budget.spent)} of ${formatDollars(
+      budget.budget
+    )} spent ${period}${percent ? ` (${percent})` : ''}`
+  ];
+  if (
+    budget.kind === 'group' &&
+    budget.user_spent !== undefined &&
+    budget.user_spent !== null
+  ) {
+    lines.push(`You spent ${formatDollars(budget.user_spent)} of it.`);
+  }
+  if (budget.period_start) {
+    const start = new Date(budget.period_start);
+    if (!isNaN(start.getTime())) {
+      lines.push(`Period started ${start.toLocaleDateString()}.`);
+    }
+  }
+  if (budget.state === 'spent') {
+    lines.push(
+      '⚠ The budget is spent: tiers above your default one are not available until the next period. ' +
+        'This server keeps running.'
+    );
+  } else if (budget.state === 'warn') {
+    const threshold = formatPercent(budget.warn_fraction);
+    lines.push(
+      `⚠ ${threshold ? `Over ${threshold} of` : 'Most of'} the budget is used; ` +
+        'when it is spent, only your default tier is available.'
+    );
+  }
+  return lines;
 }

@@ -13,6 +13,7 @@ import { connectionLostPlugin } from './connectionlost';
 import { switchMachine } from './dialog';
 import { tierName, tierSummary } from './format';
 import { DSComputeModel, IDSComputeModel } from './model';
+import { NoticeWatcher } from './notices';
 import { ComputeStatusItem } from './status';
 
 export { IDSComputeModel } from './model';
@@ -161,7 +162,8 @@ const menuPlugin: JupyterFrontEndPlugin<void> = {
 };
 
 /**
- * The status-bar item (left): `⚙ Small · $0.05/h · vol alice`.
+ * The status-bar item (left): `⚙ Small · $0.05/h · vol alice`, plus
+ * `⚠ budget 85% used` / `⚠ budget spent` when the budget needs attention.
  */
 const statusPlugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-ds-compute:status',
@@ -186,11 +188,35 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
+/**
+ * The hub service's notices about this server (e.g. "moved to Small after
+ * being idle") as JupyterLab notifications, each shown once per browser.
+ */
+const noticesPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'jupyter-ds-compute:notices',
+  description:
+    'Shows what the compute policies did to this server (idle downshift) as notifications.',
+  autoStart: true,
+  requires: [IDSComputeModel],
+  activate: (app: JupyterFrontEnd, model: IDSComputeModel): void => {
+    // Only once Lab is restored: a notification emitted before JupyterLab's
+    // notification plugin runs lands in the notification center, not as a toast.
+    void app.restored.then(() => {
+      new NoticeWatcher(model, () => {
+        if (app.commands.isEnabled(CommandIDs.switchMachine)) {
+          void app.commands.execute(CommandIDs.switchMachine);
+        }
+      });
+    });
+  }
+};
+
 const plugins: JupyterFrontEndPlugin<any>[] = [
   modelPlugin,
   commandsPlugin,
   menuPlugin,
   statusPlugin,
+  noticesPlugin,
   connectionLostPlugin
 ];
 

@@ -1,6 +1,8 @@
 import { Widget } from '@lumino/widgets';
 
 import {
+  budgetDetails,
+  budgetLabel,
   formatDollars,
   formatDuration,
   formatHourly,
@@ -11,10 +13,14 @@ import {
 import { IDSComputeModel } from './model';
 
 /**
- * Status-bar item: `⚙ Small · $0.05/h · vol alice`.
+ * Status-bar item: `⚙ Small · $0.05/h · vol alice`, followed by
+ * `⚠ budget 85% used` / `⚠ budget spent` (`data-testid="ds-compute-budget"`)
+ * when the user's budget needs attention.
  *
  * Clicking it runs `onClick` (the switch dialog). It carries
- * `jp-DSCompute-statusItem-warning` while the volume has a warning, and
+ * `jp-DSCompute-statusItem-warning` while the volume has a warning,
+ * `jp-DSCompute-statusItem-budgetWarn` / `jp-DSCompute-statusItem-budgetSpent`
+ * for the budget states `warn` / `spent`, and
  * `jp-DSCompute-statusItem-unavailable` while the server extension does not
  * answer.
  */
@@ -30,7 +36,11 @@ export class ComputeStatusItem extends Widget {
     this.node.tabIndex = 0;
     this._label = document.createElement('span');
     this._label.className = 'jp-DSCompute-statusLabel';
-    this.node.appendChild(this._label);
+    this._budget = document.createElement('span');
+    this._budget.className = 'jp-DSCompute-statusBudget';
+    this._budget.dataset.testid = 'ds-compute-budget';
+    this._budget.hidden = true;
+    this.node.append(this._label, this._budget);
     this.node.addEventListener('click', onClick);
     this.node.addEventListener('keydown', event => {
       if (event.key === 'Enter' || event.key === ' ') {
@@ -51,7 +61,20 @@ export class ComputeStatusItem extends Widget {
     const model = this._model;
     const status = model.status;
     const warning = status?.volume?.warning ?? '';
+    const budget = status?.budget ?? null;
+    const budgetText = model.switching ? '' : budgetLabel(budget);
+    this._budget.textContent = budgetText;
+    this._budget.hidden = !budgetText;
+    this._budget.dataset.state = budget?.state ?? '';
     this.toggleClass('jp-DSCompute-statusItem-warning', !!warning);
+    this.toggleClass(
+      'jp-DSCompute-statusItem-budgetWarn',
+      !!budgetText && budget?.state === 'warn'
+    );
+    this.toggleClass(
+      'jp-DSCompute-statusItem-budgetSpent',
+      !!budgetText && budget?.state === 'spent'
+    );
     this.toggleClass('jp-DSCompute-statusItem-switching', model.switching);
     this.toggleClass(
       'jp-DSCompute-statusItem-unavailable',
@@ -116,9 +139,11 @@ export class ComputeStatusItem extends Widget {
     if (warning) {
       lines.push(`⚠ ${warning}`);
     }
+    lines.push(...budgetDetails(budget));
     lines.push('Click to switch machine.');
     this.node.title = lines.join('\n');
   }
 
   private _label: HTMLElement;
+  private _budget: HTMLElement;
 }

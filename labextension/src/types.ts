@@ -20,8 +20,49 @@ export interface ITierInfo {
 /** One entry of `GET tiers`: a tier plus what the policy says for this user. */
 export interface ITier extends ITierInfo {
   allowed: boolean;
+  /** Why it is refused (group, cap or budget rule), as the service words it. */
   reason?: string | null;
+  /** The rule that refuses it: `group`, `cap`, `budget` (null when allowed). */
+  policy?: 'group' | 'cap' | 'budget' | string | null;
   default?: boolean;
+  max_servers?: number | null;
+  idle_downshift_after?: number | null;
+}
+
+/** Where spending stands: `unlimited` (no budget), `ok`, `warn`, `spent`. */
+export type BudgetState = 'unlimited' | 'ok' | 'warn' | 'spent';
+
+/** The user's tightest budget, as the hub service computes it. */
+export interface IBudget {
+  /** Spent this period (for a group budget: by the whole group). */
+  spent: number;
+  /** The budget, or null when unlimited. */
+  budget: number | null;
+  /** spent / budget, or null. */
+  fraction: number | null;
+  state: BudgetState | string;
+  /** `user` or `group`. */
+  kind?: string;
+  /** The user's or the group's name. */
+  name?: string;
+  /** `day`, `week` or `month`. */
+  period?: string;
+  /** ISO time the period started. */
+  period_start?: string;
+  warn_fraction?: number;
+  /** What this user spent this period. */
+  user_spent?: number;
+}
+
+/** A policy action on this server, e.g. an idle downshift. */
+export interface INotice {
+  /** ISO time of the action. */
+  time: string;
+  /** `idle-downshift` or `idle-stop`. */
+  kind: string;
+  from_profile?: string | null;
+  to_profile?: string | null;
+  message: string;
 }
 
 export interface IVolume {
@@ -44,12 +85,21 @@ export interface IStatus {
   cost_so_far?: number | null;
   volume: IVolume | null;
   under_hub: boolean;
+  /** Null when there is no hub service or it did not answer. */
+  budget?: IBudget | null;
+  /** Recent policy actions on this server, newest first. */
+  notices?: INotice[];
 }
 
 /** `GET tiers`. */
 export interface ITiersReply {
   current: string | null;
   tiers: ITier[];
+  /** `service` or `environment` (the service did not answer). */
+  source?: string;
+  warning?: string | null;
+  budget?: IBudget | null;
+  notices?: INotice[];
 }
 
 /** `POST switch` answer (202). */
