@@ -18,31 +18,48 @@ def start_kernel(hub, user, token, name="python3"):
     return r.json()["id"]
 
 
+def _request(session, msg_type, content):
+    msg_id = uuid.uuid4().hex
+    header = {"msg_id": msg_id, "username": "test", "session": session, "msg_type": msg_type, "version": "5.3"}
+    msg = {"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": "shell", "buffers": []}
+    return msg_id, json.dumps(msg)
+
+
+async def _wait_kernel_ready(conn, session, deadline):
+    """Ask ``kernel_info`` until the kernel answers, as Lab does: a request sent
+    while the server is still connecting its channels can be lost."""
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        msg_id, raw = _request(session, "kernel_info_request", {})
+        conn.write_message(raw)
+        retry_at = loop.time() + 2
+        while loop.time() < retry_at:
+            try:
+                reply = await asyncio.wait_for(conn.read_message(), retry_at - loop.time())
+            except asyncio.TimeoutError:
+                break
+            if reply is None:
+                raise ConnectionError("kernel websocket closed")
+            msg = json.loads(reply)
+            if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "kernel_info_reply":
+                return
+    raise TimeoutError("the kernel never answered kernel_info")
+
+
 async def _execute(ws_url, token, code, timeout):
     conn = await websocket_connect(HTTPRequest(ws_url, headers={"Authorization": f"token {token}"}))
-    msg_id = uuid.uuid4().hex
-    conn.write_message(
-        json.dumps(
-            {
-                "header": {
-                    "msg_id": msg_id,
-                    "username": "test",
-                    "session": uuid.uuid4().hex,
-                    "msg_type": "execute_request",
-                    "version": "5.3",
-                },
-                "parent_header": {},
-                "metadata": {},
-                "content": {"code": code, "silent": False, "store_history": False,
-                            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
-                "channel": "shell",
-                "buffers": [],
-            }
-        )
-    )  # fmt: skip
-    out, error, status = [], None, None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    session = uuid.uuid4().hex
+    await _wait_kernel_ready(conn, session, deadline)
+    msg_id, raw = _request(
+        session,
+        "execute_request",
+        {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+         "allow_stdin": False, "stop_on_error": True},
+    )  # fmt: skip
+    conn.write_message(raw)
+    out, error, status = [], None, None
     while True:
         raw = await asyncio.wait_for(conn.read_message(), max(0.1, deadline - loop.time()))
         if raw is None:

@@ -28,7 +28,7 @@ def wheels():
     return wh
 
 
-def run_ok(hub, user, token, kernel, code, timeout=600):
+def run_ok(hub, user, token, kernel, code, timeout=240):
     out, err = execute(hub, user, token, kernel, textwrap.dedent(code), timeout=timeout)
     assert err is None, f"{err}\n{out}"
     return out
