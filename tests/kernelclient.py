@@ -59,8 +59,10 @@ async def _execute(ws_url, token, code, timeout):
          "allow_stdin": False, "stop_on_error": True},
     )  # fmt: skip
     conn.write_message(raw)
-    out, error, status = [], None, None
-    while True:
+    # shell (execute_reply) and iopub (idle) are separate channels: either
+    # may arrive first, the execution is over once both have
+    out, error, status, idle = [], None, None, False
+    while status is None or not idle:
         raw = await asyncio.wait_for(conn.read_message(), max(0.1, deadline - loop.time()))
         if raw is None:
             raise ConnectionError("kernel websocket closed")
@@ -76,8 +78,8 @@ async def _execute(ws_url, token, code, timeout):
             error = f"{content['ename']}: {content['evalue']}"
         elif kind == "execute_reply":
             status = content["status"]
-        elif kind == "status" and content["execution_state"] == "idle" and status is not None:
-            break
+        elif kind == "status" and content["execution_state"] == "idle":
+            idle = True
     conn.close()
     return "".join(out), error
 
