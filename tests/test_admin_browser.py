@@ -2,60 +2,12 @@
 an admin logs in, opens *Compute admin*, filters, stops a server; a
 screenshot of the panel is kept in the test artifacts."""
 
-import concurrent.futures
-import os
-import shutil
-
 import pytest
+from browser import in_browser, login
 from conftest import ARTIFACTS
 from hubtest import wait_for
 
 pytestmark = [pytest.mark.hub, pytest.mark.browser]
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-
-
-def in_browser(scenario):
-    """Run ``scenario(browser)`` with a fresh Chromium, in its own thread.
-
-    Playwright's sync API runs an event loop in the calling thread, which
-    pytest-asyncio's per-test loop then refuses to close; a thread keeps
-    them apart.
-    """
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(
-            f"Chromium is missing at {CHROMIUM}: ./dev.sh test installs it (apt-get install chromium)"
-        )
-
-    def run():
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as p:
-            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                return scenario(b)
-            finally:
-                b.close()
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(run).result()
-
-
-def login(page, hub, user, password):
-    page.goto(f"{hub.url}/hub/login")
-    page.fill("input[name=username]", user)
-    page.fill("input[name=password]", password)
-    page.click("#login_submit, input[type=submit], button[type=submit]")
-    page.wait_for_url("**/hub/**", timeout=30_000)
 
 
 def test_admin_panel_in_a_browser(hub):
@@ -72,7 +24,7 @@ def _admin_scenario(hub, browser, user):
     context = browser.new_context(viewport={"width": 1500, "height": 900})
     page = context.new_page()
     try:
-        login(page, hub, "admin", hub.admin_password)
+        login(page, hub, "admin", hub.admin_password, wait=True)
         page.goto(f"{hub.url}/services/ds-compute/admin")
         row = page.locator(f"tr[data-user='{user}']")
         row.wait_for(timeout=30_000)
@@ -109,7 +61,7 @@ def _non_admin_scenario(hub, browser):
     context = browser.new_context()
     page = context.new_page()
     try:
-        login(page, hub, "visitor", hub.password)
+        login(page, hub, "visitor", hub.password, wait=True)
         response = page.goto(f"{hub.url}/services/ds-compute/admin")
         assert response.status == 403
         assert "admins only" in page.content()

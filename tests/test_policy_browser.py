@@ -9,7 +9,7 @@ import pytest
 import requests
 from conftest import ARTIFACTS
 from hubtest import wait_for
-from test_switch_browser import chromium, login
+from browser import chromium, login
 
 pytestmark = [pytest.mark.hub, pytest.mark.browser]
 

@@ -5,48 +5,11 @@ Debian's Chromium driven by Playwright; screenshots of the dialog and the
 progress page are kept in the test artifacts directory.
 """
 
-import contextlib
-import os
-import shutil
-
 import pytest
+from browser import chromium, login
 from conftest import ARTIFACTS
 
 pytestmark = [pytest.mark.hub, pytest.mark.browser]
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-
-
-@contextlib.contextmanager
-def chromium():
-    """Debian's Chromium under Playwright (opened and closed inside a test:
-    Playwright's sync API runs its own event loop in this thread)."""
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Chromium is missing at {CHROMIUM}: ./dev.sh test installs it (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def login(page, hub, user):
-    page.goto(f"{hub.url}/hub/login")
-    page.fill("input[name=username]", user)
-    page.fill("input[name=password]", hub.password)
-    page.click("#login_submit, input[type=submit], button[type=submit]")
 
 
 def test_switch_from_the_lab_menu(hub):
