@@ -246,8 +246,6 @@ class LocalVolume(VolumeDriver):
             pass
         return info
 
-    def get_state(self):
-        return {"driver": self.name, "id": self.volume_id} if self.volume_id else {}
 
 
 async def _run(*argv):
