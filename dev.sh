@@ -4,10 +4,15 @@
 #   ./dev.sh hub     set everything up, start the hub on http://127.0.0.1:8000
 #   ./dev.sh test    set everything up, run the whole test suite
 #   ./dev.sh setup   only set up (venv, npm build, package install)
+#   ./dev.sh develop set up with an editable install (code changes take effect
+#                    without reinstalling; for working on the project)
 #   ./dev.sh bench   run the benchmarks
 #
-# Works on a fresh Debian machine with Python 3.11 and Node 20. As root it
-# also installs the Debian packages the tests need (chromium, slurm, munge).
+# Works on a fresh Debian machine with Python 3.11 and Node 20. Everything the
+# hub runs is installed here: Python packages into the venv, JupyterHub's proxy
+# (configurable-http-proxy) and the Lab build tools into ./node_modules, and,
+# as root, the Debian packages the tests need (chromium, slurm, munge).
+# DS_COMPUTE_VENV chooses the venv (.ci/run uses a new one every run).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -81,11 +86,20 @@ EOF
 }
 
 build_lab() {
+    # node_modules holds the Lab build tools and JupyterHub's proxy
+    # (node_modules/.bin/configurable-http-proxy, found by jupyterhub_config.py)
     local stamp="node_modules/.ds-compute-lock" want
     want="$(cat package.json package-lock.json 2>/dev/null | sha256sum | cut -c1-16)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        log "npm install"
-        npm install --no-audit --no-fund --loglevel=error
+        log "npm ci"
+        if ! npm ci --no-audit --no-fund --loglevel=error; then
+            if [ -n "${CI:-}" ]; then
+                echo "package-lock.json does not match package.json: run 'npm install' and commit the lock" >&2
+                exit 1
+            fi
+            log "package-lock.json is out of date: npm install (commit the updated lock)"
+            npm install --no-audit --no-fund --loglevel=error
+        fi
         echo "$want" > "$stamp"
     fi
     log "building the JupyterLab extension"
@@ -100,6 +114,17 @@ install_package() {
     chmod -R a+rX "$VENV"
 }
 
+install_editable() {
+    # pip install -e installs no data_files: link the Lab extension and copy
+    # the server extension's config by hand (see docs/internals.md)
+    log "installing jupyter-ds-compute into $VENV (editable)"
+    "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^\s*$" || true
+    "$VENV/bin/jupyter-builder" develop --overwrite . >/dev/null
+    mkdir -p "$VENV/etc/jupyter/jupyter_server_config.d"
+    cp jupyter-config/server-config/jupyter_ds_compute.json "$VENV/etc/jupyter/jupyter_server_config.d/"
+    chmod -R a+rX "$VENV"
+}
+
 setup() {
     setup_venv
     build_lab
@@ -109,6 +134,11 @@ setup() {
 case "${1:-help}" in
     setup)
         setup
+        ;;
+    develop)
+        setup_venv
+        build_lab
+        install_editable
         ;;
     hub)
         shift
@@ -133,6 +163,6 @@ case "${1:-help}" in
         done
         ;;
     *)
-        sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
         ;;
 esac

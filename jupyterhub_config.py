@@ -77,7 +77,8 @@ c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = int(os.environ.get("DS_COMPUTE_HUB_PORT", "8081"))
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{os.environ.get('DS_COMPUTE_PROXY_API_PORT', '8001')}"
 c.ConfigurableHTTPProxy.pid_file = os.path.join(DATA, "proxy.pid")
-_proxy = os.path.join(os.path.dirname(sys.executable), "configurable-http-proxy")
+# JupyterHub's proxy, installed by ./dev.sh into this checkout's node_modules
+_proxy = os.path.join(HERE, "node_modules", ".bin", "configurable-http-proxy")
 if os.path.exists(_proxy):
     c.ConfigurableHTTPProxy.command = [_proxy]
 c.JupyterHub.db_url = f"sqlite:///{os.path.join(DATA, 'jupyterhub.sqlite')}"
