@@ -10,13 +10,14 @@ import {
   tierName,
   tierSummary
 } from './format';
-import { IDSComputeModel } from './model';
+import { IDSComputeModel, NOT_UNDER_HUB } from './model';
 import { requestAPI } from './request';
 import { ISwitchReply, ITier, ITiersReply } from './types';
 
 /** `data-testid` of each dialog button, by the button's class name. */
 const BUTTON_TEST_IDS: { [className: string]: string } = {
   'jp-DSCompute-cancelButton': 'ds-compute-cancel',
+  'jp-DSCompute-closeButton': 'ds-compute-close',
   'jp-DSCompute-nextButton': 'ds-compute-next',
   'jp-DSCompute-switchButton': 'ds-compute-switch',
   'jp-DSCompute-saveAndSwitchButton': 'ds-compute-save-and-switch'
@@ -236,6 +237,28 @@ function badge(text: string, className: string): HTMLElement {
   return node;
 }
 
+/**
+ * A plain JupyterLab (no JupyterHub): say so, offer nothing to switch to.
+ * The command is disabled then, but it can still be run programmatically.
+ */
+async function showNotUnderHub(): Promise<void> {
+  const body = document.createElement('p');
+  body.className = 'jp-DSCompute-pickerMessage';
+  body.dataset.testid = 'ds-compute-no-hub';
+  body.textContent = NOT_UNDER_HUB;
+  await showDialog({
+    title: 'Switch machine',
+    body: new Widget({ node: body }),
+    renderer,
+    buttons: [
+      Dialog.okButton({
+        label: 'Close',
+        className: 'jp-DSCompute-closeButton'
+      })
+    ]
+  });
+}
+
 /** How the user confirmed a switch. */
 type Confirmation = 'cancel' | 'switch' | 'save-and-switch';
 
@@ -310,6 +333,13 @@ export interface ISwitchOptions {
  */
 export async function switchMachine(options: ISwitchOptions): Promise<void> {
   const { app, model, isDirty } = options;
+  if (model.underHub === null) {
+    await model.refresh(); // opened before the first status answer
+  }
+  if (model.underHub === false) {
+    await showNotUnderHub();
+    return;
+  }
   const picker = new TierPicker();
   const picked = await showDialog<ITier | null>({
     title: 'Switch machine',

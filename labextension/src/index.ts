@@ -12,7 +12,7 @@ import { RankedMenu } from '@jupyterlab/ui-components';
 import { connectionLostPlugin } from './connectionlost';
 import { switchMachine } from './dialog';
 import { tierName, tierSummary } from './format';
-import { DSComputeModel, IDSComputeModel } from './model';
+import { DSComputeModel, IDSComputeModel, NOT_UNDER_HUB } from './model';
 import { NoticeWatcher } from './notices';
 import { ComputeStatusItem } from './status';
 
@@ -87,9 +87,16 @@ const commandsPlugin: JupyterFrontEndPlugin<void> = {
     let dialogOpen = false;
 
     commands.addCommand(CommandIDs.switchMachine, {
-      label: 'Switch machine…',
-      caption: 'Run this server on another compute tier',
-      isEnabled: () => !model.switching && !dialogOpen,
+      label: () =>
+        model.underHub === false
+          ? 'Switch machine… (not running under JupyterHub)'
+          : 'Switch machine…',
+      caption: () =>
+        model.underHub === false
+          ? NOT_UNDER_HUB
+          : 'Run this server on another compute tier',
+      isEnabled: () =>
+        model.underHub !== false && !model.switching && !dialogOpen,
       execute: async () => {
         dialogOpen = true;
         commands.notifyCommandChanged(CommandIDs.switchMachine);
@@ -110,6 +117,9 @@ const commandsPlugin: JupyterFrontEndPlugin<void> = {
       label: () => {
         if (model.switching) {
           return 'Current: switching…';
+        }
+        if (model.underHub === false) {
+          return 'Current: not running under JupyterHub';
         }
         const tier = model.status?.tier;
         if (tier) {
@@ -183,7 +193,10 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
     statusBar.registerStatusItem(statusPlugin.id, {
       item,
       align: 'left',
-      rank: 1000
+      rank: 1000,
+      // hidden in a plain JupyterLab: no tier, no volume, nothing to click
+      isActive: () => model.underHub !== false,
+      activeStateChanged: model.changed
     });
   }
 };

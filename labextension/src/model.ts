@@ -4,6 +4,10 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { requestAPI } from './request';
 import { IStatus } from './types';
 
+/** What the UI says outside JupyterHub (a plain `jupyter lab`). */
+export const NOT_UNDER_HUB =
+  'This JupyterLab is not running under JupyterHub: there are no machines to switch to.';
+
 /** Default seconds between two `GET status` calls. */
 export const DEFAULT_REFRESH_INTERVAL = 60;
 
@@ -19,6 +23,12 @@ export interface IDSComputeModel {
   readonly available: boolean | null;
   /** Why the last refresh failed (empty when it did not). */
   readonly error: string;
+  /**
+   * Whether this server runs under JupyterHub: `null` until the server has
+   * answered, then its `under_hub`. When false (a plain `jupyter lab`) there
+   * is nothing to switch to, the UI stays quiet and polling stops.
+   */
+  readonly underHub: boolean | null;
   /** True from the moment a switch is requested until the page leaves. */
   switching: boolean;
   /** Seconds between refreshes (at least 10). */
@@ -45,6 +55,10 @@ export class DSComputeModel implements IDSComputeModel {
 
   get error(): string {
     return this._error;
+  }
+
+  get underHub(): boolean | null {
+    return this._underHub;
   }
 
   get switching(): boolean {
@@ -108,6 +122,14 @@ export class DSComputeModel implements IDSComputeModel {
       this._status = await requestAPI<IStatus>('status');
       this._available = true;
       this._error = '';
+      if (this._status && typeof this._status.under_hub === 'boolean') {
+        this._underHub = this._status.under_hub;
+      }
+      if (this._underHub === false) {
+        // A plain JupyterLab: no tier, no volume, no switch, and nothing that
+        // a later answer could change. One call, then quiet.
+        this._stopPolling();
+      }
     } catch (error) {
       this._status = null;
       this._available = false;
@@ -116,9 +138,21 @@ export class DSComputeModel implements IDSComputeModel {
     this._changed.emit();
   }
 
+  private _stopPolling(): void {
+    if (this._timer !== null) {
+      window.clearInterval(this._timer);
+      this._timer = null;
+    }
+    document.removeEventListener('visibilitychange', this._onVisibility);
+  }
+
   private _schedule(): void {
     if (this._timer !== null) {
       window.clearInterval(this._timer);
+      this._timer = null;
+    }
+    if (this._underHub === false) {
+      return; // nothing changes outside JupyterHub: no polling
     }
     this._timer = window.setInterval(() => {
       if (!document.hidden) {
@@ -128,7 +162,7 @@ export class DSComputeModel implements IDSComputeModel {
   }
 
   private _onVisibility = (): void => {
-    if (!document.hidden) {
+    if (!document.hidden && this._underHub !== false) {
       void this.refresh();
     }
   };
@@ -136,6 +170,7 @@ export class DSComputeModel implements IDSComputeModel {
   private _status: IStatus | null = null;
   private _available: boolean | null = null;
   private _error = '';
+  private _underHub: boolean | null = null;
   private _switching = false;
   private _refreshInterval = DEFAULT_REFRESH_INTERVAL;
   private _timer: number | null = null;

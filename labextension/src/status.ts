@@ -10,7 +10,34 @@ import {
   tierName,
   tierSummary
 } from './format';
-import { IDSComputeModel } from './model';
+import { IDSComputeModel, NOT_UNDER_HUB } from './model';
+import { IVolume } from './types';
+
+/**
+ * `Volume alice (local) at /data/alice: 1.0 GiB of 10.0 GiB used`, leaving
+ * out what the server does not know (null); empty without id and path.
+ */
+export function volumeLine(volume: IVolume | null | undefined): string {
+  if (!volume || !(volume.id || volume.path)) {
+    return '';
+  }
+  let line = 'Volume';
+  if (volume.id) {
+    line += ` ${volume.id}`;
+  }
+  if (volume.driver) {
+    line += ` (${volume.driver})`;
+  }
+  if (volume.path) {
+    line += ` at ${volume.path}`;
+  }
+  if (volume.used_bytes && volume.size_bytes) {
+    line += `: ${formatMemory(volume.used_bytes)} of ${formatMemory(
+      volume.size_bytes
+    )} used`;
+  }
+  return line;
+}
 
 /**
  * Status-bar item: `⚙ Small · $0.05/h · vol alice`, followed by
@@ -23,6 +50,9 @@ import { IDSComputeModel } from './model';
  * for the budget states `warn` / `spent`, and
  * `jp-DSCompute-statusItem-unavailable` while the server extension does not
  * answer.
+ *
+ * Outside JupyterHub (`model.underHub === false`) it is empty and the status
+ * bar does not show it (`isActive` in index.ts): there is nothing to switch.
  */
 export class ComputeStatusItem extends Widget {
   constructor(
@@ -80,6 +110,16 @@ export class ComputeStatusItem extends Widget {
       'jp-DSCompute-statusItem-unavailable',
       model.available === false
     );
+    this.toggleClass('jp-DSCompute-statusItem-noHub', model.underHub === false);
+
+    if (model.underHub === false) {
+      this._label.textContent = '';
+      this._budget.textContent = '';
+      this._budget.hidden = true;
+      this.toggleClass('jp-DSCompute-statusItem-warning', false);
+      this.node.title = NOT_UNDER_HUB;
+      return;
+    }
 
     if (model.switching) {
       this._label.textContent = '⚙ switching machine…';
@@ -126,15 +166,9 @@ export class ComputeStatusItem extends Widget {
       }
       lines.push(line);
     }
-    const volume = status.volume;
-    if (volume) {
-      let line = `Volume ${volume.id} (${volume.driver}) at ${volume.path}`;
-      if (volume.used_bytes && volume.size_bytes) {
-        line += `: ${formatMemory(volume.used_bytes)} of ${formatMemory(
-          volume.size_bytes
-        )} used`;
-      }
-      lines.push(line);
+    const volumeText = volumeLine(status.volume);
+    if (volumeText) {
+      lines.push(volumeText);
     }
     if (warning) {
       lines.push(`⚠ ${warning}`);

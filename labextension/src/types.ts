@@ -65,25 +65,42 @@ export interface INotice {
   message: string;
 }
 
+/**
+ * The volume as the server sees it. Outside JupyterHub (or without
+ * `DS_COMPUTE_VOLUME_*`) the server still answers, with `id`, `driver` and
+ * `path` null.
+ */
 export interface IVolume {
-  id: string;
-  driver: string;
-  path: string;
+  id: string | null;
+  driver: string | null;
+  path: string | null;
   size_bytes?: number | null;
   used_bytes?: number | null;
+  free_bytes?: number | null;
+  /** `filesystem` or `directory`. */
+  usage_source?: string | null;
+  usage_complete?: boolean | null;
   is_notebook_dir?: boolean;
+  notebook_dir?: string | null;
   warning?: string | null;
 }
 
 /** `GET status`. */
 export interface IStatus {
-  user: string;
+  /** The hub user owning this server; null when not under JupyterHub. */
+  user: string | null;
   server_name: string;
   tier: ITierInfo | null;
   started_at?: number | null;
   seconds_on_tier?: number | null;
   cost_so_far?: number | null;
   volume: IVolume | null;
+  /** `local`, `slurm`, `ec2`, or null (not under JupyterHub). */
+  backend?: string | null;
+  /**
+   * Whether this server runs under JupyterHub (`JUPYTERHUB_USER` is set).
+   * When false there are no tiers, no volume and nothing to switch to.
+   */
   under_hub: boolean;
   /** Null when there is no hub service or it did not answer. */
   budget?: IBudget | null;
