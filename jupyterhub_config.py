@@ -16,7 +16,7 @@ Environment variables (all optional):
 ``DS_COMPUTE_BIND_URL``      public URL; default ``http://127.0.0.1:8000``
 ``DS_COMPUTE_HUB_PORT``      hub's internal port; default 8081
 ``DS_COMPUTE_PROXY_API_PORT`` proxy API port; default 8001
-``DS_COMPUTE_SERVICE_PORT``  ds-compute service port; default 10101
+``DS_COMPUTE_SERVICE_PORT``  ds-compute service port; default: a free one
 ``DS_COMPUTE_PASSWORD``      password for every (non-admin) user name
 ``DS_COMPUTE_ADMIN_PASSWORD`` password of the admin users (>= 32 characters)
 ``DS_COMPUTE_ADMIN_USERS``   comma-separated admin names; default ``admin``
@@ -28,10 +28,8 @@ Environment variables (all optional):
 import json
 import os
 import secrets
-import sys
 
-from jupyter_ds_compute.hubconfig import check_config, print_banner, service_entry
-from jupyter_ds_compute.service.accounting import policy_settings
+from jupyter_ds_compute.hubconfig import banner, configure
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 
@@ -72,15 +70,18 @@ TIERS = [
 ]
 
 # -- hub, proxy, database --------------------------------------------------------
-c.JupyterHub.bind_url = BIND_URL
+if os.environ.get("DS_COMPUTE_BIND_URL"):
+    c.JupyterHub.bind_url = os.environ["DS_COMPUTE_BIND_URL"]
+else:
+    # the ip only (port 8000 is JupyterHub's default), not bind_url: then
+    # `jupyterhub --port 9000` still works
+    c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = int(os.environ.get("DS_COMPUTE_HUB_PORT", "8081"))
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{os.environ.get('DS_COMPUTE_PROXY_API_PORT', '8001')}"
 c.ConfigurableHTTPProxy.pid_file = os.path.join(DATA, "proxy.pid")
-# JupyterHub's proxy, installed by ./dev.sh into this checkout's node_modules
-_proxy = os.path.join(HERE, "node_modules", ".bin", "configurable-http-proxy")
-if os.path.exists(_proxy):
-    c.ConfigurableHTTPProxy.command = [_proxy]
+# JupyterHub's proxy: ./dev.sh installs it into this checkout's node_modules
+# (configure(c) below finds it there, else on $PATH, else stops the hub)
 c.JupyterHub.db_url = f"sqlite:///{os.path.join(DATA, 'jupyterhub.sqlite')}"
 c.JupyterHub.cookie_secret_file = os.path.join(DATA, "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = os.path.join(DATA, "jupyterhub.pid")
@@ -111,7 +112,6 @@ c.DSComputeSpawner.profile_list = TIERS
 c.DSComputeSpawner.backend = "local"
 c.DSComputeSpawner.volume_driver = "local"
 c.DSComputeSpawner.gpu_devices = [g for g in os.environ.get("DS_COMPUTE_GPU_DEVICES", "").split(",") if g]
-c.DSComputeSpawner.service_url = BIND_URL + "services/ds-compute/"
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
@@ -133,6 +133,8 @@ c.LocalBackend.create_system_users = IS_ROOT
 #   c.DSComputeService.idle_action = "downshift"      # or "stop"
 #   c.DSComputeService.metrics_require_auth = False
 c.DSComputeService.data_dir = os.path.join(DATA, "service")
+if os.environ.get("DS_COMPUTE_SERVICE_PORT"):
+    c.DSComputeService.service_url = f"http://127.0.0.1:{os.environ['DS_COMPUTE_SERVICE_PORT']}"
 
 # -- operator's overrides (Slurm or AWS mode, tests) -------------------------------------
 # The override file runs with this file's names in scope (c, TIERS, DATA,
@@ -142,41 +144,11 @@ if _extra:
     with open(_extra) as f:
         exec(compile(f.read(), _extra, "exec"))
 
-# -- the ds-compute hub service (switches, admin page, audit log, metrics) -------------
-service_port = int(os.environ.get("DS_COMPUTE_SERVICE_PORT", "10101"))
-try:  # a bad policy setting stops the hub here, not at the first spawn
-    policy_settings(c.DSComputeService)
-except ValueError as e:
-    sys.exit(f"jupyter-ds-compute: bad c.DSComputeService setting: {e}")
-if "volume_root" not in c.DSComputeService:
-    c.DSComputeService.volume_root = c.LocalVolume.root
-c.JupyterHub.services = list(c.JupyterHub.get("services", [])) + [
-    service_entry(
-        port=service_port,
-        data_dir=c.DSComputeService.data_dir,
-        profile_list=c.DSComputeSpawner.profile_list,
-        public_url=BIND_URL,
-        environment={"DS_COMPUTE_SERVICE_CONFIG": json.dumps(dict(c.DSComputeService))},
-    )
-]
-c.JupyterHub.load_roles = list(c.JupyterHub.get("load_roles", [])) + [
-    {
-        "name": "ds-compute-service",
-        # servers: stop/start/PATCH any server; read:users:groups: the owner's
-        # groups for tier checks; list:users: accounting, idle checks, admin
-        # page; read:groups: members of groups with a budget; read:users:activity:
-        # the admin page's last activity of users without a server
-        "scopes": ["servers", "read:users:groups", "list:users", "read:groups", "read:users:activity"],
-        "services": ["ds-compute"],
-    },
-]
-# browsers may open the service's pages; servers' tokens may call its API
-c.JupyterHub.extra_user_scopes = ["access:services!service=ds-compute"]
-c.Spawner.server_token_scopes = [
-    "users:activity!user",
-    "access:servers!server",
-    "access:services!service=ds-compute",
-]
-
-check_config(c)
-print_banner(BIND_URL, PASSWORD, ADMINS, ADMIN_PASSWORD)
+# -- the ds-compute wiring: service, roles, scopes, checks ------------------------------
+# configure(c) checks the whole config once the hub has loaded all of it (files
+# layered after this one, `jupyterhub --port ...`), then prints the login.
+configure(
+    c,
+    banner=banner(PASSWORD, ADMINS, ADMIN_PASSWORD),
+    proxy_search=[os.path.join(HERE, "node_modules", ".bin")],
+)

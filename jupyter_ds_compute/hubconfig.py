@@ -1,57 +1,347 @@
-"""Helpers for ``jupyterhub_config.py``: config checks at hub start, the
-service entry, and the login banner."""
+"""Wire jupyter-ds-compute into a JupyterHub config: one call.
+
+In an operator's own ``jupyterhub_config.py``::
+
+    from jupyter_ds_compute.hubconfig import configure
+
+    c.JupyterHub.spawner_class = "ds-compute"
+    c.DSComputeSpawner.profile_list = [...]
+    configure(c)
+
+``configure(c)`` adds the ``ds-compute`` service (its entry, its role with
+the narrowest scopes that work, the scopes browsers and servers need to
+reach it), finds JupyterHub's proxy, and checks the whole configuration
+when the hub has finished loading it: after every file layered with
+``load_subconfig`` and after the command line (``jupyterhub --port 9000``),
+so what the service and the servers use is what the hub really runs with.
+A broken setting stops the hub at start with one line naming it.
+
+Everything is read from ``c`` (traitlets); the service's settings are the
+``c.DSComputeService`` section (``jupyter-ds-compute-service --help-all``
+lists them).
+"""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
+import shutil
+import socket
 import sys
+from urllib.parse import urlparse
+
+from traitlets.config import Config
 
 from .tiers import TierConfigError, normalize_profile_list
 
+SERVICE_NAME = "ds-compute"
 
-def check_config(c):
-    """Stop the hub at start if ``profile_list`` is broken.
+#: the service's role: ``servers`` = read/start/stop (and PATCH the
+#: user_options of) servers; ``read:users:groups``: the owner's groups for
+#: tier checks; ``list:users``: accounting, idle checks, admin page;
+#: ``read:groups``: members of groups with a budget; ``read:users:activity``:
+#: the admin page's last activity of users without a server
+SERVICE_SCOPES = ["servers", "read:users:groups", "list:users", "read:groups", "read:users:activity"]
 
-    JupyterHub creates spawners only when a user starts a server, so a bad
-    tier would otherwise surface at the first spawn.  Call this at the end
-    of ``jupyterhub_config.py``; a callable ``profile_list`` is checked at
-    each spawn instead.
+#: what a server's token needs besides JupyterHub's defaults: call the service
+SERVER_TOKEN_SCOPES = ["users:activity!user", "access:servers!server", f"access:services!service={SERVICE_NAME}"]
+
+PROXY_HINT = (
+    "install it with `npm install configurable-http-proxy` (./dev.sh setup does this in a checkout) "
+    "or `npm install -g configurable-http-proxy`, or set c.ConfigurableHTTPProxy.command"
+)
+
+
+class ConfigError(SystemExit):
+    """A setting that stops the hub at start; the message names it."""
+
+    def __init__(self, message):
+        super().__init__(f"jupyter-ds-compute: {message}")
+
+
+def configure(c: Config, *, banner=None, proxy_search: list[str] | None = None) -> None:
+    """Add the ds-compute service and its wiring to the hub config ``c``.
+
+    ``banner``: text (or a callable returning it) printed to stderr once the
+    whole configuration has passed its checks (the embedded default prints
+    its login there).
+    ``proxy_search``: directories searched for ``configurable-http-proxy``
+    before ``$PATH`` when ``c.ConfigurableHTTPProxy.command`` is not set.
+
+    Settings that depend on what the hub finally runs with (its public URL,
+    the tiers, ``c.DSComputeService``) are computed when the hub has loaded
+    all of its config, not now: an operator's lines after this call, files
+    layered with ``load_subconfig`` and the command line all count.
     """
-    profile_list = c.DSComputeSpawner.get("profile_list")
-    if profile_list is None or callable(profile_list):
-        return
-    try:
-        normalize_profile_list(profile_list)
-    except TierConfigError as e:
-        sys.exit(f"jupyter-ds-compute: bad c.DSComputeSpawner.profile_list: {e}")
+    services = [s for s in c.JupyterHub.get("services", []) if s.get("name") != SERVICE_NAME]
+    services.append(_service_entry(c))
+    c.JupyterHub.services = services
+
+    roles = [r for r in c.JupyterHub.get("load_roles", []) if r.get("name") != f"{SERVICE_NAME}-service"]
+    roles.append({"name": f"{SERVICE_NAME}-service", "scopes": list(SERVICE_SCOPES), "services": [SERVICE_NAME]})
+    c.JupyterHub.load_roles = roles
+
+    # browsers may open the service's pages; servers' tokens may call its API
+    extra = set(c.JupyterHub.get("extra_user_scopes", []))
+    extra.add(f"access:services!service={SERVICE_NAME}")
+    c.JupyterHub.extra_user_scopes = sorted(extra)
+    scopes = list(c.Spawner.get("server_token_scopes", [])) or []
+    for scope in SERVER_TOKEN_SCOPES:
+        if scope not in scopes:
+            scopes.append(scope)
+    c.Spawner.server_token_scopes = scopes
+
+    if "command" not in c.ConfigurableHTTPProxy:
+        found = find_proxy(proxy_search or [])
+        if found:
+            c.ConfigurableHTTPProxy.command = [found]
+
+    _when_loaded(c, lambda final: _finish(final, banner))
 
 
-def service_entry(*, port, data_dir, profile_list, public_url, name="ds-compute", environment=None):
-    """The ``c.JupyterHub.services`` entry of the ds-compute service."""
-    env = {
-        "DS_COMPUTE_SERVICE_DATA": data_dir,
-        "DS_COMPUTE_PUBLIC_URL": public_url,
-    }
-    if not callable(profile_list):
-        env["DS_COMPUTE_PROFILE_LIST"] = json.dumps(profile_list)
-    env.update(environment or {})
+# -- the service entry ----------------------------------------------------------
+
+
+def _service_entry(c):
+    url = c.DSComputeService.get("service_url") or f"http://127.0.0.1:{free_port()}"
     return {
-        "name": name,
-        "url": f"http://127.0.0.1:{port}",
+        "name": SERVICE_NAME,
+        "url": url,
         "command": [sys.executable, "-m", "jupyter_ds_compute.service"],
-        "environment": env,
+        # DS_COMPUTE_PROFILE_LIST and DS_COMPUTE_SERVICE_CONFIG are added by
+        # _finish() from the config the hub finally runs with
+        "environment": {},
         "oauth_no_confirm": True,
         "display": True,
     }
 
 
-def print_banner(url, password, admins, admin_password):
-    line = "=" * 72
-    print(
-        f"\n{line}\n jupyter-ds-compute is starting at {url}\n"
-        f" Log in with ANY user name and the password: {password}\n"
-        f" Admin users ({', '.join(sorted(admins))}) log in with: {admin_password}\n"
-        f"{line}\n",
-        file=sys.stderr,
-        flush=True,
-    )
+def service_environment(config):
+    """What the service learns from the hub's final config: the tiers and
+    its ``c.DSComputeService`` section (JSON in its environment)."""
+    profile_list = config.DSComputeSpawner.get("profile_list")
+    env = {"DS_COMPUTE_SERVICE_CONFIG": _service_section(config)}
+    if profile_list is not None and not callable(profile_list):
+        env["DS_COMPUTE_PROFILE_LIST"] = json.dumps(profile_list)
+    return env
+
+
+def _service_section(config):
+    section = dict(config.DSComputeService)
+    section.pop("service_url", None)  # the hub tells the service where it listens
+    if "volume_root" not in section and "root" in config.LocalVolume:
+        section["volume_root"] = config.LocalVolume.root
+    return json.dumps(section)
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port nothing listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _check_port_free(url, what):
+    parsed = urlparse(url)
+    if not parsed.port:
+        return
+    with socket.socket() as s:
+        try:
+            s.bind((parsed.hostname or "127.0.0.1", parsed.port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"{what} {url}: port {parsed.port} is already in use (another hub's service?); "
+                    "choose another port, or leave it unset to get a free one"
+                ) from None
+            raise ConfigError(f"{what} {url}: cannot listen there ({e.strerror})") from None
+
+
+# -- the proxy ---------------------------------------------------------------------
+
+
+def find_proxy(search=()):
+    """``configurable-http-proxy`` in ``search`` (directories) or on ``$PATH``."""
+    for directory in search:
+        path = os.path.join(directory, "configurable-http-proxy")
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("configurable-http-proxy")
+
+
+def _check_proxy(config):
+    proxy_class = config.JupyterHub.get("proxy_class", "configurable-http-proxy")
+    name = proxy_class if isinstance(proxy_class, str) else getattr(proxy_class, "__name__", "")
+    if name not in ("configurable-http-proxy", "default", "ConfigurableHTTPProxy") and not name.endswith(
+        ".ConfigurableHTTPProxy"
+    ):
+        return  # another proxy: its own business
+    if config.ConfigurableHTTPProxy.get("should_start", True) is False:
+        return
+    command = config.ConfigurableHTTPProxy.get("command") or ["configurable-http-proxy"]
+    if isinstance(command, str):
+        command = [command]
+    if not shutil.which(command[0]):
+        raise ConfigError(f"JupyterHub's proxy {command[0]!r} was not found: {PROXY_HINT}")
+
+
+# -- checks of the whole config ------------------------------------------------------
+
+
+def check_config(config):
+    """Check the ds-compute settings of a hub config; raise :class:`ConfigError`.
+
+    - ``c.DSComputeSpawner.profile_list`` (a callable is checked at each spawn);
+    - every ``c.DSComputeService`` key: known, and a valid value;
+    - the proxy program exists (when JupyterHub starts configurable-http-proxy);
+    - a configured service port is free.
+    """
+    profile_list = config.DSComputeSpawner.get("profile_list")
+    if profile_list is not None and not callable(profile_list):
+        try:
+            normalize_profile_list(profile_list)
+        except TierConfigError as e:
+            raise ConfigError(f"bad c.DSComputeSpawner.profile_list: {e}") from None
+    check_service_config(config.DSComputeService)
+    _check_proxy(config)
+    for service in config.JupyterHub.get("services", []):
+        if service.get("name") == SERVICE_NAME and service.get("url"):
+            _check_port_free(service["url"], "c.DSComputeService.service_url")
+
+
+def check_service_config(section):
+    """Every key of a ``c.DSComputeService`` section is a setting with a valid value."""
+    from traitlets import TraitError
+
+    from .service.app import DSComputeService
+
+    known = DSComputeService.class_own_traits(config=True)
+    known.update(DSComputeService.class_traits(config=True))
+    for key, value in dict(section).items():
+        if key not in known:
+            close = [k for k in known if k.startswith(key[:4])]
+            hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+            raise ConfigError(
+                f"c.DSComputeService.{key} is not a setting{hint}; "
+                "`jupyter-ds-compute-service --help-all` lists them"
+            )
+        try:
+            DSComputeService(config=Config({"DSComputeService": {key: value}}))
+        except (TraitError, ValueError, TypeError) as e:
+            raise ConfigError(f"bad c.DSComputeService.{key} = {value!r}: {_short(e)}") from None
+    from .service.accounting import policy_settings
+
+    try:
+        policy_settings(section)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"bad c.DSComputeService setting: {_short(e)}") from None
+
+
+def _short(e):
+    return " ".join(str(e).split())[:300]
+
+
+# -- run when the hub has loaded all of its config ------------------------------------
+
+
+class _WhenLoaded(logging.Handler):
+    """Runs a callback at the hub's first log record, then never again.
+
+    JupyterHub adds ``c.JupyterHub.extra_log_handlers`` to its logger right
+    after it has loaded every config file and merged the command line, and
+    logs "Running JupyterHub version ..." next, before it opens its database
+    or starts anything: the first moment its whole configuration is known.
+    """
+
+    def __init__(self, callback):
+        super().__init__(level=logging.NOTSET)
+        self.callback = callback
+
+    def handle(self, record):
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            from jupyterhub.app import JupyterHub
+
+            callback(JupyterHub.instance().config)
+        return True
+
+    def emit(self, record):  # pragma: no cover - handle() never emits
+        pass
+
+    def __deepcopy__(self, memo):
+        # traitlets deep-copies config values; this one is a hook, not data
+        return self
+
+
+def _when_loaded(c, callback):
+    """Call ``callback(final_config)`` once the hub has loaded all of its
+    config; at once when no hub is loading config (a script or a test calling
+    :func:`configure` on a plain ``Config``)."""
+    try:
+        from jupyterhub.app import JupyterHub
+    except ImportError:  # pragma: no cover - jupyterhub is a dependency
+        return callback(c)
+    if not JupyterHub.initialized():
+        return callback(c)
+    handlers = [h for h in c.JupyterHub.get("extra_log_handlers", []) if not isinstance(h, _WhenLoaded)]
+    c.JupyterHub.extra_log_handlers = handlers + [_WhenLoaded(callback)]
+
+
+def _finish(config, banner):
+    check_config(config)
+    services = config.JupyterHub.get("services", [])
+    try:
+        from jupyterhub.app import JupyterHub
+
+        if JupyterHub.initialized():
+            services = JupyterHub.instance().services  # what init_services() will read
+    except ImportError:  # pragma: no cover
+        pass
+    for spec in services:
+        if spec.get("name") == SERVICE_NAME:
+            spec.setdefault("environment", {}).update(service_environment(config))
+    if callable(banner):
+        banner = banner()
+    if banner:
+        print(banner, file=sys.stderr, flush=True)
+
+
+def banner(password, admins, admin_password, url=None):
+    """The embedded default's login banner: a callable for :func:`configure`,
+    so that it names the URL the hub finally runs at."""
+
+    def text():
+        line = "=" * 72
+        return (
+            f"\n{line}\n jupyter-ds-compute is starting at {url or public_hub_url() or '(unknown URL)'}\n"
+            f" Log in with ANY user name and the password: {password}\n"
+            f" Admin users ({', '.join(sorted(admins))}) log in with: {admin_password}\n"
+            f"{line}\n"
+        )
+
+    return text
+
+
+def public_hub_url():
+    """The URL the proxy serves the hub at, as the hub finally runs
+    (``public_url`` if set, else ``bind_url`` with the CLI's ``--port``), or
+    "" outside a hub. A wildcard bind address becomes 127.0.0.1."""
+    try:
+        from jupyterhub.app import JupyterHub
+    except ImportError:  # pragma: no cover
+        return ""
+    if not JupyterHub.initialized():
+        return ""
+    app = JupyterHub.instance()
+    url = app.public_url or app.bind_url
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https"):
+        return ""
+    host = parsed.hostname or ""
+    if host in ("", "0.0.0.0", "::"):
+        netloc = f"127.0.0.1:{parsed.port}" if parsed.port else "127.0.0.1"
+        parsed = parsed._replace(netloc=netloc)
+    path = parsed.path if parsed.path.endswith("/") else parsed.path + "/"
+    return parsed._replace(path=path).geturl()

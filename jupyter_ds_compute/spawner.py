@@ -30,6 +30,7 @@ from traitlets import Bool, Callable, Dict, Float, List, Unicode, Union, default
 from . import form, policy, tiers
 from .backends.base import BackendError
 from .errors import DSComputeError
+from .hubconfig import SERVICE_NAME, public_hub_url
 from .backends.local import default_singleuser_cmd
 from .service.accounting import spawn_refusal
 
@@ -150,7 +151,8 @@ class DSComputeSpawner(Spawner):
 
     @default("service_url")
     def _default_service_url(self):
-        return os.environ.get("DS_COMPUTE_SERVICE_URL", "")
+        base = public_hub_url()
+        return f"{base}services/{SERVICE_NAME}/" if base else ""
 
     environments_on_volume = Bool(
         True,

@@ -195,7 +195,8 @@ def test_failed_start_rolls_back_to_previous_tier(hub):
 
 
 def _service_pid(hub):
-    marker = f"DS_COMPUTE_SERVICE_DATA={hub.data}".encode()
+    # the service of this hub: it calls this hub's API port
+    marker = f"JUPYTERHUB_API_URL=http://127.0.0.1:{hub.env['DS_COMPUTE_HUB_PORT']}/".encode()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
