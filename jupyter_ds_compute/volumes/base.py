@@ -47,6 +47,32 @@ class VolumeDriver(LoggingConfigurable):
         """``{"id", "driver", "attached_to", "size_bytes", "used_bytes"}``."""
         return {"id": self.volume_id, "driver": self.name}
 
+    #: what ``c.DSComputeSpawner.delete_volume = None`` (its default) means for
+    #: this driver: delete when the user or named server is deleted, or keep
+    delete_by_default = False
+
+    async def delete(self) -> dict:
+        """Delete the volume for good: the user or named server is being deleted.
+
+        Called by ``DSComputeSpawner.delete_forever`` (only when
+        ``c.DSComputeSpawner.delete_volume`` says so), after the hub stopped
+        the server; never called by a stop.  A driver must:
+
+        - find the volume as ``ensure`` would (from ``volume_id``, or by name or
+          tags when the state lost it), but never create anything;
+        - refuse with :class:`VolumeError`, changing nothing, while the
+          volume is attached or in use anywhere (the hub stops servers first,
+          so this means something is wrong: say what holds it);
+        - delete only this volume and what the driver made for it (e.g. its
+          snapshots), nothing else, and never follow a link out of it;
+        - be idempotent: a volume that is already gone is not an error.
+
+        Returns ``{"id": <volume id, "" if there was none>, "deleted": [...],
+        "kept": [...]}``, lists of short descriptions for the log (e.g.
+        ``"volume vol-0abc"``; what deliberately stays, e.g. a final snapshot).
+        """
+        raise NotImplementedError
+
     def wrap_command(self, cmd: list[str]) -> list[str]:
         """Prefix the server command when mounting must happen in its namespace."""
         return cmd

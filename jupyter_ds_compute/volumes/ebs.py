@@ -96,8 +96,22 @@ class EBSVolume(VolumeDriver, aws.AWS):
     ).tag(config=True)
 
     snapshot_before_delete = Bool(
-        True,
-        help="""Take a final snapshot in :meth:`delete` before deleting the volume.""",
+        False,
+        help="""
+        When the volume is deleted (the user or named server is deleted and
+        ``c.DSComputeSpawner.delete_volume`` allows it), take a final
+        snapshot first and keep it (tagged like the volume,
+        ``ds-compute:reason = before-delete``); it is then the only thing
+        left, and it costs storage until you delete it. The volume's other
+        snapshots made by this hub (:attr:`snapshot_interval`) are deleted
+        with it either way.
+
+        Example::
+
+            c.EBSVolume.snapshot_before_delete = True
+
+        .. versionadded:: 0.1
+        """,
     ).tag(config=True)
 
     snapshot_interval = Float(
@@ -148,7 +162,13 @@ class EBSVolume(VolumeDriver, aws.AWS):
             {"Name": "tag:ds-compute:server", "Values": [self.spawner.name or ""]},
         ]
         r = await self.aws("ec2", "describe_volumes", Filters=filters)
-        vols = [v for v in r.get("Volumes", []) if v["State"] not in ("deleting", "deleted")]
+        # instances' root volumes carry the owner tags too, and a tier tag
+        vols = [
+            v
+            for v in r.get("Volumes", [])
+            if v["State"] not in ("deleting", "deleted")
+            and "ds-compute:tier" not in aws.tag_dict(v.get("Tags"))
+        ]
         vols.sort(key=lambda v: v["CreateTime"])
         return vols[0] if vols else None
 
@@ -387,15 +407,88 @@ class EBSVolume(VolumeDriver, aws.AWS):
         self.log.info("Snapshot %s of %s (%s) for %s", r["SnapshotId"], self.volume_id, reason, self.log_name)
         return r["SnapshotId"]
 
+    delete_by_default = True
+
     async def delete(self):
-        """Delete the volume (detached first); snapshot first if configured."""
-        if not self.volume_id:
-            return None
-        await self._detach(force=False)
-        snap = await self.snapshot(reason="before-delete") if self.snapshot_before_delete else None
-        await self.aws("ec2", "delete_volume", VolumeId=self.volume_id)
+        """Delete the volume and the snapshots this hub made of it.
+
+        Refused while the volume is attached to an instance that is not
+        this server's own stopped or terminated one (that attachment is
+        detached first). With :attr:`snapshot_before_delete`, a final
+        snapshot is taken and kept.
+        """
+        vol = await self._describe() if self.volume_id else None
+        if vol is None:
+            vol = await self._find_by_tags()  # the state lost it
+        if vol is None or vol["State"] in ("deleting", "deleted"):
+            self.volume_id = ""
+            return {"id": "", "deleted": [], "kept": []}
+        vid = self.volume_id = vol["VolumeId"]
+        if not self.is_ours(vol.get("Tags"), self.spawner):
+            self._refuse(f"Volume {vid} is not tagged as this server's (hub, user, server): not deleting it.")
+        await self._detach_for_delete(vol)
+        deleted, kept = [], []
+        final = None
+        if self.snapshot_before_delete:
+            final = await self.snapshot(reason="before-delete")
+            kept.append(f"final snapshot {final}")
+        r = await self.aws(
+            "ec2",
+            "describe_snapshots",
+            OwnerIds=["self"],
+            Filters=[
+                {"Name": "volume-id", "Values": [vid]},
+                {"Name": "tag:ds-compute:hub", "Values": [self.hub_id]},
+                {"Name": "tag:ds-compute:user", "Values": [self.spawner.user.name]},
+                {"Name": "tag:ds-compute:server", "Values": [self.spawner.name or ""]},
+            ],
+        )
+        for snap in r.get("Snapshots", []):
+            sid = snap["SnapshotId"]
+            if sid == final or not self.is_ours(snap.get("Tags"), self.spawner):
+                continue
+            try:
+                await self.aws("ec2", "delete_snapshot", SnapshotId=sid)
+            except Exception as e:
+                if aws.error_code(e) != "InvalidSnapshot.NotFound":
+                    raise VolumeError(
+                        f"Could not delete snapshot {sid} of volume {vid}: {aws.error_message(e)}",
+                        log_message=f"delete_snapshot {sid} ({self.log_name}): {e!r}",
+                    ) from None
+            deleted.append(f"snapshot {sid}")
+        try:
+            await self.aws("ec2", "delete_volume", VolumeId=vid)
+        except Exception as e:
+            if aws.error_code(e) != "InvalidVolume.NotFound":
+                raise VolumeError(
+                    f"Could not delete volume {vid}: {aws.error_message(e)}",
+                    log_message=f"delete_volume {vid} ({self.log_name}): {e!r}",
+                ) from None
+        deleted.append(f"volume {vid}")
         self.volume_id = ""
-        return snap
+        self.attached_to = self.device = ""
+        return {"id": vid, "deleted": deleted, "kept": kept}
+
+    async def _detach_for_delete(self, vol):
+        """Refuse if attached anywhere but to this server's own stopped instance; detach that."""
+        atts = [
+            a for a in vol.get("Attachments") or [] if a.get("State") in ("attaching", "attached", "busy")
+        ]
+        for att in atts:
+            iid = att.get("InstanceId")
+            try:
+                inst = await self._instance(iid)
+            except VolumeError:
+                continue  # gone: the attachment goes with it
+            state = inst.get("State", {}).get("Name")
+            if state not in ("stopped", "terminated") or not self.is_ours(inst.get("Tags"), self.spawner):
+                self._refuse(
+                    f"Volume {vol['VolumeId']} is {att.get('State')} to instance {iid} ({state}): "
+                    "not deleting it. Stop the server there first."
+                )
+        if atts or vol["State"] != "available":
+            self.attached_to = ""
+            await self._detach(force=False)
 
     async def describe(self):
         info = {"id": self.volume_id, "driver": self.name, "path": self.mount_path, "attached_to": None}

@@ -224,11 +224,93 @@ class EFSVolume(VolumeDriver, aws.AWS):
         # network storage: the instance's shutdown unmounts it
         self.attached_to = ""
 
+    delete_by_default = True
+
     async def delete(self):
-        """Delete the access point (the data stays in the file system)."""
-        if self.volume_id:
-            await self.aws("efs", "delete_access_point", AccessPointId=self.volume_id)
+        """Delete the access point; the user's directory stays in the file system.
+
+        EFS has no API to delete files: removing ``<root_prefix>/<user>[--<server>]``
+        needs the file system mounted, which the hub is not assumed to have,
+        so the directory is reported as kept (its size is billed until an
+        admin removes it from a machine that mounts the file system).
+        Refused while an instance of this server is pending, running or
+        stopping (it may have the access point mounted).
+        """
+        ap = await self._find_access_point()
+        if ap is None:
             self.volume_id = ""
+            return {"id": "", "deleted": [], "kept": []}
+        apid = self.volume_id = ap["AccessPointId"]
+        if not self.is_ours(ap.get("Tags"), self.spawner):
+            raise VolumeError(
+                f"EFS access point {apid} is not tagged as this server's (hub, user, server): "
+                "not deleting it."
+            )
+        r = await self.aws(
+            "ec2",
+            "describe_instances",
+            Filters=[
+                {"Name": "tag:ds-compute:hub", "Values": [self.hub_id]},
+                {"Name": "tag:ds-compute:user", "Values": [self.spawner.user.name]},
+                {"Name": "tag:ds-compute:server", "Values": [self.spawner.name or ""]},
+                {
+                    "Name": "instance-state-name",
+                    "Values": ["pending", "running", "stopping", "shutting-down"],
+                },
+            ],
+        )
+        live = [
+            (i["InstanceId"], i["State"]["Name"]) for res in r.get("Reservations", []) for i in res["Instances"]
+        ]
+        if live:
+            iid, state = live[0]
+            raise VolumeError(
+                f"EFS access point {apid} may be mounted on instance {iid} ({state}): not deleting it. "
+                "Stop the server there first. Nothing was changed."
+            )
+        try:
+            await self.aws("efs", "delete_access_point", AccessPointId=apid)
+        except Exception as e:
+            if aws.error_code(e) != "AccessPointNotFound":
+                raise VolumeError(
+                    f"Could not delete EFS access point {apid}: {aws.error_message(e)}",
+                    log_message=f"delete_access_point {apid} ({self.log_name}): {e!r}",
+                ) from None
+        self.volume_id = ""
+        self.attached_to = ""
+        root = (ap.get("RootDirectory") or {}).get("Path", "?")
+        return {
+            "id": apid,
+            "deleted": [f"access point {apid}"],
+            "kept": [
+                f"directory {root} on {ap.get('FileSystemId', self.file_system_id)} "
+                "(EFS has no API to delete files: remove it from a machine that mounts the file system)"
+            ],
+        }
+
+    async def _find_access_point(self):
+        """This server's access point (by id, else by tags), or None; never creates anything."""
+        if self.volume_id:
+            try:
+                r = await self.aws("efs", "describe_access_points", AccessPointId=self.volume_id)
+                if r.get("AccessPoints"):
+                    return r["AccessPoints"][0]
+            except Exception as e:
+                if aws.error_code(e) != "AccessPointNotFound":
+                    raise
+        if not self.file_system_id:
+            r = await self.aws("efs", "describe_file_systems")
+            for fs in r.get("FileSystems", []):
+                if aws.tag_dict(fs.get("Tags")).get("ds-compute:hub") == self.hub_id:
+                    self.file_system_id = fs["FileSystemId"]
+                    break
+            else:
+                return None
+        r = await self.aws("efs", "describe_access_points", FileSystemId=self.file_system_id)
+        for ap in r.get("AccessPoints", []):
+            if self.is_ours(ap.get("Tags"), self.spawner):
+                return ap
+        return None
 
     async def describe(self):
         return {

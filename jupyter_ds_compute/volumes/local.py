@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -245,6 +246,157 @@ class LocalVolume(VolumeDriver):
         except OSError:
             pass
         return info
+
+    async def delete(self):
+        """Delete the directory (or the image and its mount point), never anything else.
+
+        Refused while the attachment registry names a server, or (image mode)
+        while the image is loop-attached or its MMP block says it is in use.
+        The directory is removed through directory file descriptors opened
+        with ``O_NOFOLLOW`` (see :func:`remove_tree`): links inside are removed,
+        never followed, and nothing on another mount is touched.
+        """
+        vid = self.volume_id or volume_id_for(self.spawner.user.name, self.spawner.name)
+        if not _is_plain_name(vid):
+            raise VolumeError(
+                f"Volume id {vid!r} is not a plain name under {self.root}: not deleting anything.",
+                log_message=f"refusing to delete local volume {vid!r} of {self.log_name}: not a plain name",
+            )
+        self.volume_id = vid
+        holder = self._read_registry()
+        if holder:
+            raise VolumeError(
+                f"Volume {vid} is attached to {holder.get('server')} on {holder.get('host')}: "
+                f"not deleting it. Stop that server first (if none runs, the record "
+                f"{self._registry()} is stale: remove it).",
+            )
+        if self.mode == "image":
+            deleted = await self._delete_image()
+        else:
+            deleted = await asyncio.to_thread(remove_tree, self.root, vid)
+        self.volume_id = ""
+        return {"id": vid if deleted else "", "deleted": deleted, "kept": []}
+
+    async def _delete_image(self):
+        try:
+            st = os.lstat(self.image)
+        except FileNotFoundError:
+            st = None
+        deleted = []
+        if st is not None:
+            if not stat.S_ISREG(st.st_mode):
+                raise VolumeError(f"Volume image {self.image} is not a regular file: not deleting it.")
+            busy = await self._image_holder()
+            if busy:
+                raise VolumeError(
+                    f"Volume {self.volume_id} is attached elsewhere ({busy}): not deleting it. "
+                    "Stop what uses it first."
+                )
+            os.unlink(self.image)
+            deleted.append(f"image {self.image}")
+        try:
+            os.unlink(self.image + ".new")  # a format interrupted by a crash
+        except FileNotFoundError:
+            pass
+        # the mount point: empty unless something wrote there while unmounted
+        deleted += await asyncio.to_thread(remove_tree, os.path.join(self.root, "mnt"), self.volume_id)
+        return deleted
+
+
+def _is_plain_name(name):
+    """One path component that is not hidden (``.attachments``) nor ``.``/``..``."""
+    return bool(name) and "/" not in name and "\0" not in name and not name.startswith(".")
+
+
+def _mount_points():
+    """Mount points this process sees (``/proc/self/mountinfo``, octal escapes decoded)."""
+    points = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4:
+                    points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+    except OSError:
+        pass
+    return points
+
+
+def remove_tree(parent, name):
+    """Delete the directory ``parent/name`` and everything in it; nothing else.
+
+    - ``name`` must be one plain path component, and ``parent/name`` a real
+      directory: a symbolic link there is refused (neither it nor its target
+      is touched);
+    - every step goes through a directory file descriptor (``dir_fd``,
+      ``O_NOFOLLOW``): a link inside is unlinked, never followed, and a
+      directory swapped for a link meanwhile is refused by the kernel;
+    - a mount point inside (seen in ``/proc/self/mountinfo``, or a directory
+      on another device) is refused: nothing on another file system or bind
+      mount is touched;
+    - directories without owner write/search permission get it (``fchmod``
+      on our descriptor) so that their entries can go.
+
+    Returns ``["directory <path>"]``, or ``[]`` if it did not exist; raises
+    :class:`VolumeError` naming the path otherwise (possibly after removing
+    part of the tree, never outside it).
+    """
+    if not _is_plain_name(name):
+        raise VolumeError(f"{name!r} is not a plain name under {parent}: not deleting anything.")
+    path = os.path.join(os.path.realpath(parent), name)
+    try:
+        parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return []
+    try:
+        try:
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return []
+        if stat.S_ISLNK(st.st_mode):
+            raise VolumeError(
+                f"{path} is a symbolic link, not a volume: not deleting it nor what it points to."
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            raise VolumeError(f"{path} is not a directory: not deleting it.")
+        mounts = [m for m in _mount_points() if m == path or m.startswith(path + os.sep)]
+        if mounts:
+            raise VolumeError(
+                f"{mounts[0]} is a mount point inside volume {path}: not deleting anything. "
+                "Unmount it first."
+            )
+        try:
+            _remove_at(parent_fd, name, st.st_dev, path)
+        except RecursionError:
+            raise VolumeError(f"{path} is nested too deeply to delete safely: delete it by hand.") from None
+        except OSError as e:
+            raise VolumeError(
+                f"Could not delete all of {path}: {e.strerror} ({e.filename or path})",
+                log_message=f"deleting {path}: {e!r}",
+            ) from None
+    finally:
+        os.close(parent_fd)
+    return [f"directory {path}"]
+
+
+def _remove_at(dir_fd, name, dev, path):
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if st.st_dev != dev:
+            raise VolumeError(f"{path} is on another file system (a mount point): not deleting it.")
+        if st.st_mode & 0o700 != 0o700:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+        with os.scandir(fd) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        for entry, is_dir in entries:
+            if is_dir:
+                _remove_at(fd, entry, dev, os.path.join(path, entry))
+            else:
+                os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
 
 
 
