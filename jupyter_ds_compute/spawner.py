@@ -142,8 +142,12 @@ class DSComputeSpawner(Spawner):
         Base URL of the ``ds-compute`` hub service as a server reaches it
         (``DS_COMPUTE_SERVICE_URL`` in the server), e.g.
         ``http://127.0.0.1:8000/services/ds-compute/``.
-        Default: the proxy's public URL from ``JUPYTERHUB_PUBLIC_HUB_URL`` or
-        ``DS_COMPUTE_SERVICE_URL`` in the hub's environment.
+
+        Default: the proxy's URL as the hub really runs, computed at spawn
+        time: ``c.JupyterHub.public_url`` if set, else ``c.JupyterHub.bind_url``
+        (with ``jupyterhub --port``/``--base-url`` applied; a wildcard bind
+        address becomes 127.0.0.1), plus ``services/ds-compute/``. Set it when
+        servers run on other machines and reach the hub by another name.
 
         .. versionadded:: 0.1
         """,
