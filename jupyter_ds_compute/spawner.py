@@ -121,6 +121,41 @@ class DSComputeSpawner(Spawner):
         """,
     ).tag(config=True)
 
+    delete_volume = Bool(
+        None,
+        allow_none=True,
+        help="""
+        What happens to the user's volume when the hub deletes the user or a
+        named server (``DELETE /hub/api/users/<name>``, ``DELETE
+        /hub/api/users/<name>/servers/<server>`` with ``{"remove": true}``,
+        the admin page's *Delete user*), like KubeSpawner's ``delete_pvc``.
+        Stopping a server never deletes anything.
+
+        - ``True``: delete it. local: the directory (or the image and its
+          mount point); ebs: the volume and the snapshots this hub made of it
+          (``c.EBSVolume.snapshot_before_delete`` keeps one final snapshot);
+          efs: the access point (the directory in the file system stays:
+          EFS has no API to delete files).
+        - ``False``: keep it; the hub log names it. A user created again with
+          the same name (or server name) gets it back.
+        - ``None`` (default): the driver decides. Cloud volumes (ebs, efs),
+          which cost money while they exist, are deleted; local directories
+          are kept.
+
+        A volume still attached or in use (a server running on it, a stale
+        attachment record, a loop device on the image) is never deleted: the
+        hub log says what holds it, and the volume stays. Deleting a local
+        directory never follows a symbolic link and never touches anything
+        outside the volume (nor a file system mounted inside it).
+
+        Example::
+
+            c.DSComputeSpawner.delete_volume = True   # also delete local directories
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
     gpu_devices = List(
         Unicode(),
         help="""
@@ -517,6 +552,52 @@ class DSComputeSpawner(Spawner):
             await self._volume.detach()
         if backend is not None:
             await backend.release()
+
+    # -- deletion ------------------------------------------------------------
+
+    async def delete_forever(self):
+        """The hub deletes the user or this named server (always after stopping it).
+
+        Deletes or keeps the volume per :attr:`delete_volume`. A refusal (the
+        volume is still in use) is logged, not raised: the hub removes the
+        server's record anyway, and the volume stays.
+        """
+        volume = self.volume
+        delete = self.delete_volume if self.delete_volume is not None else volume.delete_by_default
+        what = f"{volume.name} volume {volume.volume_id or '(none recorded)'}"
+        if not delete:
+            self.log.info(
+                "Deleting %s: kept %s (c.DSComputeSpawner.delete_volume = True deletes it)",
+                self._log_name,
+                what,
+            )
+            return
+        if self._backend is not None and await self._backend.poll() is None:
+            self.log.error(
+                "Deleting %s: not deleting %s, its server is still running; the volume stays",
+                self._log_name,
+                what,
+            )
+            return
+        try:
+            result = await volume.delete()
+        except DSComputeError as e:
+            self.log.error("Deleting %s: not deleting %s: %s", self._log_name, what, e.log_message)
+            return
+        except Exception:
+            self.log.exception("Deleting %s: deleting %s failed; it may still exist", self._log_name, what)
+            return
+        if not result["id"]:
+            self.log.info("Deleting %s: no %s volume to delete", self._log_name, volume.name)
+            return
+        self.log.info(
+            "Deleting %s: deleted %s volume %s (%s)%s",
+            self._log_name,
+            volume.name,
+            result["id"],
+            ", ".join(result["deleted"]),
+            f"; kept {', '.join(result['kept'])}" if result["kept"] else "",
+        )
 
     # -- state ---------------------------------------------------------------
 
