@@ -55,7 +55,19 @@ def wait_for(predicate, timeout=60, interval=0.1, message="condition"):
 class Hub:
     """One JupyterHub process (plus its proxy and services)."""
 
-    def __init__(self, workdir: Path, extra_config: str = "", env: dict | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        extra_config: str = "",
+        env: dict | None = None,
+        config_file: Path | None = None,
+        args=(),
+        base_path: str = "",
+    ):
+        """``config_file``: the hub's ``-f`` (default: the embedded
+        ``jupyterhub_config.py``); ``args``: more command-line arguments;
+        ``base_path``: the hub's ``base_url`` without the trailing slash
+        (e.g. ``/ops``), when the config sets one."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o755)
@@ -64,7 +76,9 @@ class Hub:
             raise RuntimeError(f"{blocked[0]} must be traversable by servers' system users")
         self.data = self.workdir / "data"
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://127.0.0.1:{self.port}{base_path}"
+        self.config_file = Path(config_file or HUB_CONFIG)
+        self.args = list(args)
         self.admin_token = secrets.token_hex(16)
         self.password = "test-password-" + secrets.token_hex(4)
         self.admin_password = secrets.token_hex(20)
@@ -72,7 +86,7 @@ class Hub:
         self.env = dict(os.environ)
         self.env.update(
             DS_COMPUTE_DATA=str(self.data),
-            DS_COMPUTE_BIND_URL=self.url,
+            DS_COMPUTE_BIND_URL=self.url + "/",
             DS_COMPUTE_HUB_PORT=str(free_port()),
             DS_COMPUTE_PROXY_API_PORT=str(free_port()),
             DS_COMPUTE_SERVICE_PORT=str(free_port()),
@@ -91,6 +105,7 @@ class Hub:
     def write_config(self):
         base = textwrap.dedent(
             """
+            import os
             c.JupyterHub.services = [{
                 "name": "test-admin",
                 "api_token": os.environ["DS_COMPUTE_TEST_ADMIN_TOKEN"],
@@ -111,7 +126,7 @@ class Hub:
         self.write_config()
         logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "jupyterhub"), "-f", str(HUB_CONFIG)],
+            [str(VENV_BIN / "jupyterhub"), "-f", str(self.config_file), *self.args],
             cwd=self.workdir,
             env=self.env,
             stdout=logf,
