@@ -37,10 +37,23 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _price(cost: float) -> str:
+def _price(cost: float | None) -> str:
+    """``$0.05/h``; empty for a tier without a price (not ``$0.00/h``)."""
+    if cost is None:
+        return ""
     if 0 < cost < 0.005:
         return f"${cost:.4g}/h"
     return f"${cost:.2f}/h"
+
+
+#: what the form shows for a resource without a limit (``cpu``/``mem`` None)
+UNLIMITED = "unlimited"
+
+
+def _cpu_label(cpu: float | None) -> str:
+    if cpu is None:
+        return f"{UNLIMITED} CPU"
+    return f"{_trim(cpu, 2)} CPU" + ("" if cpu == 1 else "s")
 
 
 def _choice_context(slug, key, option, user_groups, chosen) -> dict:
@@ -92,17 +105,23 @@ def form_context(
     admin such tiers stay in the list with ``allowed`` False and the
     ``reason`` (shown disabled), so admins see why. ``user_options``
     (e.g. the server's previous ones) preselect tier and choices when they
-    are still valid. ``gpu_warning`` is set when the tier needs more GPUs
-    than ``gpu_devices_available`` (None: unknown, no warning).
+    are still valid; when only a choice is stale, the tier is still
+    preselected with its default choices. A tier without a price has
+    ``price`` ""; one without a cpu/mem limit says "unlimited".
+    ``gpu_warning`` is set when the tier needs more GPUs than
+    ``gpu_devices_available`` (None: unknown, no warning).
     """
     profiles = normalize_profile_list(profiles)
     groups = list(user_groups or ())
     previous = None
     if user_options:
-        try:
-            previous = _select(profiles, user_options, groups, check_groups=True)
-        except TierOptionsError:
-            previous = None
+        # all of them, else the tier alone (a choice may have gone since)
+        for candidate in (user_options, {"profile": user_options.get("profile")}):
+            try:
+                previous = _select(profiles, candidate, groups, check_groups=True)
+                break
+            except TierOptionsError:
+                previous = None
     default = _default_profile(profiles, groups)
     selected_slug = previous[0]["slug"] if previous else (default["slug"] if default else None)
 
@@ -134,9 +153,9 @@ def form_context(
                 "allowed": reason is None,
                 "reason": reason,
                 "cpu": tier.cpu,
-                "cpu_label": f"{_trim(tier.cpu, 2)} CPU" + ("" if tier.cpu == 1 else "s"),
+                "cpu_label": _cpu_label(tier.cpu),
                 "mem": tier.mem,
-                "mem_label": _human_bytes(tier.mem),
+                "mem_label": UNLIMITED if tier.mem is None else _human_bytes(tier.mem),
                 "gpu": tier.gpu,
                 "gpu_label": (f"{tier.gpu} GPU" + ("" if tier.gpu == 1 else "s")) if tier.gpu else "",
                 "hourly_cost": tier.hourly_cost,

@@ -154,6 +154,23 @@ def format_money(x: Any) -> str:
     return f"${x:,.2f}" if isinstance(x, (int, float)) else "?"
 
 
+#: what a tier without a price (``hourly_cost`` null) shows instead of one
+NO_PRICE = "no price"
+
+
+def format_price(tier: Mapping[str, Any]) -> str:
+    """``$0.05/h``; ``no price`` for a tier without one (not ``$0.00/h``)."""
+    cost = tier.get("hourly_cost")
+    return NO_PRICE if cost is None else f"{format_money(cost)}/h"
+
+
+def format_cost_so_far(st: Mapping[str, Any]) -> str:
+    tier = st.get("tier") or {}
+    if tier and tier.get("hourly_cost") is None:
+        return f"none ({NO_PRICE} on this tier)"
+    return f"{format_money(st.get('cost_so_far'))} so far on this tier"
+
+
 def format_ago(ts: Any, now: float | None = None) -> str:
     if not isinstance(ts, (int, float)):
         return "never"
@@ -172,9 +189,10 @@ def format_table(headers: list[str], rows: list[list[Any]]) -> str:
 def _tier_resources(t: Mapping[str, Any]) -> tuple[str, str, str]:
     cpu = t.get("cpu")
     gpu = t.get("gpu")
+    # a tier's cpu/mem null: no limit
     return (
-        f"{cpu:g}" if isinstance(cpu, (int, float)) else "?",
-        format_bytes(t.get("mem")),
+        f"{cpu:g}" if isinstance(cpu, (int, float)) else ("unlimited" if "cpu" in t and cpu is None else "?"),
+        "unlimited" if "mem" in t and t["mem"] is None else format_bytes(t.get("mem")),
         str(gpu) if isinstance(gpu, int) else "?",
     )
 
@@ -188,9 +206,9 @@ def format_status(st: Mapping[str, Any]) -> str:
         cpu, mem, gpu = _tier_resources(tier)
         lines.append(f"Tier:      {tier.get('display_name') or tier.get('slug')} ({tier.get('slug')})")
         lines.append(f"Resources: {cpu} CPU, {mem} memory, {gpu} GPU")
-        lines.append(f"Price:     {format_money(tier.get('hourly_cost'))}/h")
+        lines.append(f"Price:     {format_price(tier)}")
     lines.append(f"On tier:   {format_duration(st.get('seconds_on_tier'))}")
-    lines.append(f"Cost:      {format_money(st.get('cost_so_far'))} so far on this tier")
+    lines.append(f"Cost:      {format_cost_so_far(st)}")
     lines.append(format_volume(st))
     return "\n".join(lines)
 
@@ -214,9 +232,9 @@ def format_cost(st: Mapping[str, Any]) -> str:
     return "\n".join(
         [
             f"Tier:      {tier.get('display_name') or tier.get('slug') or '?'}",
-            f"Price:     {format_money(tier.get('hourly_cost'))}/h",
+            f"Price:     {format_price(tier)}",
             f"On tier:   {format_duration(st.get('seconds_on_tier'))}",
-            f"Cost:      {format_money(st.get('cost_so_far'))} so far on this tier",
+            f"Cost:      {format_cost_so_far(st)}",
         ]
     )
 
@@ -237,7 +255,7 @@ def format_tiers(model: Mapping[str, Any]) -> str:
                 cpu,
                 mem,
                 gpu,
-                format_money(t.get("hourly_cost")) + "/h",
+                format_price(t),
                 note,
             ]
         )

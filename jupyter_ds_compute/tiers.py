@@ -23,6 +23,7 @@ Form field names and ``user_options`` keys are KubeSpawner's::
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 import re
@@ -35,6 +36,7 @@ from .policy import group_refusal
 
 __all__ = [
     "OTHER_CHOICE",
+    "Overrides",
     "Tier",
     "TierConfigError",
     "TierOptionsError",
@@ -104,6 +106,69 @@ _BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([KMGT])(?:i?B?))?\s*$")
 _UNIT = {None: 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _VALUE_RE = re.compile(r"\{\{|\}\}|\{value\}")
 _MAX_SHOWN_VALUE = 80
+
+#: where a tier's ``cpu`` / ``mem`` come from when it does not set them:
+#: JupyterHub's (and KubeSpawner's) resource settings in its override, the
+#: limit first, else the guarantee
+CPU_SETTINGS = ("cpu_limit", "cpu_guarantee")
+MEM_SETTINGS = ("mem_limit", "mem_guarantee")
+#: KubeSpawner's extended resources; the tier's ``gpu`` is their ``GPU_RESOURCE``
+EXTRA_RESOURCE_SETTINGS = ("extra_resource_limits", "extra_resource_guarantees")
+GPU_RESOURCE = "nvidia.com/gpu"
+
+#: KubeSpawner settings that only steer Kubernetes (scheduling, pod and
+#: volume plumbing, object metadata, security contexts): a pasted
+#: ``profile_list`` may carry them, and ignoring them changes nothing a user
+#: gets here, so ``apply_overrides`` skips them with a debug line only. Any
+#: other setting the spawner lacks (``image``, ``lifecycle_hooks``, a typo)
+#: is skipped with a warning naming the tier and the setting.
+KUBERNETES_ONLY_SETTINGS = frozenset(
+    {
+        "affinity",
+        "allow_privilege_escalation",
+        "automount_service_account_token",
+        "common_labels",
+        "container_security_context",
+        "delete_grace_period",
+        "dns_name_template",
+        "extra_annotations",
+        "extra_labels",
+        "fs_gid",
+        "image_pull_policy",
+        "image_pull_secrets",
+        "k8s_api_host",
+        "k8s_api_request_retry_timeout",
+        "k8s_api_request_timeout",
+        "k8s_api_threadpool_workers",
+        "namespace",
+        "node_affinity_preferred",
+        "node_affinity_required",
+        "node_selector",
+        "pod_affinity_preferred",
+        "pod_affinity_required",
+        "pod_anti_affinity_preferred",
+        "pod_anti_affinity_required",
+        "pod_connect_ip",
+        "pod_name_template",
+        "pod_security_context",
+        "priority_class_name",
+        "privileged",
+        "pvc_name_template",
+        "scheduler_name",
+        "service_account",
+        "services_enabled",
+        "storage_access_modes",
+        "storage_capacity",
+        "storage_class",
+        "storage_extra_annotations",
+        "storage_extra_labels",
+        "storage_pvc_ensure",
+        "storage_selector",
+        "supplemental_gids",
+        "tolerations",
+        "user_namespace_template",
+    }
+)
 
 
 class TierConfigError(ValueError):
@@ -190,6 +255,35 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _cores(value: Any) -> float:
+    """Cores from a number or a numeric string (``2``, ``0.5``, ``"1.5"``)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if not _is_number(value) or value <= 0:
+        raise ValueError(f"must be a number of cores > 0, got {_shown(value)}")
+    return float(value)
+
+
+def _count(value: Any) -> int:
+    """A GPU count from an int or a digit string (Kubernetes writes ``"1"``)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"must be an integer >= 0, got {_shown(value)}")
+    return value
+
+
+def _known_at_config(value: Any) -> bool:
+    """False for values only known at spawn: None (reset), callables and
+    ``{value}`` templates of an unlisted choice."""
+    if value is None or callable(value):
+        return False
+    return not (isinstance(value, str) and "{value}" in value)
+
+
 # ---------------------------------------------------------------------------
 # 1. config: normalize and validate profile_list
 
@@ -249,9 +343,12 @@ class _Checker:
                 self.fail(sub, f"must hold non-empty group names, got {_shown(g)}")
         d[key] = list(value)
 
-    def override(self, d: dict, path: str) -> None:
-        """Accept kubespawner_override as an alias of spawner_override."""
+    def override(self, d: dict, path: str) -> str:
+        """Accept kubespawner_override as an alias of spawner_override;
+        check the resource settings a tier may take its resources from.
+        Returns the name the config used (for messages)."""
         sub = f"{path}." if path else ""
+        name = "spawner_override"
         if "kubespawner_override" in d:
             if "spawner_override" in d:
                 self.fail(
@@ -259,47 +356,95 @@ class _Checker:
                     "is an alias of 'spawner_override'; set only one of them",
                 )
             d["spawner_override"] = d.pop("kubespawner_override")
+            name = "kubespawner_override"
         if "spawner_override" in d:
-            value = self.dict_(d["spawner_override"], f"{sub}spawner_override")
+            value = self.dict_(d["spawner_override"], f"{sub}{name}")
             for k in value:
                 if not isinstance(k, str) or not k:
                     self.fail(
-                        f"{sub}spawner_override",
+                        f"{sub}{name}",
                         f"keys must be setting names, got {_shown(k)}",
                     )
+            self.resource_settings(value, f"{sub}{name}")
+        return name
+
+    def resource_settings(self, override: dict, path: str) -> None:
+        for key in CPU_SETTINGS + MEM_SETTINGS:
+            v = override.get(key)
+            if not _known_at_config(v):
+                continue
+            try:
+                _cores(v) if key in CPU_SETTINGS else parse_bytes(v)
+            except ValueError as e:
+                self.fail(f"{path}.{key}", str(e))
+        for key in EXTRA_RESOURCE_SETTINGS:
+            v = override.get(key)
+            if v is None or callable(v):
+                continue
+            self.dict_(v, f"{path}.{key}")
+            if _known_at_config(v.get(GPU_RESOURCE)):
+                try:
+                    _count(v[GPU_RESOURCE])
+                except ValueError as e:
+                    self.fail(f"{path}.{key}.{GPU_RESOURCE}", str(e))
+
+
+def _from_override(override: dict, keys: tuple, convert) -> Any:
+    """The first of ``keys`` the override sets, converted; None if none is
+    set, or the first one set is only known at spawn (callable, reset)."""
+    for key in keys:
+        if key in override:
+            value = override[key]
+            return convert(value) if _known_at_config(value) else None
+    return None
+
+
+def _override_gpu(override: dict) -> int:
+    for key in EXTRA_RESOURCE_SETTINGS:
+        resources = override.get(key)
+        if isinstance(resources, dict) and _known_at_config(resources.get(GPU_RESOURCE)):
+            return _count(resources[GPU_RESOURCE])
+    return 0
 
 
 def _check_resources(c: _Checker, p: dict) -> None:
+    """``cpu``, ``mem``, ``gpu`` and ``hourly_cost`` are optional.
+
+    Absent (or None), ``cpu``/``mem`` come from the tier's override
+    (``cpu_limit``, else ``cpu_guarantee``; ``mem_limit``, else
+    ``mem_guarantee``), else stay None: no limit. ``gpu`` comes from
+    ``extra_resource_limits`` (else ``extra_resource_guarantees``)
+    ``["nvidia.com/gpu"]``, else 0. No ``hourly_cost`` is None: no price
+    (shown as none, accounted as 0).
+    """
+    override = p.get("spawner_override") or {}
     # cpu: cores, or "all" (resolved with os.cpu_count() in Tier)
-    if "cpu" not in p:
-        c.fail("cpu", "is required (cores, e.g. 2 or 0.5, or 'all')")
-    cpu = p["cpu"]
-    if cpu != "all":
-        if isinstance(cpu, str):
-            try:
-                cpu = float(cpu)
-            except ValueError:
-                pass
-        if not _is_number(cpu) or cpu <= 0:
+    cpu = p.get("cpu")
+    if cpu is None:
+        p["cpu"] = _from_override(override, CPU_SETTINGS, _cores)
+    elif cpu != "all":
+        try:
+            p["cpu"] = _cores(cpu)
+        except ValueError:
             c.fail("cpu", f"must be a number of cores > 0 or 'all', got {_shown(cpu)}")
-        p["cpu"] = float(cpu)
-    if "mem" not in p:
-        c.fail("mem", "is required (bytes, or a string like '2G' or '512M')")
     try:
-        p["mem"] = parse_bytes(p["mem"])
+        mem = p.get("mem")
+        p["mem"] = _from_override(override, MEM_SETTINGS, parse_bytes) if mem is None else parse_bytes(mem)
     except ValueError as e:
         c.fail("mem", str(e))
-    gpu = p.setdefault("gpu", 0)
-    if not isinstance(gpu, int) or isinstance(gpu, bool) or gpu < 0:
+    gpu = p.get("gpu")
+    if gpu is None:
+        p["gpu"] = _override_gpu(override)
+    elif not isinstance(gpu, int) or isinstance(gpu, bool) or gpu < 0:
         c.fail("gpu", f"must be an integer >= 0, got {_shown(gpu)}")
-    if "hourly_cost" not in p:
-        c.fail("hourly_cost", "is required (a price per hour >= 0, e.g. 0.04)")
-    cost = p["hourly_cost"]
-    if not _is_number(cost):
-        c.fail("hourly_cost", f"must be a number, got {_shown(cost)}")
-    if cost < 0:
-        c.fail("hourly_cost", f"must be >= 0, got {cost!r}")
-    p["hourly_cost"] = float(cost)
+    cost = p.get("hourly_cost")
+    if cost is not None:
+        if not _is_number(cost):
+            c.fail("hourly_cost", f"must be a number or None (no price), got {_shown(cost)}")
+        if cost < 0:
+            c.fail("hourly_cost", f"must be >= 0, got {cost!r}")
+        cost = float(cost)
+    p["hourly_cost"] = cost
     c.groups(p, "allowed_groups", "")
     m = p.get("max_servers")
     if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 0):
@@ -422,9 +567,13 @@ def normalize_profile_list(profile_list: Any) -> list[dict]:
     Fills ``slug`` (the dict key, else slugified ``display_name``), makes
     exactly one tier the default (the first if none is marked) and one choice
     of each option the default, renames ``kubespawner_override`` to
-    ``spawner_override``, and canonicalizes ``cpu`` (float or ``"all"``),
-    ``mem`` (int bytes), ``gpu`` (int, default 0) and ``hourly_cost``
-    (float). A dict is ordered by key, like KubeSpawner. Idempotent.
+    ``spawner_override``, and canonicalizes ``cpu`` (float, ``"all"`` or
+    None: no limit), ``mem`` (int bytes or None: no limit), ``gpu`` (int)
+    and ``hourly_cost`` (float, or None: no price); missing resources come
+    from the tier's override (``cpu_limit``, ``mem_limit``,
+    ``extra_resource_limits["nvidia.com/gpu"]``, see ``_check_resources``),
+    so a KubeSpawner ``profile_list`` pasted unchanged is valid. A dict is
+    ordered by key, like KubeSpawner. Idempotent.
 
     Raises TierConfigError naming the tier and field, e.g.
     ``profile_list: tier 'gpu': field 'hourly_cost' must be >= 0, got -1``.
@@ -483,10 +632,13 @@ class Tier:
     display_name: str
     description: str
     default: bool
-    cpu: float
-    mem: int
+    #: cores; None: no limit
+    cpu: float | None
+    #: bytes; None: no limit
+    mem: int | None
     gpu: int
-    hourly_cost: float
+    #: price per hour; None: the tier has no price (shown as none, costs 0)
+    hourly_cost: float | None
     allowed_groups: tuple[str, ...] | None
     max_servers: int | None
     idle_downshift_after: float | None
@@ -497,19 +649,21 @@ class Tier:
 
     @classmethod
     def from_profile(cls, profile: dict) -> "Tier":
-        cpu = profile["cpu"]
+        cpu = profile.get("cpu")
         if cpu == "all":
             cpu = float(os.cpu_count() or 1)
+        mem = profile.get("mem")
+        cost = profile.get("hourly_cost")
         groups = profile.get("allowed_groups")
         return cls(
             slug=profile["slug"],
             display_name=profile["display_name"],
             description=profile.get("description") or "",
             default=bool(profile.get("default")),
-            cpu=float(cpu),
-            mem=int(profile["mem"]),
-            gpu=int(profile.get("gpu", 0)),
-            hourly_cost=float(profile["hourly_cost"]),
+            cpu=None if cpu is None else float(cpu),
+            mem=None if mem is None else int(mem),
+            gpu=int(profile.get("gpu") or 0),
+            hourly_cost=None if cost is None else float(cost),
             allowed_groups=tuple(groups) if groups is not None else None,
             max_servers=profile.get("max_servers"),
             idle_downshift_after=profile.get("idle_downshift_after"),
@@ -519,8 +673,14 @@ class Tier:
             raw=profile,
         )
 
+    @property
+    def cost_per_hour(self) -> float:
+        """What accounting and budgets count per hour: 0 without a price."""
+        return self.hourly_cost or 0.0
+
     def public(self) -> dict:
-        """The JSON-able fields of ``DS_COMPUTE_TIER_INFO``."""
+        """The JSON-able fields of ``DS_COMPUTE_TIER_INFO``; ``cpu``/``mem``
+        None mean no limit, ``hourly_cost`` None no price."""
         return {
             "slug": self.slug,
             "display_name": self.display_name,
@@ -804,6 +964,13 @@ def _substitute(obj: Any, value: str) -> Any:
     return obj
 
 
+class Overrides(dict):
+    """``resolve_overrides``' merged settings; ``tier`` is the slug of the
+    tier they come from (named in ``apply_overrides``' log lines)."""
+
+    tier: str | None = None
+
+
 def _merge(target: dict, new: dict) -> dict:
     """Merge override layers: dicts merge, None markers are kept (they
     delete when applied), anything else replaces."""
@@ -823,10 +990,12 @@ def resolve_overrides(profiles: Any, user_options: Any) -> dict:
     ``unlisted_choice`` one with ``{value}`` substituted. Dicts merge
     recursively; ``None`` values are kept so ``apply_overrides`` deletes.
     Group limits are not checked here (``validate_user_options`` does).
+    The result is an :class:`Overrides` (a dict naming its tier).
     """
     profiles = normalize_profile_list(profiles)
     profile, selections = _select(profiles, user_options, None, check_groups=False)
-    merged = _merge({}, profile.get("spawner_override") or {})
+    merged = _merge(Overrides(), profile.get("spawner_override") or {})
+    merged.tier = profile["slug"]
     for key, option in (profile.get("profile_options") or {}).items():
         kind, value = selections[key]
         if kind == "unlisted":
@@ -860,6 +1029,21 @@ def _has_setting(spawner: Any, name: str) -> bool:
     return hasattr(spawner, name)
 
 
+def _ignored(spawner: Any, name: str, value: Any) -> tuple[int, str] | None:
+    """(log level, why) when the override ``name`` does not apply here."""
+    if _has_setting(spawner, name):
+        return None
+    cls = type(spawner).__name__
+    if name in EXTRA_RESOURCE_SETTINGS:
+        others = sorted(str(k) for k in value if k != GPU_RESOURCE) if isinstance(value, dict) else []
+        if not others:
+            return logging.DEBUG, f"it holds nothing but {GPU_RESOURCE!r}, which is the tier's gpu"
+        return logging.WARNING, f"{cls} has only GPUs ({GPU_RESOURCE!r}), not {', '.join(others)}"
+    if name in KUBERNETES_ONLY_SETTINGS:
+        return logging.DEBUG, "a Kubernetes-only KubeSpawner setting, without meaning here"
+    return logging.WARNING, f"{cls} has no setting {name!r}"
+
+
 def apply_overrides(spawner: Any, overrides: dict) -> None:
     """Apply ``resolve_overrides`` output to a spawner.
 
@@ -867,10 +1051,27 @@ def apply_overrides(spawner: Any, overrides: dict) -> None:
     be synchronous). A dict merges recursively into a dict trait (a nested
     ``None`` deletes that key); a top-level ``None`` resets the trait to its
     class default (``trait_defaults``; plain attributes are deleted); other
-    values are set. Unknown settings and values the trait refuses raise
-    TierConfigError naming the setting.
+    values are set. ``mem_limit``/``mem_guarantee`` take the units of a
+    tier's ``mem`` (``"2G"``, ``"2Gi"``), ``cpu_limit``/``cpu_guarantee``
+    numeric strings.
+
+    Settings the spawner does not have are skipped, so that a KubeSpawner
+    ``profile_list`` spawns unchanged: with a warning naming the tier and
+    the setting (e.g. ``image``, ``lifecycle_hooks``, a typo), or a debug
+    line for ``KUBERNETES_ONLY_SETTINGS`` and for
+    ``extra_resource_limits``/``extra_resource_guarantees`` holding only
+    ``nvidia.com/gpu`` (which is the tier's ``gpu``). Values a trait
+    refuses raise TierConfigError naming the setting.
     """
+    tier = getattr(overrides, "tier", None)
+    where = f"tier {tier!r}: " if tier else ""
+    log_name = getattr(spawner, "_log_name", None) or type(spawner).__name__
     for name, value in overrides.items():
+        ignored = _ignored(spawner, name, value)
+        if ignored:
+            level, why = ignored
+            spawner.log.log(level, "%soverride %r ignored for %s: %s", where, name, log_name, why)
+            continue
         source = ""
         if callable(value):
             value = value(spawner)
@@ -879,13 +1080,9 @@ def apply_overrides(spawner: Any, overrides: dict) -> None:
                 if inspect.iscoroutine(value):
                     value.close()
                 raise TierConfigError(
-                    f"spawner override {name!r}: the callable returned an"
+                    f"{where}spawner override {name!r}: the callable returned an"
                     " awaitable; override callables must be synchronous"
                 )
-        if not _has_setting(spawner, name):
-            raise TierConfigError(
-                f"spawner override {name!r}: {type(spawner).__name__} has no" f" setting {name!r}"
-            )
         try:
             if value is None:
                 if getattr(spawner, "has_trait", lambda n: False)(name):
@@ -895,6 +1092,10 @@ def apply_overrides(spawner: Any, overrides: dict) -> None:
                     delattr(spawner, name)
                     spawner.log.debug("Override %s deleted", name)
                 continue
+            if isinstance(value, str) and name in MEM_SETTINGS:
+                value = parse_bytes(value)
+            elif isinstance(value, str) and name in CPU_SETTINGS:
+                value = _cores(value)
             current = getattr(spawner, name, None)
             if isinstance(value, dict):
                 base = current if isinstance(current, dict) else {}
@@ -903,5 +1104,5 @@ def apply_overrides(spawner: Any, overrides: dict) -> None:
         except TierConfigError:
             raise
         except Exception as e:
-            raise TierConfigError(f"spawner override {name!r}: {e}") from e
+            raise TierConfigError(f"{where}spawner override {name!r}: {e}") from e
         spawner.log.debug("Override %s=%r%s", name, value, source)

@@ -9,8 +9,10 @@ import re
 from pathlib import Path
 
 import jinja2
+import pasted_profiles as pasted
 import pytest
-from traitlets import Dict, HasTraits, Integer, List, Unicode, default
+from jupyterhub.traitlets import ByteSpecification
+from traitlets import Dict, Float, HasTraits, Integer, List, Unicode, default
 
 from jupyter_ds_compute import tiers as t
 from jupyter_ds_compute.form import form_context
@@ -311,19 +313,37 @@ def _broken(change):
         ),
         (
             [tier("A", hourly_cost="cheap")],
-            "tier 'A': field 'hourly_cost' must be a number, got 'cheap'",
+            "tier 'A': field 'hourly_cost' must be a number or None (no price), got 'cheap'",
         ),
         (
-            [{"display_name": "A", "cpu": 1, "mem": "1G"}],
-            "tier 'A': field 'hourly_cost' is required",
+            [{"display_name": "A", "kubespawner_override": {"cpu_limit": "lots"}}],
+            "tier 'A': field 'kubespawner_override.cpu_limit' must be a number of cores > 0, got 'lots'",
         ),
         (
-            [{"display_name": "A", "mem": "1G", "hourly_cost": 0}],
-            "tier 'A': field 'cpu' is required",
+            [{"display_name": "A", "spawner_override": {"cpu_guarantee": 0}}],
+            "tier 'A': field 'spawner_override.cpu_guarantee' must be a number of cores > 0, got 0",
         ),
         (
-            [{"display_name": "A", "cpu": 1, "hourly_cost": 0}],
-            "tier 'A': field 'mem' is required",
+            [{"display_name": "A", "kubespawner_override": {"mem_limit": "2 gigs"}}],
+            "tier 'A': field 'kubespawner_override.mem_limit' must be bytes or a string like '2G'",
+        ),
+        (
+            [{"display_name": "A", "kubespawner_override": {"extra_resource_limits": ["nvidia.com/gpu"]}}],
+            "tier 'A': field 'kubespawner_override.extra_resource_limits' must be a dict, got list",
+        ),
+        (
+            [{"display_name": "A", "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "one"}}}],
+            "tier 'A': field 'kubespawner_override.extra_resource_limits.nvidia.com/gpu'"
+            " must be an integer >= 0, got 'one'",
+        ),
+        (
+            _broken(
+                lambda pl: pl[1]["profile_options"]["image"]["choices"]["base"]["kubespawner_override"].update(
+                    mem_limit="huge"
+                )
+            ),
+            "tier 'gpu': field 'profile_options.image.choices.base.kubespawner_override.mem_limit'"
+            " must be bytes or a string",
         ),
         ([tier("A", cpu=0)], "tier 'A': field 'cpu' must be a number of cores > 0"),
         ([tier("A", cpu="many")], "tier 'A': field 'cpu' must be a number of cores"),
@@ -1096,10 +1116,18 @@ def test_apply_overrides_refuses_async_callable():
         apply_overrides(FakeSpawner(), {"image": image})
 
 
-def test_apply_overrides_unknown_setting():
-    with pytest.raises(TierConfigError) as e:
-        apply_overrides(FakeSpawner(), {"imgae": "typo"})
-    assert str(e.value) == ("spawner override 'imgae': FakeSpawner has no setting 'imgae'")
+def test_apply_overrides_unknown_setting_is_ignored_with_a_warning(caplog):
+    caplog.set_level(logging.DEBUG, logger="test-fake-spawner")
+    spawner = FakeSpawner()
+    called = []
+    apply_overrides(spawner, {"imgae": "typo", "later": lambda s: called.append(s), "image": "ok"})
+    assert spawner.image == "ok" and not hasattr(spawner, "imgae")
+    assert called == []  # the callable of a skipped setting is never run
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "override 'imgae' ignored for FakeSpawner: FakeSpawner has no setting 'imgae'",
+        "override 'later' ignored for FakeSpawner: FakeSpawner has no setting 'later'",
+    ]
 
 
 def test_apply_overrides_bad_value_names_setting():
@@ -1342,3 +1370,236 @@ def test_form_template_admin_view_disables_refused_tier():
 
 def test_form_template_no_tiers():
     assert "No compute tier is available to you" in render([])
+
+
+# ---------------------------------------------------------------------------
+# profile lists pasted from KubeSpawner's and z2jh's docs (tests/pasted_profiles.py)
+
+
+class KubeLikeSpawner(HasTraits):
+    """JupyterHub's resource settings and a few others, no ``image``."""
+
+    environment = Dict()
+    default_url = Unicode()
+    cpu_limit = Float(None, allow_none=True)
+    cpu_guarantee = Float(None, allow_none=True)
+    mem_limit = ByteSpecification(None)
+    mem_guarantee = ByteSpecification(None)
+    _log_name = "alice"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.log = logging.getLogger("test-kube-like-spawner")
+
+
+@pytest.mark.parametrize("name", sorted(pasted.ALL_EXAMPLES))
+def test_pasted_profile_lists_are_valid_and_unpriced(name):
+    raw = pasted.ALL_EXAMPLES[name]
+    before = copy.deepcopy(raw)
+    profiles = normalize_profile_list(raw)
+    assert raw == before  # the operator's config is not touched
+    assert normalize_profile_list(profiles) == profiles
+    for t_ in tiers_of(raw):
+        assert t_.hourly_cost is None and t_.cost_per_hour == 0.0
+        info = json.loads(json.dumps(t_.public()))
+        assert info["hourly_cost"] is None
+    ctx = form_context(raw, [], 0)
+    assert [c["price"] for c in ctx] == [""] * len(profiles)
+    html = render(ctx)
+    assert not re.search(r"\$\d", html) and "/h" not in html
+    assert 'class="ds-tier-price' not in html
+    assert html.count(" checked") == 1
+
+
+def test_pasted_z2jh_resources_come_from_overrides():
+    small, big, gpu = tiers_of(pasted.Z2JH_08_RESOURCE_PROFILES)
+    assert (small.slug, small.cpu, small.mem, small.gpu, small.default) == ("small-default", 1.0, GiB, 0, True)
+    assert (big.slug, big.cpu, big.mem, big.gpu) == ("big-8-cpus", 8.0, 64 * GiB, 0)
+    assert (gpu.slug, gpu.cpu, gpu.mem, gpu.gpu) == ("gpu-job", 4.0, 16 * GiB, 1)
+    assert small.description == "A small job. 1 CPU, no GPU. This is the default.\n"
+    ctx = _by_slug(form_context(pasted.Z2JH_08_RESOURCE_PROFILES, [], 0))
+    assert (ctx["big-8-cpus"]["cpu_label"], ctx["big-8-cpus"]["mem_label"]) == ("8 CPUs", "64 GiB")
+    assert ctx["gpu-job"]["gpu_label"] == "1 GPU" and ctx["gpu-job"]["gpu_warning"] is True
+
+
+def test_pasted_kubespawner_list_without_resources_is_unlimited():
+    demo1, demo2 = tiers_of(pasted.KUBESPAWNER_LIST_EXAMPLE)
+    assert (demo1.cpu, demo1.mem, demo1.gpu) == (None, None, 0)
+    # extra_resource_guarantees' GPU when there is no limit
+    assert (demo2.cpu, demo2.mem, demo2.gpu) == (None, None, 1)
+    assert [p.gpu for p in tiers_of(pasted.Z2JH_GPU_SERVER)] == [1]
+    ctx = _by_slug(form_context(pasted.KUBESPAWNER_LIST_EXAMPLE, [], 0))
+    assert (ctx["demo-1"]["cpu_label"], ctx["demo-1"]["mem_label"]) == ("unlimited CPU", "unlimited")
+    html = render(list(ctx.values()))
+    assert "unlimited CPU" in html and "unlimited RAM" in html
+    image = ctx["demo-1"]["options"][0]
+    assert [(c["key"], c["selected"]) for c in image["choices"]] == [("base", False), ("minimal", True)]
+    assert image["unlisted"]["display_name_in_choices"] == "Enter image manually"
+
+
+def test_pasted_slugs_like_kubespawner():
+    assert [p["slug"] for p in normalize_profile_list(pasted.Z2JH_FOUR_PROFILES)] == [
+        "minimal-environment",
+        "datascience-environment",
+        "spark-environment",
+        "learning-data-science",
+    ]
+    assert [p["slug"] for p in normalize_profile_list(pasted.KUBESPAWNER_DICT_EXAMPLE)] == ["demo-1", "demo-2"]
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ({"cpu_limit": 2, "cpu_guarantee": 0.5}, 2.0),
+        ({"cpu_guarantee": 0.5}, 0.5),
+        ({"cpu_limit": "1.5"}, 1.5),
+        ({"cpu_limit": None, "cpu_guarantee": 1}, None),  # None resets the limit: none
+        ({"cpu_limit": lambda spawner: 3}, None),  # only known at spawn
+        ({}, None),
+    ],
+)
+def test_cpu_from_override(override, expected):
+    assert tiers_of([{"display_name": "A", "spawner_override": override}])[0].cpu == expected
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ({"mem_limit": "2G", "mem_guarantee": "1G"}, 2 * GiB),
+        ({"mem_guarantee": "512M"}, 512 * MiB),
+        ({"mem_limit": 1000}, 1000),
+        ({"mem_limit": "2Gi"}, 2 * GiB),
+        ({}, None),
+    ],
+)
+def test_mem_from_override(override, expected):
+    assert tiers_of([{"display_name": "A", "kubespawner_override": override}])[0].mem == expected
+
+
+def test_own_fields_win_over_overrides():
+    t_ = tiers_of(
+        [
+            {
+                "display_name": "A",
+                "cpu": 2,
+                "mem": "4G",
+                "gpu": 0,
+                "hourly_cost": 0,
+                "kubespawner_override": {
+                    "cpu_limit": 8,
+                    "mem_limit": "64G",
+                    "extra_resource_limits": {"nvidia.com/gpu": "2"},
+                },
+            }
+        ]
+    )[0]
+    assert (t_.cpu, t_.mem, t_.gpu, t_.hourly_cost) == (2.0, 4 * GiB, 0, 0.0)
+    # a price of 0 is a price: shown, unlike no price
+    assert form_context([tier("A", hourly_cost=0)], [], 0)[0]["price"] == "$0.00/h"
+    assert form_context([tier("A", hourly_cost=None)], [], 0)[0]["price"] == ""
+
+
+def test_unlisted_value_templates_are_not_checked_at_config():
+    option = {
+        "display_name": "Memory",
+        "unlisted_choice": {"enabled": True, "kubespawner_override": {"mem_limit": "{value}"}},
+    }
+    pl = [{"display_name": "A", "profile_options": {"memory": option}}]
+    assert tiers_of(pl)[0].mem is None
+    spawner = KubeLikeSpawner()
+    apply_overrides(spawner, resolve_overrides(pl, {"memory--unlisted-choice": "3Gi"}))
+    assert spawner.mem_limit == 3 * GiB
+
+
+def test_apply_pasted_overrides_warns_once_per_setting_it_ignores(caplog):
+    caplog.set_level(logging.DEBUG, logger="test-kube-like-spawner")
+    spawner = KubeLikeSpawner()
+    pl = pasted.Z2JH_08_RESOURCE_PROFILES + [
+        {
+            "display_name": "Placed",
+            "kubespawner_override": {
+                "node_selector": {"gpu": "a100"},
+                "tolerations": [{"key": "gpu", "operator": "Exists"}],
+                "extra_resource_limits": {"nvidia.com/gpu": "1", "example.com/fpga": "1"},
+            },
+        }
+    ]
+    pl[0] = dict(pl[0], default=False)
+    pl[3]["default"] = True
+    for slug in ("gpu-job", "big-8-cpus", "placed"):
+        apply_overrides(spawner, resolve_overrides(pl, {"profile": slug}))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "tier 'gpu-job': override 'image' ignored for alice: KubeLikeSpawner has no setting 'image'",
+        "tier 'big-8-cpus': override 'mem_guaranttee' ignored for alice:"
+        " KubeLikeSpawner has no setting 'mem_guaranttee'",
+        "tier 'placed': override 'extra_resource_limits' ignored for alice:"
+        " KubeLikeSpawner has only GPUs ('nvidia.com/gpu'), not example.com/fpga",
+    ]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("'node_selector' ignored for alice: a Kubernetes-only" in m for m in debug)
+    assert any("'tolerations' ignored for alice: a Kubernetes-only" in m for m in debug)
+    # the resource settings were applied: JupyterHub passes them on as MEM_LIMIT/CPU_LIMIT
+    apply_overrides(spawner, resolve_overrides(pl, {"profile": "gpu-job"}))
+    assert (spawner.cpu_limit, spawner.mem_limit, spawner.mem_guarantee) == (4.0, 16 * GiB, 16 * GiB)
+
+
+def test_apply_kubespawner_choice_and_unlisted_overrides():
+    pl = pasted.KUBESPAWNER_LIST_EXAMPLE
+    spawner = KubeLikeSpawner()
+    options = validate_user_options(pl, {"profile": "demo-1", "image": "base"})
+    assert options == {"profile": "demo-1", "image": "base"}
+    overrides = resolve_overrides(pl, options)
+    assert overrides == {"default_url": "/lab", "image": "jupyter/base-notebook:latest"}
+    assert overrides.tier == "demo-1"
+    apply_overrides(spawner, overrides)
+    assert spawner.default_url == "/lab"
+    with pytest.raises(TierOptionsError, match="image--unlisted-choice"):
+        validate_user_options(pl, {"profile": "demo-1", "image--unlisted-choice": "evil/image:1"})
+
+
+def test_form_context_keeps_tier_when_only_a_choice_is_stale():
+    ctx = _by_slug(
+        form_context(
+            pasted.KUBESPAWNER_LIST_EXAMPLE,
+            [],
+            0,
+            user_options={"profile": "demo-1", "image": "gone-since"},
+        )
+    )
+    assert ctx["demo-1"]["selected"] is True
+    assert [c["key"] for c in ctx["demo-1"]["options"][0]["choices"] if c["selected"]] == ["minimal"]
+    ctx = _by_slug(form_context(pasted.KUBESPAWNER_LIST_EXAMPLE, [], 0, user_options={"profile": "demo-2"}))
+    assert ctx["demo-2"]["selected"] is True and ctx["demo-1"]["selected"] is False
+
+
+def test_no_price_and_no_limits_in_magics():
+    """%ds_compute shows DS_COMPUTE_TIER_INFO of a pasted tier without inventing $0.00."""
+    from jupyter_ds_compute import magics
+
+    info = tiers_of(pasted.KUBESPAWNER_LIST_EXAMPLE)[0].public()
+    st = {"under_hub": True, "tier": info, "seconds_on_tier": 60, "cost_so_far": None, "volume": {}}
+    out = magics.format_status(st)
+    assert "Resources: unlimited CPU, unlimited memory, 0 GPU" in out
+    assert "Price:     no price" in out and "Cost:      none (no price on this tier)" in out
+    assert "$0.00" not in out and "$0.00" not in magics.format_cost(st)
+    table = magics.format_tiers({"tiers": [dict(info, allowed=True)]})
+    assert "no price" in table and "$" not in table
+    priced = dict(info, hourly_cost=0.0)
+    assert "Price:     $0.00/h" in magics.format_status(dict(st, tier=priced, cost_so_far=0.0))
+
+
+def test_unpriced_tiers_cost_nothing_and_pass_spent_budgets():
+    from jupyter_ds_compute import policy
+    from jupyter_ds_compute.service.accounting import Accounting, free_below
+    from jupyter_ds_compute.service.store import Store, isoformat
+
+    pl = pasted.Z2JH_08_RESOURCE_PROFILES
+    acc = Accounting(Store().db)
+    srv = {"user": "alice", "server_name": "", "profile": "gpu-job", "started": isoformat(1000.0)}
+    assert acc.observe([srv], 1000.0 + 3600, pl) == {"gpu-job": 0.0}
+    assert acc.spent(["alice"], 0, 10_000) == 0.0
+    spent = {"state": "spent", "spent": 10.0, "budget": 5.0}
+    assert free_below(pl, []) == 0.0
+    for t_ in tiers_of(pl):
+        assert policy.budget_refusal(spent, t_.display_name, t_.cost_per_hour, free_below(pl, [])) is None

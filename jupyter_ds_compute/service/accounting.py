@@ -122,7 +122,8 @@ class Accounting:
         ``{tier slug: cost accrued by this poll}``.
         """
         now = utcnow() if now is None else now
-        costs = {p["slug"]: p["hourly_cost"] for p in tiers.normalize_profile_list(profiles or [])}
+        # a tier without a price (hourly_cost None) costs nothing
+        costs = {t.slug: t.cost_per_hour for t in tiers.tiers_of(profiles)} if profiles else {}
         accrued: dict[str, float] = {}
         seen = set()
         self.db.execute("BEGIN IMMEDIATE")
@@ -237,7 +238,7 @@ def free_below(profiles, groups) -> float:
     """Tiers at most this price per hour start even when a budget is spent
     (the user's default tier's price)."""
     slug = tiers.default_slug(profiles, groups)
-    return tiers.get_tier(profiles, slug).hourly_cost if slug else 0.0
+    return tiers.get_tier(profiles, slug).cost_per_hour if slug else 0.0
 
 
 # -- hub side --------------------------------------------------------------------
@@ -305,7 +306,7 @@ def spawn_refusal(spawner, tier, profiles) -> str | None:
             spawner.log.warning("Could not read the ds-compute accounts at %s: %s", path, e)
         else:
             reason = policy.budget_refusal(
-                state, tier.display_name, tier.hourly_cost, free_below(profiles, names)
+                state, tier.display_name, tier.cost_per_hour, free_below(profiles, names)
             )
             kind = "budget"
     if reason and path:
@@ -488,7 +489,7 @@ class LivePolicy:
             if reason:
                 out[tier.slug] = ("cap", reason)
                 continue
-            reason = policy.budget_refusal(budget, tier.display_name, tier.hourly_cost, cheap)
+            reason = policy.budget_refusal(budget, tier.display_name, tier.cost_per_hour, cheap)
             if reason:
                 out[tier.slug] = ("budget", reason)
         return out, budget
