@@ -288,14 +288,16 @@ class DSComputeSpawner(Spawner):
 
     async def _render_options_form(self):
         profiles = await self.load_profiles()
+        # like KubeSpawner 7.1: the previous tier and choices are preselected
+        # (form_context drops them when no longer valid)
         context = form.form_context(
             profiles,
             self._user_groups(),
             gpu_devices_available=len(self.gpu_devices),
             is_admin=bool(getattr(self.user, "admin", False)),
+            user_options=self.user_options or self._last_good_options or None,
         )
-        selected = (self.user_options or {}).get("profile") or (self._last_good_options or {}).get("profile")
-        return _form_template().render(tiers=context, selected=selected)
+        return _form_template().render(tiers=context, selected=None)
 
     async def _apply_tier_options(self, user_options):
         """Validate ``user_options``, resolve the tier, apply its overrides.

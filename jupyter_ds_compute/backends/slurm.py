@@ -373,9 +373,12 @@ class SlurmBackend(Backend):
             "--export=ALL",
             "--nodes=1",
             "--ntasks=1",
-            f"--cpus-per-task={max(1, math.ceil(tier.cpu))}",
-            f"--mem={max(1, math.ceil(tier.mem / 2**20))}M",
         ]
+        # a tier without cpu/mem (None) leaves them to the partition's defaults
+        if tier.cpu is not None:
+            argv.append(f"--cpus-per-task={max(1, math.ceil(tier.cpu))}")
+        if tier.mem is not None:
+            argv.append(f"--mem={max(1, math.ceil(tier.mem / 2**20))}M")
         gres = s["gres"] or (f"{self.gres_name}:{tier.gpu}" if tier.gpu else "")
         if gres:
             argv.append(f"--gres={gres}")
@@ -387,8 +390,9 @@ class SlurmBackend(Backend):
     def describe(self, tier):
         """``partition gpu, 4 CPUs, 16384M, gpu:1, time 4:00:00`` for progress messages."""
         s = self.settings(tier)
-        parts = [f"partition {s['partition'] or '(default)'}", f"{max(1, math.ceil(tier.cpu))} CPUs",
-                 f"{max(1, math.ceil(tier.mem / 2**20))}M memory"]  # fmt: skip
+        parts = [f"partition {s['partition'] or '(default)'}"]
+        parts += [f"{max(1, math.ceil(tier.cpu))} CPUs"] if tier.cpu is not None else []
+        parts += [f"{max(1, math.ceil(tier.mem / 2**20))}M memory"] if tier.mem is not None else []
         gres = s["gres"] or (f"{self.gres_name}:{tier.gpu}" if tier.gpu else "")
         parts += [gres] if gres else []
         parts += [f"{key} {s[key]}" for key in ("time", "account", "qos") if s[key]]
