@@ -260,13 +260,94 @@ async def test_ebs_attach_stuck_in_attaching_is_undone(ec2, subnets, moto):
     await backend.stop(now=True)
 
 
-async def test_ebs_snapshot_and_delete(ec2, subnets):
+def volume_gone(ec2, vid):
+    return ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [vid]}])["Volumes"] == []
+
+
+def snapshots_of(ec2, vid):
+    r = ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "volume-id", "Values": [vid]}])
+    return sorted(s["SnapshotId"] for s in r["Snapshots"])
+
+
+async def test_ebs_delete_takes_our_snapshots_along(ec2, subnets):
     spawner, _, volume = make("ebs-snap", subnets)
     vid = await volume.ensure()
-    snap = await volume.delete()
-    s = ec2.describe_snapshots(SnapshotIds=[snap])["Snapshots"][0]
-    assert s["VolumeId"] == vid and aws.tag_dict(s["Tags"])["ds-compute:reason"] == "before-delete"
-    assert ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [vid]}])["Volumes"] == []
+    ours = await volume.snapshot(reason="scheduled")
+    # a snapshot someone else made of the same volume is not ours to delete
+    theirs = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
+    result = await volume.delete()
+    assert result == {"id": vid, "deleted": [f"snapshot {ours}", f"volume {vid}"], "kept": []}
+    assert volume_gone(ec2, vid)
+    assert snapshots_of(ec2, vid) == [theirs]
+    assert volume.get_state() == {}
+    assert await volume.delete() == {"id": "", "deleted": [], "kept": []}  # idempotent
+    ec2.delete_snapshot(SnapshotId=theirs)
+
+
+async def test_ebs_delete_keeps_a_final_snapshot_when_asked(ec2, subnets):
+    spawner, _, volume = make("ebs-final", subnets, EBSVolume__snapshot_before_delete=True)
+    vid = await volume.ensure()
+    scheduled = await volume.snapshot(reason="scheduled")
+    result = await volume.delete()
+    (final,) = snapshots_of(ec2, vid)
+    assert final != scheduled
+    assert result["kept"] == [f"final snapshot {final}"] and f"snapshot {scheduled}" in result["deleted"]
+    s = ec2.describe_snapshots(SnapshotIds=[final])["Snapshots"][0]
+    assert aws.tag_dict(s["Tags"])["ds-compute:reason"] == "before-delete"
+    assert volume_gone(ec2, vid)
+
+
+async def test_ebs_delete_refused_while_attached_to_running_instance(ec2, subnets):
+    spawner, backend, volume = make("ebs-busy", subnets)
+    host, _ = await start_host(spawner, backend, volume)
+    vid = volume.volume_id
+    with pytest.raises(VolumeError, match=rf"{vid} is attached to instance {host.id} \(running\): not del"):
+        await volume.delete()
+    assert attachments(ec2, vid) == [host.id]
+    await stop_host(backend, volume)
+    assert (await volume.delete())["id"] == vid
+    assert volume_gone(ec2, vid)
+
+
+async def test_ebs_delete_refuses_a_volume_not_ours(ec2, subnets):
+    spawner, _, volume = make("ebs-foreign", subnets)
+    foreign = ec2.create_volume(Size=1, AvailabilityZone="us-east-1a")["VolumeId"]
+    volume.load_state({"driver": "ebs", "id": foreign})
+    with pytest.raises(VolumeError, match="not tagged as this server's"):
+        await volume.delete()
+    assert not volume_gone(ec2, foreign)
+    ec2.delete_volume(VolumeId=foreign)
+
+
+async def test_ebs_delete_finds_volume_by_tags_never_a_root_volume(ec2, subnets):
+    spawner, _, volume = make("ebs-lost", subnets, name="box")
+    # an instance's root volume carries the owner tags and a tier tag; it is older here
+    root_tags = dict(volume.owner_tags(spawner), **{"ds-compute:tier": "small"})
+    root = ec2.create_volume(
+        Size=1, AvailabilityZone="us-east-1a",
+        TagSpecifications=[{"ResourceType": "volume", "Tags": aws.tag_list(root_tags)}],
+    )["VolumeId"]  # fmt: skip
+    vid = await volume.ensure()
+    assert vid != root
+    # the user's default server has a volume too: not this named server's
+    _, _, default = make("ebs-lost", subnets)
+    other = await default.ensure()
+    volume.load_state({})  # the hub lost the state
+    assert (await volume.delete())["id"] == vid
+    assert volume_gone(ec2, vid)
+    assert not volume_gone(ec2, root) and not volume_gone(ec2, other)
+    for v in (root, other):
+        ec2.delete_volume(VolumeId=v)
+
+
+async def test_volumes_never_created_delete_nothing_and_create_nothing(ec2, subnets):
+    efs = boto3.client("efs", region_name="us-east-1")
+    _, _, ebs_volume = make("never-ebs", subnets)
+    assert await ebs_volume.delete() == {"id": "", "deleted": [], "kept": []}
+    _, _, efs_volume = make("never-efs", subnets, volume_cls=EFSVolume, AWS__hub_id="no-such-hub")
+    before = efs.describe_file_systems()["FileSystems"]
+    assert await efs_volume.delete() == {"id": "", "deleted": [], "kept": []}
+    assert efs.describe_file_systems()["FileSystems"] == before
 
 
 # -- EC2 failures ----------------------------------------------------------------------
@@ -360,6 +441,31 @@ async def test_reuse_stopped_instance(ec2, subnets):
 
 
 # -- EFS -----------------------------------------------------------------------------------
+
+
+async def test_efs_delete_access_point_refused_while_an_instance_runs(ec2, subnets):
+    efs = boto3.client("efs", region_name="us-east-1")
+    spawner, backend, volume = make(
+        "efs-del", subnets, volume_cls=EFSVolume, EFSVolume__subnet_ids=[subnets["us-east-1a"]]
+    )
+    _, _, bob = make(
+        "efs-del-bob", subnets, volume_cls=EFSVolume, EFSVolume__subnet_ids=[subnets["us-east-1a"]]
+    )
+    bob_ap = await bob.ensure()
+    host, _ = await start_host(spawner, backend, volume)
+    apid = volume.volume_id
+    with pytest.raises(VolumeError, match=rf"{apid} may be mounted on instance {host.id} \(running\)"):
+        await volume.delete()
+    (ap,) = efs.describe_access_points(AccessPointId=apid)["AccessPoints"]
+    await stop_host(backend, volume)
+    volume.load_state({})  # found again by its tags
+    result = await volume.delete()
+    assert result["id"] == apid and result["deleted"] == [f"access point {apid}"]
+    assert result["kept"][0].startswith(f"directory {ap['RootDirectory']['Path']} on {ap['FileSystemId']} (")
+    with pytest.raises(Exception, match="AccessPointNotFound"):
+        efs.describe_access_points(AccessPointId=apid)
+    assert efs.describe_access_points(AccessPointId=bob_ap)["AccessPoints"]  # bob's stays
+    await bob.delete()
 
 
 async def test_efs_one_file_system_access_point_per_user(ec2, subnets):

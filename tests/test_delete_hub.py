@@ -77,7 +77,8 @@ def test_delete_user(hub):
     vid = volume_id_for(user)
     if hub.mode == "default":
         assert (path / "work.txt").read_text() == "a day's work"
-        assert log_has(hub, f"Deleting {user}: kept local volume {vid} (c.DSComputeSpawner.delete_volume = True")
+        kept = f"Deleting {user}: kept local volume {vid} (c.DSComputeSpawner.delete_volume = True"
+        assert log_has(hub, kept)
     else:
         assert not os.path.lexists(path)
         assert log_has(hub, f"Deleting {user}: deleted local volume {vid} (directory ")
