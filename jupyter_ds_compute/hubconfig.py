@@ -42,8 +42,17 @@ SERVICE_NAME = "ds-compute"
 #: user_options of) servers; ``read:users:groups``: the owner's groups for
 #: tier checks; ``list:users``: accounting, idle checks, admin page;
 #: ``read:groups``: members of groups with a budget; ``read:users:activity``:
-#: the admin page's last activity of users without a server
-SERVICE_SCOPES = ["servers", "read:users:groups", "list:users", "read:groups", "read:users:activity"]
+#: the admin page's last activity of users without a server;
+#: ``admin:server_state`` (read only through the REST API): each server's
+#: spawner state, where the admin page finds the volume driver's describe()
+SERVICE_SCOPES = [
+    "servers",
+    "read:users:groups",
+    "list:users",
+    "read:groups",
+    "read:users:activity",
+    "admin:server_state",
+]
 
 #: what a server's token needs besides JupyterHub's defaults: call the service
 SERVER_TOKEN_SCOPES = ["users:activity!user", "access:servers!server", f"access:services!service={SERVICE_NAME}"]
@@ -291,6 +300,10 @@ def _when_loaded(c, callback):
 
 def _finish(config, banner):
     check_config(config)
+    from . import pythonenv
+
+    for problem in pythonenv.problems():
+        logging.getLogger("JupyterHub").warning("jupyter-ds-compute: %s", problem)
     services = config.JupyterHub.get("services", [])
     try:
         from jupyterhub.app import JupyterHub

@@ -12,6 +12,7 @@ from jupyter_server.extension.application import ExtensionApp
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from traitlets import Bool, Float, default
 
+from .. import pythonenv
 from .context import ServerContext, utcnow
 from .envs import LAST_USED_MARKER, EnvScanner, EnvSizes, default_roots
 from .handlers import default_handlers
@@ -100,7 +101,7 @@ class DSComputeExtension(ExtensionApp):
     # -- settings and handlers ------------------------------------------------
     def initialize_settings(self):
         self.context = ServerContext.from_environ(os.environ)
-        for problem in self.context.problems:
+        for problem in self.context.problems + pythonenv.problems():
             self.log.warning("ds-compute: %s", problem)
         root_dir = self.serverapp.root_dir
         self.is_notebook_dir, self.volume_warning = check_notebook_dir(self.context.volume_path, root_dir)
