@@ -397,7 +397,11 @@ class DSComputeSpawner(Spawner):
             self.log.error("Start of %s failed: %s\n%s", self._log_name, e.log_message, tail)
             self._emit(100, f"Failed: {e.message}")
             await self._cleanup_failed_start()
-            raise SpawnException(e.message, reason="start", log_message=e.log_message, status_code=500) from None
+            # 403 for refusals (AccountRefused, a volume owned by someone else), else 500
+            status = getattr(e, "status_code", 500)
+            raise SpawnException(
+                e.message, reason="start", log_message=e.log_message, status_code=status
+            ) from None
         except asyncio.CancelledError:
             await self._cleanup_failed_start()
             raise
