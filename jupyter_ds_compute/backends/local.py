@@ -221,9 +221,10 @@ class LocalBackend(Backend):
             limits = cgroups.Limits(cpu=tier.cpu or None, mem=tier.mem or None, pids=self.pids_limit or None)
             paths = hierarchy.create(self.cgroup, limits)
             procs_files = cgroups.join_procs_files(paths)
-            cpu = "no" if tier.cpu is None else f"{tier.cpu:g}"  # None: the tier sets no limit
-            mem = "no" if tier.mem is None else f"{tier.mem / 2**30:.1f} GiB"
-            self.emit(f"Limits for tier {tier.display_name}: {cpu} CPU, {mem} memory (cgroup v{hierarchy.version})")
+            # None: the tier sets no limit
+            cpu = "no CPU limit" if tier.cpu is None else f"{tier.cpu:g} CPU"
+            mem = "no memory limit" if tier.mem is None else f"{tier.mem / 2**30:.1f} GiB memory"
+            self.emit(f"Limits for tier {tier.display_name}: {cpu}, {mem} (cgroup v{hierarchy.version})")
         uid, gid, groups = None, None, None
         if self.as_system_user:
             uid, gid, groups = _set_user(self.spawner.user.name)
