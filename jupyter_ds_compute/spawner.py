@@ -74,10 +74,22 @@ class DSComputeSpawner(Spawner):
 
         Besides KubeSpawner's keys (``display_name``, ``slug``,
         ``description``, ``default``, ``profile_options``,
-        ``spawner_override`` / ``kubespawner_override``), each tier declares
-        ``cpu``, ``mem``, ``gpu``, ``hourly_cost``, ``allowed_groups``,
+        ``spawner_override`` / ``kubespawner_override``), each tier may
+        declare ``cpu``, ``mem``, ``gpu``, ``hourly_cost``, ``allowed_groups``,
         ``max_servers``, ``idle_downshift_after``, ``backend``, ``volume``
         and ``extra``.  See the README for every field.
+
+        A KubeSpawner ``profile_list`` works unchanged: without ``cpu``,
+        ``mem``, ``gpu``, a tier takes them from its override's
+        ``cpu_limit`` (else ``cpu_guarantee``), ``mem_limit`` (else
+        ``mem_guarantee``) and ``extra_resource_limits`` (else
+        ``extra_resource_guarantees``) ``["nvidia.com/gpu"]``, else has no
+        limit and no GPU; without ``hourly_cost`` it has no price (none
+        shown, nothing counted against budgets). Override keys this spawner
+        has no setting for (``image``, ``lifecycle_hooks``, ...) are skipped
+        with a warning naming the tier and the key at each spawn;
+        Kubernetes-only ones (``node_selector``, ``tolerations``, ...:
+        ``tiers.KUBERNETES_ONLY_SETTINGS``) are skipped silently.
 
         Example::
 
