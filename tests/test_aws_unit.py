@@ -483,7 +483,7 @@ async def test_efs_one_file_system_access_point_per_user(ec2, subnets):
     assert {m["AvailabilityZoneName"] for m in mts} >= {"us-east-1a", "us-east-1c"}
     ap = efs.describe_access_points(AccessPointId=b)["AccessPoints"][0]
     assert ap["PosixUser"]["Uid"] == 2001
-    assert ap["RootDirectory"]["Path"] == "/ds-compute/efs-bob"
+    assert ap["RootDirectory"]["Path"] == "/ds-compute/efs-2dbob"  # names.safe_name: injective
     assert ap["RootDirectory"]["CreationInfo"]["Permissions"] == "750"
     # no mount target in the instance's zone: refused
     with pytest.raises(VolumeError, match="no mount target in us-east-1d"):

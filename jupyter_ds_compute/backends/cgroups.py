@@ -8,12 +8,18 @@ warns once and runs without limits.
 
 A group is also the handle that lets ``stop`` find every process of a
 server, kernels included (they start their own sessions).
+
+Group names come from :func:`group_name`: the server's injective
+:func:`~jupyter_ds_compute.names.safe_name` plus the start's random token,
+one flat directory under the parent group (never a path out of it).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+from ..names import safe_name
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 V1_CONTROLLERS = ("cpu", "memory", "pids")
@@ -25,6 +31,29 @@ class Limits:
     cpu: float | None = None  # cores
     mem: int | None = None  # bytes
     pids: int | None = None
+
+
+def group_name(user, server, key):
+    """The cgroup of one start of ``user``'s server ``server``: ``<safe name>.<token>``.
+
+    ``key`` is the server's ``DS_COMPUTE_SERVER_KEY`` (``user/server/token``);
+    its random token (hex) makes each start's group its own.
+    """
+    token = key.rsplit("/", 1)[-1]
+    if not token or not all(c in "0123456789abcdef" for c in token):
+        raise ValueError(f"server key {key!r} does not end in a hex token")
+    return f"{safe_name(user, server)}.{token}"
+
+
+def _check_name(name):
+    """A group name stays under the parent: no absolute path, no ``..``.
+
+    (Groups of servers started before names were flat are ``user/server/token``.)
+    """
+    parts = name.split("/")
+    if not name or name.startswith("/") or any(p in ("..", ".") for p in parts):
+        raise ValueError(f"bad cgroup name {name!r}")
+    return name
 
 
 def _writable(path):
@@ -61,6 +90,7 @@ class Hierarchy:
         self.parent = parent
 
     def paths(self, name):
+        _check_name(name)
         return [os.path.join(m, self.parent, name) for m in self.mounts.values()]
 
     def create(self, name, limits: Limits):

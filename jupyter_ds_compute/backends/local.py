@@ -1,8 +1,11 @@
 """Backend ``local``: the server runs as a process on the hub's machine.
 
-- As the user's system user when the hub runs as root (like
+- As the user's system account when the hub runs as root (like
   ``LocalProcessSpawner``), as the hub's own user otherwise
   (``c.LocalBackend.run_as``), so the embedded default needs no root.
+  Which account, and whether it may be used at all, is decided by
+  :class:`~jupyter_ds_compute.accounts.SystemAccounts` (never uid 0, never
+  a system or service account).
 - CPU, memory and pids limits of the tier through cgroups (v2 or v1); where
   neither can be written, warn once and run unlimited.
 - ``stop`` ends every process of the server, kernels included: through the
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 import shlex
 import signal
 import socket
@@ -26,22 +28,43 @@ from collections import deque
 from jupyterhub.utils import random_port
 from traitlets import Bool, CaselessStrEnum, Integer, Unicode, default
 
+from .. import names
+from ..accounts import AccountRefused, SystemAccounts
 from . import cgroups
 from .base import Backend, BackendError, HostInfo
 
 _cgroup_warned = False
 
 
-def _set_user(username):
-    """Resolve uid, gid and groups of ``username`` (raise a clear error)."""
-    try:
-        pw = pwd.getpwnam(username)
-    except KeyError:
-        raise BackendError(
-            f"No system user {username!r} on this machine: create it, or set "
-            "c.LocalBackend.create_system_users = True, or c.LocalBackend.run_as = 'hub'"
-        ) from None
-    return pw.pw_uid, pw.pw_gid, os.getgrouplist(username, pw.pw_gid)
+class SystemAccountMixin:
+    """The checked system account a backend runs the server as (local, Slurm).
+
+    Needs ``create_system_users`` and ``log_name`` on the backend; the policy
+    itself is :class:`~jupyter_ds_compute.accounts.SystemAccounts`.
+    """
+
+    _accounts = None
+    _account = None
+
+    @property
+    def accounts(self):
+        if self._accounts is None:
+            self._accounts = SystemAccounts(parent=self)
+        return self._accounts
+
+    async def account(self):
+        """The server's :class:`~jupyter_ds_compute.accounts.Account` (created if allowed)."""
+        if self._account is None:
+            self._account = await self.accounts.resolve(
+                self.spawner.user.name, create=self.create_system_users, log_name=self.log_name
+            )
+        return self._account
+
+    def account_now(self):
+        """Same, without creating (sync: after a hub restart, for stop)."""
+        if self._account is None:
+            self._account = self.accounts.lookup(self.spawner.user.name)
+        return self._account
 
 
 def unreachable_dir(path, uid, gids):
@@ -66,7 +89,7 @@ def unreachable_dir(path, uid, gids):
     return None
 
 
-class LocalBackend(Backend):
+class LocalBackend(SystemAccountMixin, Backend):
     """Run ``jupyterhub-singleuser`` on this machine, limited by cgroups."""
 
     name = "local"
@@ -77,9 +100,12 @@ class LocalBackend(Backend):
         help="""
         Which system user runs the server.
 
-        - ``auto``: the user's own system user when the hub runs as root,
+        - ``auto``: the user's own system account when the hub runs as root,
           else the hub's own user.
-        - ``system``: always the user's system user (the hub must be root).
+        - ``system``: always the user's system account (the hub must be root).
+
+        Which account that is, and which accounts are never used (root,
+        system and service accounts), is ``c.SystemAccounts.*``.
         - ``hub``: always the hub's own user (no isolation between users;
           fine for one person's machine).
 
@@ -94,9 +120,10 @@ class LocalBackend(Backend):
     create_system_users = Bool(
         False,
         help="""
-        Create a missing system user (``useradd``, no login shell) when a
-        server has to run as the user's system user. Off by default: the hub
-        should not add accounts to a machine unless asked.
+        Create a missing system account when a server has to run as the
+        user's system account: the same as ``c.SystemAccounts.create = True``
+        (kept for existing configs). Off by default: the hub should not add
+        accounts to a machine unless asked.
 
         .. versionadded:: 0.1
         """,
@@ -121,8 +148,9 @@ class LocalBackend(Backend):
 
     log_dir = Unicode(
         help="""
-        Directory for each server's output (``<user>--<server>.log``), owned
-        by the hub. Used for error messages when a server dies at start.
+        Directory for each server's output (``<name>.log``, one file per hub
+        user and server, named by :func:`jupyter_ds_compute.names.safe_name`),
+        owned by the hub. Used for error messages when a server dies at start.
         Default: ``ds-compute-logs`` in the hub's working directory.
         """,
     ).tag(config=True)
@@ -157,31 +185,11 @@ class LocalBackend(Backend):
             return True
         return os.geteuid() == 0
 
-    async def _ensure_system_user(self, username):
-        try:
-            pwd.getpwnam(username)
-            return
-        except KeyError:
-            if not self.create_system_users:
-                _set_user(username)  # raises the clear error
-        self.log.info("Creating system user %s for %s", username, self.log_name)
-        proc = await asyncio.create_subprocess_exec(
-            "useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--", username,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
-        out, _ = await proc.communicate()
-        if proc.returncode not in (0, 9):  # 9: exists (race with another spawn)
-            raise BackendError(
-                f"Could not create system user {username!r}",
-                log_message=f"useradd {username} failed: {out.decode(errors='replace')}",
-            )
-
     async def owner(self):
         """``(uid, gid)`` the server and its volume belong to."""
         if self.as_system_user:
-            await self._ensure_system_user(self.spawner.user.name)
-            uid, gid, _ = _set_user(self.spawner.user.name)
-            return uid, gid
+            acct = await self.account()
+            return acct.uid, acct.gid
         return os.getuid(), os.getgid()
 
     # -- Backend interface ---------------------------------------------------
@@ -207,7 +215,7 @@ class LocalBackend(Backend):
         return self._hierarchy or None
 
     def _log_path(self):
-        name = self.spawner._log_name.replace("/", "_").replace(":", "--")
+        name = names.safe_name(self.spawner.user.name, self.spawner.name or "")
         return os.path.join(self.log_dir, f"{name}.log")
 
     async def start(self, tier, cmd, env, volume_path, keep_root=False):
@@ -217,7 +225,7 @@ class LocalBackend(Backend):
         hierarchy = self._hierarchy_or_warn()
         procs_files = []
         if hierarchy:
-            self.cgroup = self.key
+            self.cgroup = cgroups.group_name(self.spawner.user.name, self.spawner.name or "", self.key)
             limits = cgroups.Limits(cpu=tier.cpu or None, mem=tier.mem or None, pids=self.pids_limit or None)
             paths = hierarchy.create(self.cgroup, limits)
             procs_files = cgroups.join_procs_files(paths)
@@ -227,12 +235,15 @@ class LocalBackend(Backend):
             self.emit(f"Limits for tier {tier.display_name}: {cpu}, {mem} (cgroup v{hierarchy.version})")
         uid, gid, groups = None, None, None
         if self.as_system_user:
-            uid, gid, groups = _set_user(self.spawner.user.name)
+            acct = await self.account()
+            uid, gid, groups = acct.uid, acct.gid, list(acct.groups)
+            if uid == 0 or gid == 0 or 0 in groups:  # the policy refuses these; never, whatever it says
+                raise AccountRefused(f"Refusing to run {self.log_name} as root (uid {uid}, groups {groups})")
             blocked = unreachable_dir(volume_path, uid, groups)
             if blocked:
                 raise BackendError(
-                    f"The volume {volume_path} is not reachable by system user "
-                    f"{self.spawner.user.name!r}: {blocked} does not let them through. "
+                    f"The volume {volume_path} is not reachable by system account "
+                    f"{acct.name}: {blocked} does not let them through. "
                     "Put c.LocalVolume.root under a directory every user can traverse (mode o+x).",
                 )
         os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
@@ -251,6 +262,8 @@ class LocalBackend(Backend):
                 with open(f, "w") as fh:
                     fh.write(str(os.getpid()))
             if drop:
+                if uid == 0 or gid == 0 or 0 in groups:
+                    raise PermissionError("refusing to run a server as root")
                 os.setgid(gid)
                 os.setgroups(groups)
                 os.setuid(uid)

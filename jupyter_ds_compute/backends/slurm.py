@@ -55,8 +55,9 @@ from collections import deque
 
 from traitlets import Bool, CaselessStrEnum, Float, List, Unicode, default
 
+from .. import names
 from .base import Backend, BackendError, HostInfo
-from .local import LocalBackend, _set_user, unreachable_dir
+from .local import SystemAccountMixin, unreachable_dir
 from .squeue import SqueuePoller, SqueueUnavailable
 
 TEMPLATE = os.path.join(os.path.dirname(__file__), "slurm_job.sh")
@@ -65,7 +66,6 @@ TEMPLATE = os.path.join(os.path.dirname(__file__), "slurm_job.sh")
 TIER_KEYS = ("partition", "time", "account", "qos", "reservation", "constraint", "gres", "sbatch_lines")
 #: one Slurm word: partition, QoS, account, time, gres, constraint expressions
 _WORD = re.compile(r"^[A-Za-z0-9_.:,+=@%/&|!\[\]*-]+$")
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 #: states after which the job will not run again (squeue's long names)
 ENDED = {
     "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
@@ -94,7 +94,7 @@ def _batchspawner():
     return batchspawner
 
 
-class SlurmBackend(Backend):
+class SlurmBackend(SystemAccountMixin, Backend):
     """Run ``jupyterhub-singleuser`` as a Slurm batch job on the tier's partition."""
 
     name = "slurm"
@@ -234,14 +234,17 @@ class SlurmBackend(Backend):
         help="""
         Who submits (and so owns) the job: ``auto`` is the user's system
         account when the hub runs as root, else the hub's own account.
+        Which account, and which are never used, is ``c.SystemAccounts.*``
+        (the same policy as the local backend).
         """,
     ).tag(config=True)
 
     create_system_users = Bool(
         False,
         help="""
-        Create a missing system user on the hub's machine (one-node test
-        clusters; on a real cluster accounts come from the directory service).
+        Create a missing system account on the hub's machine (one-node test
+        clusters; on a real cluster accounts come from the directory service):
+        the same as ``c.SystemAccounts.create = True``.
         """,
     ).tag(config=True)
 
@@ -283,26 +286,20 @@ class SlurmBackend(Backend):
         return os.geteuid() == 0
 
     async def owner(self):
-        """``(uid, gid)`` the job and its volume belong to."""
+        """``(uid, gid)`` the job and its volume belong to (a checked account:
+        jobs run as it, so the hub must know it, e.g. from the directory service)."""
         if self.as_system_user:
-            name = self.spawner.user.name
-            try:
-                # the local backend's useradd logic, with our create_system_users
-                await LocalBackend._ensure_system_user(self, name)
-                uid, gid, _ = _set_user(name)
-            except BackendError:
-                raise BackendError(
-                    f"No system user {name!r} on the hub's machine: jobs run as the user, so the "
-                    "hub must know their account (directory service), or set "
-                    "c.SlurmBackend.create_system_users = True on a one-node cluster"
-                ) from None
-            return uid, gid
+            acct = await self.account()
+            return acct.uid, acct.gid
         return os.getuid(), os.getgid()
 
     def _preexec(self):
         if not self.as_system_user:
             return None
-        uid, gid, groups = _set_user(self.spawner.user.name)
+        acct = self.account_now()
+        uid, gid, groups = acct.uid, acct.gid, list(acct.groups)
+        if uid == 0 or gid == 0 or 0 in groups:  # the policy refuses these; never, whatever it says
+            raise BackendError(f"Refusing to submit {self.log_name}'s job as root")
 
         def drop():
             os.setgid(gid)
@@ -367,7 +364,7 @@ class SlurmBackend(Backend):
         argv = [
             *self.sbatch,
             "--parsable",
-            f"--job-name=ds-compute-{self.spawner.user.name}",
+            f"--job-name=ds-compute-{names.safe_name(self.spawner.user.name, self.spawner.name or '')}",
             f"--output={os.path.join(workdir, 'slurm-%j.log')}",
             f"--chdir={chdir}",
             "--export=ALL",
@@ -430,21 +427,19 @@ class SlurmBackend(Backend):
         return self.server_ip, 0
 
     def _workdir(self):
-        user, server = self.spawner.user.name, self.spawner.name
-        name = _SAFE_NAME.sub("_", user) + ("--" + _SAFE_NAME.sub("_", server) if server else "")
-        return os.path.join(self.spool_dir, name)
+        return os.path.join(self.spool_dir, names.safe_name(self.spawner.user.name, self.spawner.name or ""))
 
     def _ensure_workdir(self):
         os.makedirs(self.spool_dir, mode=0o755, exist_ok=True)
         workdir = self._workdir()
         os.makedirs(workdir, mode=0o700, exist_ok=True)
         if self.as_system_user:
-            uid, gid, _ = _set_user(self.spawner.user.name)
-            os.chown(workdir, uid, gid)
-            blocked = unreachable_dir(workdir, uid, [gid])
+            acct = self.account_now()
+            os.chown(workdir, acct.uid, acct.gid)
+            blocked = unreachable_dir(workdir, acct.uid, [acct.gid])
             if blocked:
                 raise BackendError(
-                    f"The Slurm spool directory {workdir} is not reachable by {self.spawner.user.name!r}: "
+                    f"The Slurm spool directory {workdir} is not reachable by {acct.name}: "
                     f"{blocked} does not let them through (c.SlurmBackend.spool_dir)."
                 )
         return workdir
@@ -454,13 +449,14 @@ class SlurmBackend(Backend):
             raise BackendError(
                 "The slurm backend cannot mount volume images: use c.LocalVolume.mode = 'directory'"
             )
+        if self.as_system_user:
+            acct = await self.account()
         self.workdir = self._ensure_workdir()
         if self.as_system_user:
-            uid, gid, groups = _set_user(self.spawner.user.name)
-            blocked = unreachable_dir(volume_path, uid, groups)
+            blocked = unreachable_dir(volume_path, acct.uid, list(acct.groups))
             if blocked:
                 raise BackendError(
-                    f"The volume {volume_path} is not reachable by {self.spawner.user.name!r}: "
+                    f"The volume {volume_path} is not reachable by {acct.name}: "
                     f"{blocked} does not let them through (c.LocalVolume.root must be traversable, o+x)."
                 )
         argv = self.sbatch_argv(tier, self.workdir, volume_path)

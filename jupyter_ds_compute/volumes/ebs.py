@@ -30,7 +30,9 @@ import time
 from traitlets import Bool, Float, Integer, List, Unicode
 
 from ..backends import aws
+from ..names import safe_name
 from .base import VolumeDriver, VolumeError
+from .local import VolumeOwnedError
 
 
 class EBSVolume(VolumeDriver, aws.AWS):
@@ -136,8 +138,19 @@ class EBSVolume(VolumeDriver, aws.AWS):
     last_snapshot = 0.0
 
     def _key(self):
-        server = self.spawner.name or ""
-        return f"{self.spawner.user.name}--{server}" if server else self.spawner.user.name
+        """The injective name of this user's server (Name tag, creation token, paths)."""
+        return safe_name(self.spawner.user.name, self.spawner.name or "")
+
+    def _refuse_foreign(self, vid, tags):
+        """The volume in our state is tagged for another hub, user or server: never use it."""
+        t = aws.tag_dict(tags) if isinstance(tags, list) or tags is None else tags
+        keys = ("ds-compute:hub", "ds-compute:user", "ds-compute:server")
+        whose = ", ".join(f"{k}={t.get(k, '')!r}" for k in keys)
+        raise VolumeOwnedError(
+            f"Volume {vid} belongs to someone else ({whose}), not to {self.log_name}: "
+            "nothing was changed; ask an admin.",
+            log_message=f"refused {self.name} volume {vid} to {self.log_name}: tags {t!r}",
+        )
 
     def _tags(self):
         tags = self.owner_tags(self.spawner)
@@ -174,6 +187,8 @@ class EBSVolume(VolumeDriver, aws.AWS):
 
     async def ensure(self):
         vol = await self._describe() if self.volume_id else None
+        if vol is not None and not self.is_ours(vol.get("Tags"), self.spawner):
+            self._refuse_foreign(vol["VolumeId"], vol.get("Tags"))
         if vol is None:
             if self.volume_id:
                 self.log.warning(

@@ -20,7 +20,9 @@ import hashlib
 from traitlets import Bool, Callable, Integer, List, Unicode
 
 from ..backends import aws
+from ..names import safe_name
 from .base import VolumeDriver, VolumeError
+from .local import VolumeOwnedError
 
 
 class EFSVolume(VolumeDriver, aws.AWS):
@@ -97,8 +99,19 @@ class EFSVolume(VolumeDriver, aws.AWS):
     attached_to = ""
 
     def _key(self):
-        server = self.spawner.name or ""
-        return f"{self.spawner.user.name}--{server}" if server else self.spawner.user.name
+        """The injective name of this user's server (Name tag, creation token, paths)."""
+        return safe_name(self.spawner.user.name, self.spawner.name or "")
+
+    def _refuse_foreign(self, vid, tags):
+        """The volume in our state is tagged for another hub, user or server: never use it."""
+        t = aws.tag_dict(tags) if isinstance(tags, list) or tags is None else tags
+        keys = ("ds-compute:hub", "ds-compute:user", "ds-compute:server")
+        whose = ", ".join(f"{k}={t.get(k, '')!r}" for k in keys)
+        raise VolumeOwnedError(
+            f"Volume {vid} belongs to someone else ({whose}), not to {self.log_name}: "
+            "nothing was changed; ask an admin.",
+            log_message=f"refused {self.name} volume {vid} to {self.log_name}: tags {t!r}",
+        )
 
     def _ids(self):
         if self.posix_ids is not None:
@@ -157,6 +170,9 @@ class EFSVolume(VolumeDriver, aws.AWS):
             try:
                 r = await self.aws("efs", "describe_access_points", AccessPointId=self.volume_id)
                 if r.get("AccessPoints"):
+                    ap = r["AccessPoints"][0]
+                    if not self.is_ours(ap.get("Tags"), self.spawner):
+                        self._refuse_foreign(self.volume_id, ap.get("Tags"))
                     return self.volume_id
             except Exception as e:
                 if aws.error_code(e) != "AccessPointNotFound":

@@ -14,6 +14,13 @@ itself is the data, so losing the hub's memory loses nothing.
 Where the volume is attached is recorded in ``<root>/.attachments/<id>.json``
 so that a second attach from another server is refused, and so that the
 admin panel can say where each volume is.
+
+Whose volume it is is recorded in ``<root>/.owners/<id>.json`` (the hub
+user and server; hub-only, mode 600, beside the volume rather than in it,
+so its user cannot change it). ``ensure`` refuses, changing nothing, a
+volume whose record names someone else.  Volume ids are injective
+(:func:`jupyter_ds_compute.names.safe_name`), so this only ever fires on a
+volume made before they were, or on a renamed hub user.
 """
 
 from __future__ import annotations
@@ -26,29 +33,28 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 
 from jupyterhub.traitlets import ByteSpecification
 from traitlets import CaselessStrEnum, Unicode, default
 
+from ..names import safe_name
 from .base import VolumeDriver, VolumeError
 
-_SAFE = re.compile(r"[^a-z0-9._-]")
+
+class VolumeOwnedError(VolumeError):
+    """The volume's owner record names another hub user or server (403)."""
+
+    status_code = 403
 
 
 def volume_id_for(username, server_name=""):
-    """A file-name-safe, stable volume id: ``alice`` or ``alice--gpu-box``.
+    """A file-name-safe, stable, injective volume id: ``alice``, ``alice--gpu-2dbox``.
 
-    Characters outside ``[a-z0-9._-]`` become ``-xx`` hex escapes, so two
-    different names never share a volume.
+    :func:`jupyter_ds_compute.names.safe_name`: one hub user and server, one
+    id (the same ids as before for lower-case names below U+0100).
     """
-
-    def esc(s):
-        return _SAFE.sub(lambda m: "-%02x" % ord(m.group()), s.lower().replace("-", "-2d"))
-
-    vid = esc(username)
-    if server_name:
-        vid += "--" + esc(server_name)
-    return vid
+    return safe_name(username, server_name or "")
 
 
 class LocalVolume(VolumeDriver):
@@ -127,17 +133,112 @@ class LocalVolume(VolumeDriver):
         except (OSError, ValueError):
             return None
 
+    # -- ownership -------------------------------------------------------------
+
+    def _owner_file(self, vid=None):
+        return os.path.join(self.root, ".owners", f"{vid or self.volume_id}.json")
+
+    def _me(self):
+        return {"user": self.spawner.user.name, "server": self.spawner.name or ""}
+
+    def read_owner(self, vid=None):
+        """The owner record ``{"user", "server", ...}``; None if there is none;
+        ``{}`` if it is unreadable (treated as someone else's)."""
+        try:
+            with open(self._owner_file(vid)) as f:
+                record = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def _is_mine(self, record):
+        return bool(record) and record.get("user") == self.spawner.user.name and (
+            record.get("server") or ""
+        ) == (self.spawner.name or "")
+
+    def _refuse_owner(self, record):
+        if record:
+            whose = f"hub user {record.get('user')!r}" + (
+                f", server {record.get('server')!r}" if record.get("server") else ""
+            )
+        else:
+            whose = "an unreadable owner record"
+        raise VolumeOwnedError(
+            f"Volume {self.volume_id} belongs to someone else ({whose}), not to {self.log_name}: "
+            "nothing was changed; ask an admin.",
+            log_message=f"refused volume {self.volume_id} to {self.log_name}: owner record "
+            f"{self._owner_file()} says {record!r}",
+        )
+
+    def _check_unrecorded(self, existing):
+        """A volume made before owner records: adopt it only if nothing says
+        it is someone else's (its owner uid is ours, the hub's or root)."""
+        if not (self.owner and os.path.exists(existing)):
+            return
+        st = os.stat(existing)
+        if st.st_uid not in (self.owner[0], os.geteuid(), 0):
+            raise VolumeOwnedError(
+                f"Volume {self.volume_id} has no owner record and belongs to uid {st.st_uid}, "
+                f"not to {self.log_name} (uid {self.owner[0]}): nothing was changed; ask an admin.",
+                log_message=f"refused unrecorded volume {existing} (uid {st.st_uid}) to {self.log_name}",
+            )
+
+    def _claim(self):
+        """Write our owner record (exclusive: a concurrent claim is re-checked)."""
+        final = self._owner_file()
+        os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+        tmp = f"{final}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with open(fd, "w") as f:
+            json.dump(dict(self._me(), volume=self.volume_id, driver=self.name, created=time.time()), f)
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        record = self.read_owner()
+        if not self._is_mine(record):
+            self._refuse_owner(record)
+
+    def _choose_id(self):
+        """Our id: from state when its owner record names us (an id made by an
+        older naming), else the one :func:`volume_id_for` gives."""
+        expected = volume_id_for(self.spawner.user.name, self.spawner.name)
+        if self.volume_id and self.volume_id != expected:
+            if self._is_mine(self.read_owner(self.volume_id)):
+                return self.volume_id
+            self.log.warning(
+                "Volume id %s in the state of %s is not its own (%s) and has no owner record "
+                "naming it: using %s",
+                self.volume_id,
+                self.log_name,
+                expected,
+                expected,
+            )
+        return expected
+
     async def ensure(self):
-        if not self.volume_id:
-            self.volume_id = volume_id_for(self.spawner.user.name, self.spawner.name)
+        self.volume_id = self._choose_id()
+        record = self.read_owner()
+        if record is not None and not self._is_mine(record):
+            self._refuse_owner(record)  # before anything is created or chowned
+        if record is None:
+            self._check_unrecorded(self.image if self.mode == "image" else self.path)
         os.makedirs(self.root, mode=0o755, exist_ok=True)
         if self.mode == "image":
             await self._ensure_image()
+            if record is None:
+                self._claim()
             return self.volume_id
         path = self.path
         if not os.path.isdir(path):
             self.log.info("Creating volume %s at %s for %s", self.volume_id, path, self.log_name)
             os.makedirs(path, mode=0o700, exist_ok=True)
+        if record is None:
+            self._claim()
         if self.owner:
             uid, gid = self.owner
             st = os.stat(path)
