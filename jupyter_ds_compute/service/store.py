@@ -127,13 +127,27 @@ def sqlite_path(db_url: str) -> str:
     return db_url[len(prefix) :] or ":memory:"
 
 
+def private_file(path: str) -> None:
+    """Create ``path`` (mode 0600) in a directory of mode 0700 if absent.
+
+    The records name every user and hold the audit log: only the service's
+    own account may read them. SQLite creates its ``-wal`` and ``-shm``
+    files with the database file's mode.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+
+
 class Store:
     """The service's persistent records (see the module docstring)."""
 
     def __init__(self, db_url: str = "sqlite:///:memory:"):
         path = sqlite_path(db_url)
         if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            private_file(path)
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, timeout=10)
         self.db.row_factory = sqlite3.Row
