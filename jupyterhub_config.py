@@ -35,7 +35,10 @@ c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.abspath(os.environ.get("DS_COMPUTE_DATA") or os.path.join(HERE, "data"))
-os.makedirs(DATA, mode=0o755, exist_ok=True)
+# 0711: servers running as users' own accounts reach their volumes below it,
+# nobody but the hub lists it or reads its files (each made 0600 below)
+os.makedirs(DATA, mode=0o711, exist_ok=True)
+os.chmod(DATA, 0o711)
 BIND_URL = os.environ.get("DS_COMPUTE_BIND_URL", "http://127.0.0.1:8000").rstrip("/") + "/"
 IS_ROOT = os.geteuid() == 0
 
@@ -83,6 +86,10 @@ c.ConfigurableHTTPProxy.pid_file = os.path.join(DATA, "proxy.pid")
 # JupyterHub's proxy: ./dev.sh installs it into this checkout's node_modules
 # (configure(c) below finds it there, else on $PATH, else stops the hub)
 c.JupyterHub.db_url = f"sqlite:///{os.path.join(DATA, 'jupyterhub.sqlite')}"
+# the hub's database holds every user, token hash and spawner state: 0600
+# (SQLite gives its -wal/-shm files the database file's mode)
+os.close(os.open(os.path.join(DATA, "jupyterhub.sqlite"), os.O_WRONLY | os.O_CREAT, 0o600))
+os.chmod(os.path.join(DATA, "jupyterhub.sqlite"), 0o600)
 c.JupyterHub.cookie_secret_file = os.path.join(DATA, "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = os.path.join(DATA, "jupyterhub.pid")
 # servers outlive a hub restart; the spawner finds them again from its state

@@ -244,7 +244,7 @@ class DSComputeService(Application):
     @default("cookie_secret")
     def _default_cookie_secret(self):
         path = os.path.join(self.data_dir, "cookie_secret")
-        os.makedirs(self.data_dir, exist_ok=True)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         try:
             with open(path) as f:
                 return bytes.fromhex(f.read().strip())
