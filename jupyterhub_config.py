@@ -138,7 +138,7 @@ c.LocalBackend.create_system_users = IS_ROOT
 #   c.DSComputeService.accounting_interval = 10       # seconds between polls of the hub
 #   c.DSComputeService.idle_check_interval = 60       # seconds
 #   c.DSComputeService.idle_action = "downshift"      # or "stop"
-#   c.DSComputeService.metrics_require_auth = False
+#   c.DSComputeService.metrics_require_auth = True    # False: public metrics
 c.DSComputeService.data_dir = os.path.join(DATA, "service")
 if os.environ.get("DS_COMPUTE_SERVICE_PORT"):
     c.DSComputeService.service_url = f"http://127.0.0.1:{os.environ['DS_COMPUTE_SERVICE_PORT']}"

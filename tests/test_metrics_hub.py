@@ -1,5 +1,9 @@
 """``/services/ds-compute/metrics`` on a real hub: Prometheus text that
-``prometheus_client``'s parser reads, counting what happened."""
+``prometheus_client``'s parser reads, counting what happened; by default only
+for a token with ``read:metrics`` (a Prometheus service, as the README says)
+or a hub admin's."""
+
+import secrets
 
 import pytest
 import requests
@@ -8,18 +12,33 @@ from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.hub
 
-HUB_EXTRA_CONFIG = """
+PROMETHEUS_TOKEN = secrets.token_hex(16)
+
+HUB_EXTRA_CONFIG = f"""
+# Prometheus as the README's "Metrics" section sets it up
+c.JupyterHub.services = list(c.JupyterHub.services) + [{{"name": "prometheus", "api_token": "{PROMETHEUS_TOKEN}"}}]
+c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + [{{
+    "name": "prometheus",
+    "scopes": ["read:metrics", "access:services!service=ds-compute"],
+    "services": ["prometheus"],
+}}]
 c.DSComputeSpawner.profile_list = list(c.DSComputeSpawner.profile_list) + [
-    {"display_name": "Dozy", "slug": "dozy", "cpu": 1, "mem": "1G", "hourly_cost": 0.5, "idle_downshift_after": 3},
-    {"display_name": "Capped", "slug": "capped", "cpu": 1, "mem": "1G", "hourly_cost": 0.2, "max_servers": 0},
+    {{"display_name": "Dozy", "slug": "dozy", "cpu": 1, "mem": "1G", "hourly_cost": 0.5, "idle_downshift_after": 3}},
+    {{"display_name": "Capped", "slug": "capped", "cpu": 1, "mem": "1G", "hourly_cost": 0.2, "max_servers": 0}},
 ]
 c.DSComputeService.accounting_interval = 1
 c.DSComputeService.idle_check_interval = 1
 """
 
 
-def scrape(hub):
-    r = requests.get(f"{hub.url}/services/ds-compute/metrics", timeout=10)
+def metrics(hub, token=None, scheme="token"):
+    headers = {"Authorization": f"{scheme} {token}"} if token else {}
+    return requests.get(f"{hub.url}/services/ds-compute/metrics", headers=headers, timeout=10)
+
+
+def scrape(hub, token=PROMETHEUS_TOKEN):
+    # Prometheus sends "Authorization: Bearer <credentials>"
+    r = metrics(hub, token, scheme="Bearer")
     assert r.status_code == 200, r.text
     assert r.headers["Content-Type"].startswith("text/plain")
     samples = {}
@@ -41,6 +60,27 @@ def service(hub, method, path, token, **kwargs):
         timeout=30,
         **kwargs,
     )
+
+
+def test_metrics_need_read_metrics_or_admin(hub):
+    # anonymous: refused, and no metric text in the answer
+    r = metrics(hub)
+    assert r.status_code == 403, r.text
+    assert "read:metrics" in r.text and "ds_compute_" not in r.text
+    # a user's own token (no read:metrics) and a token that is not the hub's: refused
+    plain = hub.create_user("metrics-plain")
+    r = metrics(hub, hub.user_token(plain))
+    assert r.status_code == 403 and "ds_compute_" not in r.text
+    r = metrics(hub, "not-a-token")
+    assert r.status_code == 403 and "ds_compute_" not in r.text
+    # a service token without read:metrics (the tests' admin service): refused
+    assert metrics(hub, hub.admin_token).status_code == 403
+    # Prometheus' token, with either scheme, and a hub admin's token: the metrics
+    assert "ds_compute_running_servers" in metrics(hub, PROMETHEUS_TOKEN).text
+    assert ("ds_compute_running_servers", (("tier", "small"),)) in scrape(hub)
+    hub.create_user("admin")  # an admin of the embedded default
+    r = metrics(hub, hub.user_token("admin"))
+    assert r.status_code == 200 and "ds_compute_running_servers" in r.text, r.text[:300]
 
 
 def test_metrics_count_what_happened(hub):

@@ -6,6 +6,9 @@ only (the identity model's ``admin``); everyone else gets a 403 page.
 - ``GET admin?tier=&state=&user=``: one row per server (users without a
   server get one ``stopped`` row): tier, state, volume id and where it is
   attached, time on tier, cost this budget period, last activity; actions.
+  The volume comes from the server's spawner state (``volume_info``: the
+  volume driver's own ``describe()`` at the last start or stop), whatever
+  the driver (local, EBS, EFS); see :func:`volume_of`.
 - ``POST admin/action`` (HubOAuth cookie + ``_xsrf`` form field):
   ``action=switch`` (through the orchestrator, same checks as the API),
   ``stop`` (hub API ``DELETE``), ``start`` (hub API ``POST`` with the tier).
@@ -14,14 +17,12 @@ only (the identity model's ``admin``); everyone else gets a 403 page.
 
 from __future__ import annotations
 
-import json
-import os
+import time
 from urllib.parse import urlencode
 
 from tornado import web
 
 from .. import policy, tiers
-from ..volumes.local import volume_id_for
 from .accounting import parse_time
 from .handlers import APIError, PageHandler
 from .hubapi import HubAPIError
@@ -33,15 +34,28 @@ __all__ = ["admin_handlers"]
 STATES = ("running", "starting", "stopping", "switching", "stopped")
 
 
-def attachment(volume_root: str, volume_id: str) -> dict | None:
-    """Where a local volume is attached (``{"server", "host", "path"}``), from its registry file."""
-    if not volume_root:
-        return None
-    try:
-        with open(os.path.join(volume_root, ".attachments", f"{volume_id}.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+def volume_of(server: dict | None) -> dict | None:
+    """The volume of a server model, as its volume driver described it; None if unknown.
+
+    ``{"id", "driver", "attached_to", "as_of", ...}`` from the spawner state's
+    ``volume_info`` (``describe()`` at the last start or stop), else the
+    driver's own state (``volume``: id, driver) for servers last started
+    before ``volume_info`` existed. The state is in the model only with the
+    ``admin:server_state`` scope; a server that never started has none.
+    """
+    state = (server or {}).get("state") or {}
+    info = state.get("volume_info")
+    if isinstance(info, dict) and info.get("id"):
+        return dict(info)
+    vol = state.get("volume")
+    if isinstance(vol, dict) and vol.get("id"):
+        return {
+            "id": vol["id"],
+            "driver": vol.get("driver") or "",
+            "attached_to": vol.get("attached_to") or None,
+            "as_of": None,
+        }
+    return None
 
 
 class AdminBase(PageHandler):
@@ -55,7 +69,7 @@ class AdminHandler(AdminBase):
     async def get(self):
         self.check_admin()
         try:
-            users = await self.hub.list_users()
+            users = await self.hub.list_users(include_stopped_servers=True)
         except HubAPIError as e:
             raise web.HTTPError(502, f"Could not list users from JupyterHub: {e.message}")
         now = utcnow()
@@ -63,14 +77,13 @@ class AdminHandler(AdminBase):
         since = policy.period_start(now, settings["budget_period"])
         costs = self.live.accounting.per_server(since, now)
         intervals = self.live.accounting.open_intervals()
-        root = self.settings.get("volume_root") or ""
         rows = []
         for u in sorted(users, key=lambda u: u["name"]):
             servers = dict(u.get("servers") or {})
             if "" not in servers:
                 servers[""] = None
             for name, srv in sorted(servers.items()):
-                rows.append(self._row(u, name, srv, costs, intervals, root, now))
+                rows.append(self._row(u, name, srv, costs, intervals, now))
         tier_filter = self.get_argument("tier", "")
         state_filter = self.get_argument("state", "")
         user_filter = self.get_argument("user", "")
@@ -95,7 +108,7 @@ class AdminHandler(AdminBase):
             audit=self.store.list_audit(limit=15),
         )
 
-    def _row(self, u, name, srv, costs, intervals, root, now):
+    def _row(self, u, name, srv, costs, intervals, now):
         user = u["name"]
         groups = u.get("groups") or []
         switch = self.store.active_switch(user, name)
@@ -113,10 +126,11 @@ class AdminHandler(AdminBase):
             state = "running"
         else:
             state = srv.get("pending") or "stopped"
-        if state != "stopped" and not profile:
+        if state == "stopped":
+            profile = None  # the tier column is where it runs now
+        elif not profile:
             profile = tiers.default_slug(self.profiles, groups)
-        vid = volume_id_for(user, name)
-        att = attachment(root, vid)
+        volume = volume_of(srv)
         started = parse_time((srv or {}).get("started"))
         interval = intervals.get((user, name))
         on_tier_since = None
@@ -131,8 +145,12 @@ class AdminHandler(AdminBase):
             "tier": profile or "",
             "state": state,
             "switch_id": switch["id"] if switch else None,
-            "volume_id": vid,
-            "attached": att,
+            "volume": volume,
+            "volume_as_of": (
+                describe_seconds(max(0.0, time.time() - volume["as_of"])) + " ago"
+                if volume and volume.get("as_of")
+                else ""
+            ),
             "time_on_tier": describe_seconds(now - on_tier_since) if on_tier_since else "",
             "cost": costs.get((user, name), 0.0),
             "last_activity": isoformat(last) if last else None,
@@ -202,7 +220,7 @@ class AuditHandler(AdminBase):
         self.check_admin()
         user = self.get_argument("user", "") or None
         event = self.get_argument("event", "")
-        limit = max(1, min(int(self.get_argument("limit", "500") or 500), 5000))
+        limit = self.int_argument("limit", 500, 1, 5000)
         events = self.store.list_audit(limit=limit, user=user)
         if event:
             events = [e for e in events if e["event"].startswith(event)]

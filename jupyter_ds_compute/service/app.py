@@ -321,11 +321,19 @@ class DSComputeService(Application):
     ).tag(config=True)
 
     metrics_require_auth = Bool(
-        False,
+        True,
         help=dedent("""
-            Require an admin's or a service's token for ``GET metrics``.
-            Default: the metrics are readable without authentication (they
-            hold counts per tier, no user names).
+            Require a token for ``GET metrics``, as JupyterHub does for its own
+            ``/hub/metrics``: one whose scopes include ``read:metrics`` (give
+            Prometheus a service with a role holding ``read:metrics`` and
+            ``access:services!service=ds-compute``), or a hub admin's.
+            ``False`` makes the metrics public (they hold counts per tier, no
+            user names)::
+
+                c.DSComputeService.metrics_require_auth = False
+
+            .. versionchanged:: 0.1.0
+               Default ``True`` (was ``False`` before release).
             """).strip(),
     ).tag(config=True)
 

@@ -79,6 +79,86 @@ def safe_next_url(next_url, user: str, server_name: str, base_url: str = "/") ->
     return fallback
 
 
+#: deepest nesting of arrays/objects accepted in a JSON body (switch bodies are flat)
+MAX_JSON_DEPTH = 20
+
+
+def parse_int_argument(raw, *, field: str, default: int, minimum: int, maximum: int) -> int:
+    """``raw`` (a query argument, None or "" for absent) as an int in ``[minimum, maximum]``.
+
+    Only plain decimal integers count (not ``1e9``, ``nan``, ``0x10``, ``1.5``);
+    anything else is an :class:`APIError` 400 naming ``field``.
+    """
+    if raw is None or raw == "":
+        return default
+    text = raw.strip()
+    if not re.fullmatch(r"[+-]?[0-9]{1,18}", text):
+        raise APIError(
+            400,
+            f"'{field}' must be a whole number from {minimum} to {maximum}, not {raw[:40]!a}.",
+            field=field,
+        )
+    value = int(text)
+    if not minimum <= value <= maximum:
+        raise APIError(400, f"'{field}' must be from {minimum} to {maximum}, not {value}.", field=field)
+    return value
+
+
+def check_json_value(value, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse (APIError 400 naming the field) a parsed JSON body that is nested
+    deeper than ``max_depth`` or holds a lone UTF-16 surrogate (``"\\ud800"``)
+    in a key or string, which is not text and cannot be stored or logged.
+
+    Iterative, so no depth makes it recurse.
+    """
+    # (value, where it is, e.g. "a.b[2]", the top-level key it is under, depth)
+    stack = [(value, "", None, 0)]
+    while stack:
+        item, where, field, depth = stack.pop()
+        named = {"field": field} if field else {}
+        if isinstance(item, (dict, list)) and depth >= max_depth:
+            raise APIError(
+                400,
+                f"The request body is nested too deeply (at most {max_depth} levels)"
+                + (f", in '{field}'." if field else "."),
+                **named,
+            )
+        if isinstance(item, str):
+            if _has_surrogate(item):
+                raise APIError(
+                    400,
+                    f"'{where}' holds a lone UTF-16 surrogate ({_first_surrogate(item)}), which is not text.",
+                    **named,
+                )
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, str):
+                    continue  # json.loads gives str keys only
+                if _has_surrogate(k):
+                    raise APIError(
+                        400,
+                        f"A key {('in ' + repr(where)) if where else 'of the request body'} holds a lone "
+                        f"UTF-16 surrogate ({_first_surrogate(k)}), which is not text.",
+                        field=field or ascii(k),
+                    )
+                stack.append((v, f"{where}.{k}" if where else k, field or k, depth + 1))
+        elif isinstance(item, list):
+            for i, v in enumerate(item):
+                stack.append((v, f"{where}[{i}]", field, depth + 1))
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _first_surrogate(text: str) -> str:
+    return next(f"\\u{ord(c):04x}" for c in text if 0xD800 <= ord(c) <= 0xDFFF)
+
+
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
     """Common parts: settings access, async auth, error rendering."""
 
@@ -143,6 +223,37 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
     def is_admin(self) -> bool:
         return bool(self.current_user and self.current_user.get("admin"))
+
+    def refused(self, error: APIError) -> APIError:
+        """Audit a refused request (``request``/``refused``, with what and why); returns ``error``.
+
+        For refusals before a switch's target is known (bad query arguments,
+        a body that is not a JSON object); :meth:`start_switch` audits its own.
+        """
+        caller = self.current_user or {}
+        self.store.audit(
+            "request",
+            actor=caller.get("name"),
+            outcome="refused",
+            reason=f"{error.status_code}: {self.request.method} {self.request.path}: {error.message}",
+        )
+        self.log.info(
+            "Refused %s %s by %s: %s",
+            self.request.method,
+            self.request.path,
+            caller.get("name") or self.request.remote_ip,
+            error.message,
+        )
+        return error
+
+    def int_argument(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        """A query argument as an int (see :func:`parse_int_argument`); refusals are audited."""
+        try:
+            return parse_int_argument(
+                self.get_argument(name, None), field=name, default=default, minimum=minimum, maximum=maximum
+            )
+        except APIError as e:
+            raise self.refused(e) from None
 
     def may_see(self, record: dict) -> bool:
         return self.is_admin() or (
@@ -340,14 +451,23 @@ class APIHandler(BaseHandler):
         return user
 
     def get_json_body(self) -> dict:
+        """The body as a JSON object; anything else is an audited 400 (see :func:`check_json_value`)."""
         if not self.request.body:
             return {}
         try:
             body = json.loads(self.request.body)
+        except RecursionError:
+            raise self.refused(
+                APIError(400, f"The request body is nested too deeply (at most {MAX_JSON_DEPTH} levels).")
+            ) from None
         except ValueError:
-            raise APIError(400, "The request body is not valid JSON.")
+            raise self.refused(APIError(400, "The request body is not valid JSON (UTF-8).")) from None
         if not isinstance(body, dict):
-            raise APIError(400, "The request body must be a JSON object.")
+            raise self.refused(APIError(400, "The request body must be a JSON object."))
+        try:
+            check_json_value(body)
+        except APIError as e:
+            raise self.refused(e) from None
         return body
 
     def write_json(self, data, status: int = 200) -> None:
@@ -382,7 +502,7 @@ class SwitchListHandler(APIHandler):
     def get(self):
         caller = self.require_user()
         user = self.get_argument("user", None)
-        limit = max(1, min(int(self.get_argument("limit", "100") or 100), 1000))
+        limit = self.int_argument("limit", 100, 1, 1000)
         if not self.is_admin():
             if user not in (None, caller["name"]):
                 raise APIError(403, "Only admins may list other users' switches.")
@@ -474,15 +594,19 @@ class PolicyHandler(APIHandler):
         if user != caller["name"] and not self.is_admin():
             raise APIError(403, "Only admins may see another user's budget.")
         groups = caller.get("groups") if user == caller["name"] and "groups" in caller else None
-        if groups is None:
-            model = await self.hub.get_user(user)
-            if model is None:
-                raise APIError(404, f"No such user: {user}.")
-            groups = model.get("groups") or []
+        try:
+            if groups is None:
+                model = await self.hub.get_user(user)
+                if model is None:
+                    raise APIError(404, f"No such user: {user}.")
+                groups = model.get("groups") or []
+            budget = await self.live.budget(user, groups)
+        except HubAPIError as e:
+            self.log.error("Could not read %s's user or groups from the hub: %s", user, e)
+            raise APIError(502, "Could not ask JupyterHub about the user; try again shortly.")
         server_name = self.get_argument("server_name", None)
         if server_name is None:
             server_name = self._token_server(caller, user)
-        budget = await self.live.budget(user, groups)
         self.write_json({"budget": budget, "notices": notices(self.store, user, server_name)})
 
 
@@ -509,8 +633,18 @@ def notices(store, user: str, server_name: str, max_age: float = 86400) -> list[
     return out
 
 
+#: the scope a token needs for ``GET metrics`` (JupyterHub's own, for ``/hub/metrics``)
+METRICS_SCOPE = "read:metrics"
+
+
 class MetricsHandler(BaseHandler):
-    """``GET metrics``: Prometheus text format (see :mod:`.metrics`)."""
+    """``GET metrics``: Prometheus text format (see :mod:`.metrics`).
+
+    With ``metrics_require_auth`` (the default), like JupyterHub's own
+    ``/hub/metrics``: the caller's token must carry ``read:metrics`` (a
+    Prometheus service's role, see the README's "Metrics"), or the caller
+    must be a hub admin; anyone else gets a 403.
+    """
 
     async def prepare(self):
         if self.settings.get("metrics_require_auth"):
@@ -521,10 +655,22 @@ class MetricsHandler(BaseHandler):
 
         if self.settings.get("metrics_require_auth"):
             user = self.current_user
-            if user is None or not (user.get("admin") or user.get("kind") == "service"):
-                raise web.HTTPError(403, "metrics need an admin's or a service's token")
+            if user is None or not (user.get("admin") or METRICS_SCOPE in (user.get("scopes") or ())):
+                raise web.HTTPError(
+                    403,
+                    "The ds-compute metrics need a token with the read:metrics scope "
+                    "(e.g. a Prometheus service's role) or a hub admin's token.",
+                )
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(self.settings["metrics_registry"]))
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = responses.get(status_code, "Error")
+        if isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(f"{status_code} {message}\n")
 
 
 class PageHandler(BaseHandler):

@@ -5,7 +5,9 @@ waits poll with a fixed interval and are bounded by the timeout they are
 given. Scopes needed by the service's token: ``servers`` (read, start,
 delete, patch ``user_options``, ``/progress``), ``read:users:groups``
 (the owner's groups for tier checks), ``list:users`` (accounting, idle
-checks, the admin page) and ``read:groups`` (members of budgeted groups).
+checks, the admin page), ``read:groups`` (members of budgeted groups) and
+``admin:server_state`` (each server's spawner state: the admin page's volumes).
+List endpoints are followed page after page (:meth:`HubAPI.get_paginated`).
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 __all__ = ["HubAPI", "HubAPIError", "server_label"]
 
 log = logging.getLogger(__name__)
+
+#: ``Accept`` value that makes the hub answer list endpoints as ``{"items", "_pagination"}``
+PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
 
 
 class HubAPIError(Exception):
@@ -63,13 +68,15 @@ class HubAPI:
         self.poll_interval = poll_interval
         self.client = AsyncHTTPClient()
 
-    async def request(self, method: str, path: str, body=None, *, ok=(200, 201, 202, 204)):
+    async def request(
+        self, method: str, path: str, body=None, *, ok=(200, 201, 202, 204), headers: dict | None = None
+    ):
         """One API call; returns ``(status, parsed JSON or text or None)``.
 
         Raises :class:`HubAPIError` for statuses not in ``ok`` and when the
         hub does not answer within ``request_timeout``.
         """
-        headers = {"Authorization": f"token {self.api_token}"}
+        headers = {**(headers or {}), "Authorization": f"token {self.api_token}"}
         if body is not None:
             headers["Content-Type"] = "application/json"
         req = HTTPRequest(
@@ -132,19 +139,72 @@ class HubAPI:
             raise
         return data
 
-    async def list_users(self, state: str | None = None, page: int = 200) -> list[dict]:
-        """Every user model (``state="active"``: only users with a running or
-        pending server), following the hub's pagination. Needs ``list:users``."""
-        users: list[dict] = []
+    async def list_users(self, state: str | None = None, include_stopped_servers: bool = False) -> list[dict]:
+        """Every user model, following the hub's pagination. Needs ``list:users``.
+
+        ``state="active"``: only users with a running or pending server;
+        ``include_stopped_servers``: stopped servers are in ``servers`` too.
+        """
+        query = {}
+        if state:
+            query["state"] = state
+        if include_stopped_servers:
+            query["include_stopped_servers"] = "1"
+        return await self.get_paginated("/users", query)
+
+    async def get_paginated(self, path: str, query: dict | None = None) -> list:
+        """Every item of a list endpoint, page after page (as ``jupyterhub-idle-culler`` does).
+
+        The request asks for the paginated form (``Accept:
+        application/jupyterhub-pagination+json``) and follows
+        ``_pagination.next`` until the hub says there is none, so the hub's
+        ``c.JupyterHub.api_page_max_limit`` decides the page size, whatever it
+        is. The next page is requested from :attr:`api_url` with the hub's
+        ``offset`` and ``limit`` (not the host of ``next.url``, which is how the
+        hub saw this request and may not be how the service reaches it).
+        A hub answering a plain list (no pagination) gives that list.
+        Items that a concurrent change moves across a page boundary may be
+        seen twice: models with a ``name`` are returned once.
+        """
+        query = dict(query or {})
+        items: list = []
+        seen: set = set()
         offset = 0
-        while True:
-            query = f"?offset={offset}&limit={page}" + (f"&state={state}" if state else "")
-            _, data = await self.request("GET", "/users" + query)
-            batch = data if isinstance(data, list) else (data or {}).get("items", [])
-            users.extend(batch)
-            if len(batch) < page:
-                return users
-            offset += len(batch)
+        for page_no in range(1, 100_001):
+            q = urlencode({**query, "offset": offset} if offset else query)
+            _, data = await self.request(
+                "GET", path + (f"?{q}" if q else ""), headers={"Accept": PAGINATION_MEDIA_TYPE}
+            )
+            if isinstance(data, list):
+                # a hub that does not paginate: the whole list
+                return data
+            if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+                raise HubAPIError(
+                    0, f"unexpected answer (page {page_no}): {str(data)[:200]}", method="GET", path=path
+                )
+            for item in data["items"]:
+                name = item.get("name") if isinstance(item, dict) else None
+                if name is not None:
+                    if name in seen:
+                        continue
+                    seen.add(name)
+                items.append(item)
+            nxt = (data.get("_pagination") or {}).get("next")
+            if not nxt:
+                log.debug("Fetched %d items from %s in %d pages", len(items), path, page_no)
+                return items
+            next_offset = nxt.get("offset")
+            if not isinstance(next_offset, int) or next_offset <= offset:
+                raise HubAPIError(
+                    0,
+                    f"pagination does not advance (offset {offset} -> {next_offset!r})",
+                    method="GET",
+                    path=path,
+                )
+            if "limit" in nxt:
+                query["limit"] = nxt["limit"]
+            offset = next_offset
+        raise HubAPIError(0, "more than 100000 pages", method="GET", path=path)
 
     async def get_group(self, name: str) -> dict | None:
         """The group model (``users``: member names), None if no such group. Needs ``read:groups``."""
