@@ -273,6 +273,10 @@ class DSComputeSpawner(Spawner):
     _profiles = ()
     _backend = None
     _volume = None
+    #: the volume driver's ``describe()`` at the last start (after attach) or
+    #: stop (after detach), kept in the state so that the ds-compute service's
+    #: admin page can show it (see docs/internals.md, "Volumes on the admin page")
+    volume_info = None
     _backend_name = ""
     _last_good_options = None
 
@@ -431,6 +435,7 @@ class DSComputeSpawner(Spawner):
         self.ip, self.port = backend.bind()
         self._emit(40, f"Attaching volume {volume_id} on {host.id}")
         path = await volume.attach(host)
+        self.volume_info = await self._describe_volume(volume)
         self.notebook_dir = path
         env = self.get_env()
         env.update(self._ds_env(tier, volume, path))
@@ -568,8 +573,19 @@ class DSComputeSpawner(Spawner):
             await backend.stop(now=now)
         if self._volume is not None:
             await self._volume.detach()
+            self.volume_info = await self._describe_volume(self._volume)
         if backend is not None:
             await backend.release()
+
+    async def _describe_volume(self, volume, timeout=30):
+        """``volume.describe()`` plus ``"as_of"`` (unix time); never fails a start or stop."""
+        try:
+            info = dict(await asyncio.wait_for(volume.describe(), timeout))
+        except Exception as e:  # noqa: BLE001 - informative only
+            self.log.warning("Could not describe volume %s of %s: %s", volume.volume_id, self._log_name, e)
+            info = {"id": volume.volume_id, "driver": volume.name, "error": f"could not describe: {e}"}
+        info["as_of"] = time.time()
+        return info
 
     # -- deletion ------------------------------------------------------------
 
@@ -625,6 +641,8 @@ class DSComputeSpawner(Spawner):
             state["volume"] = self._volume.get_state()
         if self._last_good_options:
             state["last_options"] = self._last_good_options
+        if self.volume_info:
+            state["volume_info"] = self.volume_info
         if self._backend is not None:
             backend_state = self._backend.get_state()
             if backend_state:
@@ -640,6 +658,7 @@ class DSComputeSpawner(Spawner):
             self._volume = _plugin("volume driver", VOLUMES, name)(self)
             self._volume.load_state(state["volume"])
         self._last_good_options = state.get("last_options") or self._last_good_options
+        self.volume_info = state.get("volume_info") or self.volume_info
         if state.get("backend"):
             backend = self._make_backend(state["backend"]["name"])
             backend.load_state(state["backend"]["state"])
