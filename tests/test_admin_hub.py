@@ -67,9 +67,12 @@ def test_table_filters_and_actions(hub, admin):
         a = table[(alice, "")]
         assert a["tier"] == "gpu" and a["state"] == "running"
         assert alice in a["html"] and "<code>alice-2dadm</code>" in a["html"]  # the volume id
-        assert "local" in a["html"] or "127.0.0.1" in a["html"] or "(alice-adm)" in a["html"]  # attached to
+        # the volume as the local driver described it at start: driver, where attached
+        assert 'data-volume-id="alice-2dadm" data-volume-driver="local"' in a["html"]
+        assert re.search(r'data-attached-to="[^"]+"', a["html"]), a["html"]
         assert table[(bob, "")]["state"] == "stopped"
         assert "detached" in table[(bob, "")]["html"]
+        assert 'data-volume-id=""' in table[(bob, "")]["html"]  # never started: no volume yet
         # filters
         only_gpu = rows(admin_page(hub, admin, "?tier=gpu").text)
         assert set(only_gpu) == {(alice, "")}
@@ -118,6 +121,11 @@ def test_table_filters_and_actions(hub, admin):
         )
         assert r.status_code == 200 and "Stopping" in r.text, r.text[:800]
         wait_for(lambda: hub.server_model(alice) is None, timeout=60, message="alice stopped")
+        # stopped: still listed with her volume, detached (described after detach)
+        stopped_row = rows(admin_page(hub, admin, f"?user={alice}").text)[(alice, "")]
+        assert stopped_row["state"] == "stopped"
+        assert 'data-volume-id="alice-2dadm"' in stopped_row["html"]
+        assert 'data-attached-to=""' in stopped_row["html"]
         # a POST without the xsrf token is not accepted as the admin
         r = admin.post(
             f"{hub.url}/services/ds-compute/admin/action",
