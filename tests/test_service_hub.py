@@ -137,7 +137,18 @@ class SvcHub:
             T_URL=self.url,
             T_HUB_PORT=str(_free_port()),
             T_PROXY_API_PORT=str(_free_port()),
-            T_PROXY=str(VENV_BIN / "configurable-http-proxy"),
+            # JupyterHub's proxy: ./dev.sh installs it into the checkout's node_modules
+            T_PROXY=str(
+                next(
+                    (
+                        p
+                        for p in (REPO / "node_modules" / ".bin", VENV_BIN)
+                        if (p / "configurable-http-proxy").exists()
+                    ),
+                    VENV_BIN,
+                )
+                / "configurable-http-proxy"
+            ),
             T_SERVICE_PORT=str(self.service_port),
             T_ADMIN_TOKEN=self.admin_token,
             T_TIERS=json.dumps(TIERS),
@@ -460,4 +471,6 @@ def test_service_killed_mid_switch_reconciles(svc_hub):
     assert rec["state"] == "succeeded", rec
     model = svc_hub.server(user)
     assert model["ready"] and model["user_options"]["profile"] == "gpu"
-    assert any("service restart" in (s["message"] or "") or s["status"] == "done" for s in rec["steps"])
+    # the new service process picked the switch up (the killed one cannot have finished it)
+    assert f"Reconciling switch {switch_id}" in svc_hub.log_path.read_text(errors="replace")
+    assert all(s["status"] == "done" for s in rec["steps"]), rec["steps"]
