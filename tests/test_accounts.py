@@ -141,3 +141,18 @@ def test_bad_prefix_is_refused_naming_the_field():
 
 def test_default_deny_lists_root():
     assert "root" in DEFAULT_DENY and "munge" in DEFAULT_DENY and "slurm" in DEFAULT_DENY
+
+
+@pytest.mark.parametrize("backend", ["local", "slurm"])
+async def test_both_backends_use_the_policy(backend):
+    from aws.harness import FakeSpawner
+
+    from jupyter_ds_compute.backends.local import LocalBackend
+    from jupyter_ds_compute.backends.slurm import SlurmBackend
+
+    cls = {"local": LocalBackend, "slurm": SlurmBackend}[backend]
+    b = cls(FakeSpawner("root", config=config()))
+    with pytest.raises(AccountRefused, match="which is root: never used"):
+        await b.system_account()
+    with pytest.raises(AccountRefused, match="which is root"):
+        b.system_account_now()

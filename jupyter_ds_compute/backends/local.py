@@ -43,28 +43,28 @@ class SystemAccountMixin:
     itself is :class:`~jupyter_ds_compute.accounts.SystemAccounts`.
     """
 
-    _accounts = None
-    _account = None
+    _system_accounts = None
+    _system_account = None
 
     @property
-    def accounts(self):
-        if self._accounts is None:
-            self._accounts = SystemAccounts(parent=self)
-        return self._accounts
+    def system_accounts(self):
+        if self._system_accounts is None:
+            self._system_accounts = SystemAccounts(parent=self)
+        return self._system_accounts
 
-    async def account(self):
+    async def system_account(self):
         """The server's :class:`~jupyter_ds_compute.accounts.Account` (created if allowed)."""
-        if self._account is None:
-            self._account = await self.accounts.resolve(
+        if self._system_account is None:
+            self._system_account = await self.system_accounts.resolve(
                 self.spawner.user.name, create=self.create_system_users, log_name=self.log_name
             )
-        return self._account
+        return self._system_account
 
-    def account_now(self):
+    def system_account_now(self):
         """Same, without creating (sync: after a hub restart, for stop)."""
-        if self._account is None:
-            self._account = self.accounts.lookup(self.spawner.user.name)
-        return self._account
+        if self._system_account is None:
+            self._system_account = self.system_accounts.lookup(self.spawner.user.name)
+        return self._system_account
 
 
 def unreachable_dir(path, uid, gids):
@@ -188,7 +188,7 @@ class LocalBackend(SystemAccountMixin, Backend):
     async def owner(self):
         """``(uid, gid)`` the server and its volume belong to."""
         if self.as_system_user:
-            acct = await self.account()
+            acct = await self.system_account()
             return acct.uid, acct.gid
         return os.getuid(), os.getgid()
 
@@ -235,7 +235,7 @@ class LocalBackend(SystemAccountMixin, Backend):
             self.emit(f"Limits for tier {tier.display_name}: {cpu}, {mem} (cgroup v{hierarchy.version})")
         uid, gid, groups = None, None, None
         if self.as_system_user:
-            acct = await self.account()
+            acct = await self.system_account()
             uid, gid, groups = acct.uid, acct.gid, list(acct.groups)
             if uid == 0 or gid == 0 or 0 in groups:  # the policy refuses these; never, whatever it says
                 raise AccountRefused(f"Refusing to run {self.log_name} as root (uid {uid}, groups {groups})")

@@ -289,14 +289,14 @@ class SlurmBackend(SystemAccountMixin, Backend):
         """``(uid, gid)`` the job and its volume belong to (a checked account:
         jobs run as it, so the hub must know it, e.g. from the directory service)."""
         if self.as_system_user:
-            acct = await self.account()
+            acct = await self.system_account()
             return acct.uid, acct.gid
         return os.getuid(), os.getgid()
 
     def _preexec(self):
         if not self.as_system_user:
             return None
-        acct = self.account_now()
+        acct = self.system_account_now()
         uid, gid, groups = acct.uid, acct.gid, list(acct.groups)
         if uid == 0 or gid == 0 or 0 in groups:  # the policy refuses these; never, whatever it says
             raise BackendError(f"Refusing to submit {self.log_name}'s job as root")
@@ -434,7 +434,7 @@ class SlurmBackend(SystemAccountMixin, Backend):
         workdir = self._workdir()
         os.makedirs(workdir, mode=0o700, exist_ok=True)
         if self.as_system_user:
-            acct = self.account_now()
+            acct = self.system_account_now()
             os.chown(workdir, acct.uid, acct.gid)
             blocked = unreachable_dir(workdir, acct.uid, [acct.gid])
             if blocked:
@@ -450,7 +450,7 @@ class SlurmBackend(SystemAccountMixin, Backend):
                 "The slurm backend cannot mount volume images: use c.LocalVolume.mode = 'directory'"
             )
         if self.as_system_user:
-            acct = await self.account()
+            acct = await self.system_account()
         self.workdir = self._ensure_workdir()
         if self.as_system_user:
             blocked = unreachable_dir(volume_path, acct.uid, list(acct.groups))
