@@ -30,6 +30,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from urllib.parse import urlparse
 
 from traitlets.config import Config
@@ -152,20 +153,29 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
-def _check_port_free(url, what):
+def _check_port_free(url, what, wait=5.0):
+    """Stop the hub if something listens on ``url``'s port. A predecessor
+    that is still shutting down (a hub restart) gets ``wait`` seconds."""
     parsed = urlparse(url)
     if not parsed.port:
         return
-    with socket.socket() as s:
-        try:
-            s.bind((parsed.hostname or "127.0.0.1", parsed.port))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise ConfigError(
-                    f"{what} {url}: port {parsed.port} is already in use (another hub's service?); "
-                    "choose another port, or leave it unset to get a free one"
-                ) from None
-            raise ConfigError(f"{what} {url}: cannot listen there ({e.strerror})") from None
+    deadline = time.monotonic() + wait
+    while True:
+        with socket.socket() as s:
+            # as the service's own listen(): connections in TIME_WAIT don't count
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((parsed.hostname or "127.0.0.1", parsed.port))
+                return
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise ConfigError(f"{what} {url}: cannot listen there ({e.strerror})") from None
+        if time.monotonic() >= deadline:
+            raise ConfigError(
+                f"{what} {url}: port {parsed.port} is already in use (another hub's service?); "
+                "choose another port, or leave it unset to get a free one"
+            )
+        time.sleep(0.2)
 
 
 # -- the proxy ---------------------------------------------------------------------
