@@ -124,8 +124,11 @@ c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
 c.LocalVolume.root = os.path.join(DATA, "volumes")
 c.LocalBackend.log_dir = os.path.join(DATA, "logs")
-# as root, each user's server runs as that user's own system account
+# as root, each user's server runs as a system account of its own, made for it
+# and marked as ours: jdc-<name> (never an account that exists for something
+# else: with one shared password, "alice" must not become the machine's alice)
 c.LocalBackend.create_system_users = IS_ROOT
+c.SystemAccounts.mode = "prefixed"
 
 # -- policies ------------------------------------------------------------------------------
 # Per tier: allowed_groups, max_servers, idle_downshift_after (see TIERS).

@@ -135,5 +135,9 @@ def process_uid(pid):
     raise LookupError(pid)
 
 
-def system_uid(name):
-    return pwd.getpwnam(name).pw_uid
+def system_uid(name, mode="prefixed"):
+    """The uid of hub user ``name``'s system account (the embedded default
+    runs servers as ``jdc-<name>``)."""
+    from jupyter_ds_compute.accounts import account_name
+
+    return pwd.getpwnam(account_name(name, mode)).pw_uid

@@ -31,6 +31,9 @@ pytestmark = [
 
 HUB_EXTRA_CONFIG = """
 c.JupyterHub.allow_named_servers = True
+# the policy of hub names mapped to existing accounts (the embedded default
+# uses "prefixed", which never maps to them)
+c.SystemAccounts.mode = "per-user"
 """
 
 
