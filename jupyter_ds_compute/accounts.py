@@ -356,7 +356,16 @@ class SystemAccounts(LoggingConfigurable):
             if not (create or self.create):
                 return self.lookup(hub_name)  # raises the clear error
             await self._create(name, hub_name, log_name or hub_name)
-            pw = pwd.getpwnam(name)
+            try:
+                pw = pwd.getpwnam(name)
+            except KeyError:
+                # useradd's 9 also means "a group of that name exists" (e.g.
+                # Debian's `operator`): no account was made
+                raise AccountRefused(
+                    f"Cannot create system account {name} for user {hub_name!r}: a group named {name} "
+                    "already exists on the hub's machine; use c.SystemAccounts.mode = 'prefixed' "
+                    "(jdc-<name>), or ask an admin"
+                ) from None
         return self.check(hub_name, pw)
 
     async def _create(self, name, hub_name, log_name):

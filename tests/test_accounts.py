@@ -4,6 +4,7 @@ settings, allowed or the refusal message naming the rule; and the hub-name
 
 from __future__ import annotations
 
+import os
 import pwd
 import random
 
@@ -156,3 +157,18 @@ async def test_both_backends_use_the_policy(backend):
         await b.system_account()
     with pytest.raises(AccountRefused, match="which is root"):
         b.system_account_now()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="useradd needs root")
+def test_name_of_an_existing_group_is_a_clear_refusal_not_a_crash():
+    """Debian has a group `operator` but no such user: useradd exits 9 and
+    makes nothing; the refusal says why and what to do."""
+    import asyncio
+    import grp
+
+    grp.getgrnam("operator")
+    with pytest.raises(KeyError):
+        pwd.getpwnam("operator")
+    accounts = SystemAccounts(create=True)
+    with pytest.raises(AccountRefused, match="a group named operator already exists.*prefixed"):
+        asyncio.run(accounts.resolve("operator"))

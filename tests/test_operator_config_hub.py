@@ -136,7 +136,7 @@ def test_own_config_with_configure_only():
     hub.env["PATH"] = f"{REPO / 'node_modules' / '.bin'}{os.pathsep}{hub.env['PATH']}"
     start(hub)
     try:
-        user = hub.create_user("operator")
+        user = hub.create_user("opsuser")
         token = hub.user_token(user)
         hub.spawn(user, {"profile": "tiny"})
         record = switch_and_wait(hub, user, token, "big")
