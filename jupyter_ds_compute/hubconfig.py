@@ -55,6 +55,17 @@ SERVICE_SCOPES = [
     "admin:server_state",
 ]
 
+#: the custom scope of the service's admin pages (service/authz.py); JupyterHub
+#: refuses to change the ``admin`` role's scopes, so the role
+#: :data:`ADMIN_ROLE` grants it to the hub's ``admin_users``
+ADMIN_SCOPE = f"custom:{SERVICE_NAME}:admin"
+ADMIN_ROLE = f"{SERVICE_NAME}-admin"
+
+#: what the service's browser session (HubOAuth token) may carry, intersected
+#: with what the user holds: ``servers`` (admins': all servers; a user given
+#: ``servers!user=bob``: bob's) and the admin scope, so the admin panel works
+OAUTH_SCOPES = ["servers", ADMIN_SCOPE]
+
 #: what a server's token needs besides JupyterHub's defaults: call the service
 SERVER_TOKEN_SCOPES = ["users:activity!user", "access:servers!server", f"access:services!service={SERVICE_NAME}"]
 
@@ -91,6 +102,15 @@ def configure(c: Config, *, banner=None, proxy_search: list[str] | None = None) 
 
     roles = [r for r in c.JupyterHub.get("load_roles", []) if r.get("name") != f"{SERVICE_NAME}-service"]
     roles.append({"name": f"{SERVICE_NAME}-service", "scopes": list(SERVICE_SCOPES), "services": [SERVICE_NAME]})
+    # the admin pages' custom scope, for the hub's admin users (their final
+    # list is merged in when the hub has loaded all its config, _finish); an
+    # operator's own ds-compute-admin role (users, groups) is kept and extended
+    custom = dict(c.JupyterHub.get("custom_scopes", {}))
+    custom.setdefault(
+        ADMIN_SCOPE, {"description": "Use the ds-compute admin pages (all servers and the audit log)."}
+    )
+    c.JupyterHub.custom_scopes = custom
+    _admin_role(roles, c.Authenticator.get("admin_users", ()))
     c.JupyterHub.load_roles = roles
 
     # browsers may open the service's pages; servers' tokens may call its API
@@ -114,6 +134,17 @@ def configure(c: Config, *, banner=None, proxy_search: list[str] | None = None) 
 # -- the service entry ----------------------------------------------------------
 
 
+def _admin_role(roles, admin_users):
+    """Add (or extend) the :data:`ADMIN_ROLE` role in ``roles``: :data:`ADMIN_SCOPE` for ``admin_users``."""
+    role = next((r for r in roles if r.get("name") == ADMIN_ROLE), None)
+    if role is None:
+        role = {"name": ADMIN_ROLE, "description": "ds-compute admin pages", "scopes": [], "users": []}
+        roles.append(role)
+    if ADMIN_SCOPE not in role.setdefault("scopes", []):
+        role["scopes"] = list(role["scopes"]) + [ADMIN_SCOPE]
+    role["users"] = sorted(set(role.get("users") or ()) | set(admin_users or ()))
+
+
 def _service_entry(c):
     url = c.DSComputeService.get("service_url") or f"http://127.0.0.1:{free_port()}"
     return {
@@ -124,6 +155,7 @@ def _service_entry(c):
         # _finish() from the config the hub finally runs with
         "environment": {},
         "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": list(OAUTH_SCOPES),
         "display": True,
     }
 
@@ -315,13 +347,17 @@ def _finish(config, banner):
     for problem in pythonenv.problems():
         logging.getLogger("JupyterHub").warning("jupyter-ds-compute: %s", problem)
     services = config.JupyterHub.get("services", [])
+    roles = config.JupyterHub.get("load_roles", [])
     try:
         from jupyterhub.app import JupyterHub
 
         if JupyterHub.initialized():
             services = JupyterHub.instance().services  # what init_services() will read
+            roles = JupyterHub.instance().load_roles
     except ImportError:  # pragma: no cover
         pass
+    if any(r.get("name") == ADMIN_ROLE for r in roles):  # admin_users set after configure(c) count too
+        _admin_role(roles, config.Authenticator.get("admin_users", ()))
     for spec in services:
         if spec.get("name") == SERVICE_NAME:
             spec.setdefault("environment", {}).update(service_environment(config))

@@ -1,7 +1,11 @@
 """The admin panel: ``/services/ds-compute/admin`` and ``admin/audit``.
 
-Server-rendered pages in JupyterHub's look (its Bootstrap), for hub admins
-only (the identity model's ``admin``); everyone else gets a 403 page.
+Server-rendered pages in JupyterHub's look (its Bootstrap), for callers
+whose token (or HubOAuth cookie) holds ``custom:ds-compute:admin``
+(:data:`.authz.ADMIN_SCOPE`; the hub's admin users get it, see
+``hubconfig.configure``), never by the model's ``admin`` flag; everyone else
+gets a 403 page. An action on a server also needs the server scopes of
+:func:`.authz.can_act_on` (``admin:servers``/``servers!user=...``).
 
 - ``GET admin?tier=&state=&user=``: one row per server (users without a
   server get one ``stopped`` row): tier, state, volume id and where it is
@@ -23,6 +27,7 @@ from urllib.parse import urlencode
 from tornado import web
 
 from .. import policy, tiers
+from . import authz
 from .accounting import parse_time
 from .handlers import APIError, PageHandler
 from .hubapi import HubAPIError
@@ -61,7 +66,11 @@ def volume_of(server: dict | None) -> dict | None:
 class AdminBase(PageHandler):
     def check_admin(self):
         if not self.is_admin():
-            raise web.HTTPError(403, "The ds-compute admin panel is for hub admins only.")
+            raise web.HTTPError(
+                403,
+                "The ds-compute admin panel is for admins only "
+                f"(a token or session with the {authz.ADMIN_SCOPE} scope).",
+            )
 
 
 class AdminHandler(AdminBase):
@@ -170,6 +179,25 @@ class AdminActionHandler(AdminBase):
         profile = self.get_body_argument("profile", "")
         actor = self.current_user["name"]
         label = f"{user}'s server {name!r}" if name else f"{user}'s server"
+        if action in ("stop", "start"):
+            # the admin scope opens the page; acting on a server needs its server scopes
+            refusal = authz.act_refusal(self.current_user, user, name)
+            if refusal and authz.group_filtered(self.current_user):
+                try:
+                    model = await self.hub.get_user(user)
+                except HubAPIError as e:
+                    return self._back(error=f"Could not ask JupyterHub about {user}: {e.message}")
+                refusal = authz.act_refusal(self.current_user, user, name, (model or {}).get("groups") or [])
+            if refusal:
+                self.store.audit(
+                    f"admin:{action}",
+                    actor=actor,
+                    user=user,
+                    server_name=name,
+                    outcome="refused",
+                    reason=refusal,
+                )
+                return self._back(error=refusal)  # as a refused switch: back to the panel, saying why
         try:
             if action == "switch":
                 record, progress_url = await self.start_switch(

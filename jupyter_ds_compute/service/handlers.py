@@ -31,15 +31,13 @@ from jupyterhub.services.auth import (
 from tornado import web
 
 from .. import policy, tiers
+from . import authz
 from .hubapi import HubAPIError, server_label
 from .orchestrator import profile_of
 from .store import SwitchInFlight, isoformat, utcnow
 from .accounting import parse_time
 
 __all__ = ["default_handlers", "safe_next_url"]
-
-_SERVER_SCOPE = re.compile(r"^access:servers!server=([^/]+)/(.*)$")
-
 
 class APIError(web.HTTPError):
     """An API error answered as ``{"message", **extra}``."""
@@ -222,7 +220,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self._hub_auth_user_cache = model
 
     def is_admin(self) -> bool:
-        return bool(self.current_user and self.current_user.get("admin"))
+        """The caller may use the admin pages (``custom:ds-compute:admin``, see :mod:`.authz`)."""
+        return authz.is_admin(self.current_user)
 
     def refused(self, error: APIError) -> APIError:
         """Audit a refused request (``request``/``refused``, with what and why); returns ``error``.
@@ -256,18 +255,16 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise self.refused(e) from None
 
     def may_see(self, record: dict) -> bool:
-        return self.is_admin() or (
-            self.current_user is not None
-            and self.current_user.get("kind", "user") == "user"
-            and self.current_user["name"] == record["user"]
-        )
+        return authz.can_read(self.current_user, record["user"])
 
     def get_switch_or_404(self, switch_id: str) -> dict:
         record = self.store.get_switch(switch_id)
         if record is None:
             raise APIError(404, f"No switch with id {switch_id!r}.")
         if not self.may_see(record):
-            raise APIError(403, f"Only {record['user']} or an admin may see this switch.")
+            raise APIError(
+                403, f"Only {record['user']} or a token with read:servers for them may see this switch."
+            )
         return record
 
     async def start_switch(self, caller: dict, body: dict) -> tuple[dict, str]:
@@ -301,7 +298,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
         if caller.get("kind", "user") != "user":
             raise refuse(403, "Only users (and their servers) may switch servers.")
-        is_admin = bool(caller.get("admin"))
+        is_admin = authz.is_admin(caller)  # tiers/policy take it, and do not lift limits with it
         owner = body.pop("user", None) or caller["name"]
         if not isinstance(owner, str):
             raise refuse(400, "'user' must be a user name.", field="user")
@@ -317,8 +314,10 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         next_url = body.pop("next", None)
         if next_url is not None and not isinstance(next_url, str):
             raise refuse(400, "'next' must be a URL path.", field="next")
-        if owner != caller["name"] and not is_admin:
-            raise refuse(403, f"Only {owner} or an admin may switch {owner}'s server.")
+        # by the token's scopes (never the admin flag); servers!group= needs the owner's groups first
+        refusal = authz.act_refusal(caller, owner, server_name)
+        if refusal and not (owner != caller["name"] and authz.group_filtered(caller)):
+            raise refuse(403, refusal)
         if not isinstance(body.get("profile"), str) or not body.get("profile"):
             raise refuse(400, "'profile' (the tier to switch to) is required.", field="profile")
         label = server_label(owner, server_name)
@@ -329,8 +328,12 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             self.log.error("Could not read user %s from the hub: %s", owner, e)
             raise refuse(502, "Could not ask JupyterHub about the user; try again shortly.")
         if owner_model is None:
-            raise refuse(404, f"No such user: {owner}.")
+            raise refuse(403 if refusal else 404, refusal or f"No such user: {owner}.")
         groups = owner_model.get("groups") or []
+        if refusal:
+            refusal = authz.act_refusal(caller, owner, server_name, groups)
+            if refusal:
+                raise refuse(403, refusal)
 
         # tier and option checks before anything is stopped
         try:
@@ -425,12 +428,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
     @staticmethod
     def _token_server(caller: dict, owner: str) -> str:
-        """The server a server token belongs to (``access:servers!server=alice/``)."""
-        for scope in caller.get("scopes") or ():
-            m = _SERVER_SCOPE.match(scope)
-            if m and m.group(1) == owner:
-                return m.group(2)
-        return ""
+        """The server a server token belongs to (``access:servers!server=alice/``), else ""."""
+        bound = authz.token_servers(caller) if caller.get("name") == owner else None
+        return min(bound) if bound else ""
 
 
 class APIHandler(BaseHandler):
@@ -503,10 +503,12 @@ class SwitchListHandler(APIHandler):
         caller = self.require_user()
         user = self.get_argument("user", None)
         limit = self.int_argument("limit", 100, 1, 1000)
-        if not self.is_admin():
-            if user not in (None, caller["name"]):
-                raise APIError(403, "Only admins may list other users' switches.")
-            user = caller["name"]
+        if user is None and not self.is_admin():
+            user = caller["name"]  # everyone's switches: the admin scope
+        if user is not None and not authz.can_read(caller, user):
+            raise self.refused(
+                APIError(403, f"Listing {user}'s switches needs read:servers for them (or being {user}).")
+            )
         self.write_json({"switches": self.store.list_switches(user=user, limit=limit)})
 
     async def post(self):
@@ -541,8 +543,8 @@ class TiersHandler(APIHandler):
     async def get(self):
         caller = self.require_user()
         user = self.get_argument("user", None) or caller["name"]
-        if user != caller["name"] and not self.is_admin():
-            raise APIError(403, "Only admins may see another user's tiers.")
+        if not authz.can_read(caller, user):
+            raise APIError(403, f"Seeing {user}'s tiers needs read:servers for them (or being {user}).")
         if user == caller["name"] and "groups" in caller:
             groups = caller.get("groups") or []
         else:
@@ -591,8 +593,8 @@ class PolicyHandler(APIHandler):
     async def get(self):
         caller = self.require_user()
         user = self.get_argument("user", None) or caller["name"]
-        if user != caller["name"] and not self.is_admin():
-            raise APIError(403, "Only admins may see another user's budget.")
+        if not authz.can_read(caller, user):
+            raise APIError(403, f"Seeing {user}'s budget needs read:servers for them (or being {user}).")
         groups = caller.get("groups") if user == caller["name"] and "groups" in caller else None
         try:
             if groups is None:
@@ -634,7 +636,7 @@ def notices(store, user: str, server_name: str, max_age: float = 86400) -> list[
 
 
 #: the scope a token needs for ``GET metrics`` (JupyterHub's own, for ``/hub/metrics``)
-METRICS_SCOPE = "read:metrics"
+METRICS_SCOPE = authz.METRICS_SCOPE
 
 
 class MetricsHandler(BaseHandler):
@@ -642,8 +644,8 @@ class MetricsHandler(BaseHandler):
 
     With ``metrics_require_auth`` (the default), like JupyterHub's own
     ``/hub/metrics``: the caller's token must carry ``read:metrics`` (a
-    Prometheus service's role, see the README's "Metrics"), or the caller
-    must be a hub admin; anyone else gets a 403.
+    Prometheus service's role, see the README's "Metrics"; a hub admin's
+    full token holds it too); anyone else gets a 403 (:mod:`.authz`).
     """
 
     async def prepare(self):
@@ -655,7 +657,7 @@ class MetricsHandler(BaseHandler):
 
         if self.settings.get("metrics_require_auth"):
             user = self.current_user
-            if user is None or not (user.get("admin") or METRICS_SCOPE in (user.get("scopes") or ())):
+            if not authz.may_read_metrics(user):
                 raise web.HTTPError(
                     403,
                     "The ds-compute metrics need a token with the read:metrics scope "
