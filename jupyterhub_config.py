@@ -28,6 +28,7 @@ Environment variables (all optional):
 import json
 import os
 import secrets
+import sys  # noqa: F401 (in scope for DS_COMPUTE_EXTRA_CONFIG files)
 
 from jupyter_ds_compute.hubconfig import banner, configure
 
@@ -148,7 +149,7 @@ if os.environ.get("DS_COMPUTE_SERVICE_PORT"):
 
 # -- operator's overrides (Slurm or AWS mode, tests) -------------------------------------
 # The override file runs with this file's names in scope (c, TIERS, DATA,
-# BIND_URL, IS_ROOT), so it can change or extend anything set above.
+# BIND_URL, IS_ROOT, os, sys), so it can change or extend anything set above.
 _extra = os.environ.get("DS_COMPUTE_EXTRA_CONFIG")
 if _extra:
     with open(_extra) as f:
