@@ -173,8 +173,6 @@ def service_environment(config):
 def _service_section(config):
     section = dict(config.DSComputeService)
     section.pop("service_url", None)  # the hub tells the service where it listens
-    if "volume_root" not in section and "root" in config.LocalVolume:
-        section["volume_root"] = config.LocalVolume.root
     return json.dumps(section)
 
 
