@@ -46,6 +46,8 @@ c.DSComputeSpawner.volume_driver = _env.get("DS_COMPUTE_AWS_VOLUME", "ebs")  # n
 c.AWS.region = _env.get("AWS_REGION") or _env.get("AWS_DEFAULT_REGION") or "us-east-1"  # noqa: F821
 c.AWS.hub_id = _env.get("DS_COMPUTE_AWS_HUB_ID", "ds-compute")  # noqa: F821
 c.AWS.tags = {"Project": "jupyter-ds-compute"}  # noqa: F821
+if _env.get("DS_COMPUTE_AWS_CALL_LOG"):  # every AWS call, for the IAM drift test
+    __import__("jupyter_ds_compute.aws.iam", fromlist=["record_calls"]).record_calls()
 
 # -- instances ---------------------------------------------------------------------------
 c.EC2Backend.instance_types = {

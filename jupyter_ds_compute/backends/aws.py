@@ -42,6 +42,8 @@ THROTTLING_CODES = frozenset(
 
 _clients: dict = {}
 _clients_lock = threading.Lock()
+#: callables applied to each new client (``jupyter_ds_compute.aws.iam.record_calls``)
+client_hooks: list = []
 _executor = None
 
 
@@ -85,6 +87,8 @@ def client(service, region=None, endpoint_url=None, max_attempts=8, connect_time
             if endpoint_url:
                 kwargs["endpoint_url"] = endpoint_url
             c = _clients[key] = b3.session.Session().client(service, **kwargs)
+            for hook in client_hooks:
+                hook(c)
     return c
 
 
@@ -213,6 +217,8 @@ def tag_dict(tags) -> dict:
 from traitlets import Dict, Float, Integer, Unicode, default  # noqa: E402
 from traitlets.config import LoggingConfigurable  # noqa: E402
 
+from ..aws import iam  # noqa: E402
+
 
 class AWS(LoggingConfigurable):
     """Settings every AWS plug-in shares: ``c.AWS.region = ...`` applies to
@@ -294,7 +300,14 @@ class AWS(LoggingConfigurable):
         """``await self.aws("ec2", "describe_volumes", VolumeIds=[...])``.
 
         ``_retries`` overrides botocore's attempts for this call (1: only ours).
+        Only calls listed in ``jupyter_ds_compute.aws.iam.HUB_ACTIONS`` (from
+        which the hub's IAM policy is generated) may be made.
         """
+        if not iam.is_declared(service, op):
+            raise RuntimeError(
+                f"AWS call {service}.{op} is not in jupyter_ds_compute.aws.iam.HUB_ACTIONS: "
+                "add it there, so the hub's generated IAM policy allows it"
+            )
         method = getattr(self.aws_client(service, _retries), op)
         on_throttle = None
         emit = getattr(self, "emit", None)
