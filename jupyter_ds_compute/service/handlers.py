@@ -661,7 +661,7 @@ class MetricsHandler(BaseHandler):
                 raise web.HTTPError(
                     403,
                     "The ds-compute metrics need a token with the read:metrics scope "
-                    "(e.g. a Prometheus service's role) or a hub admin's token.",
+                    "(e.g. a Prometheus service's role, or a hub admin's full token).",
                 )
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(self.settings["metrics_registry"]))
