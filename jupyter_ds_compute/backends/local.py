@@ -11,6 +11,13 @@
 - ``stop`` ends every process of the server, kernels included: through the
   cgroup when there is one, else by the marker variable every process of the
   server inherits (``DS_COMPUTE_SERVER_KEY``).
+- A start first ends what an earlier start of the same hub user and server
+  left running when the hub lost track of it (the hub was killed while
+  starting it, so its state never named it): processes whose marker is
+  ``<user>/<server>/<token>`` and whose ``JUPYTERHUB_API_URL`` is this hub's,
+  found through our cgroups (``<safe name>.<token>``) or, without cgroups, one
+  scan of ``/proc`` off the event loop. The hub calls ``start`` only for a
+  server it believes stopped, so nothing found then is a server it tracks.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import sys
 import time
 from collections import deque
 
-from jupyterhub.utils import random_port
+from jupyterhub.utils import random_port, url_path_join
 from traitlets import Bool, CaselessStrEnum, Integer, Unicode, default
 
 from .. import names
@@ -34,6 +41,37 @@ from . import cgroups
 from .base import Backend, BackendError, HostInfo
 
 _cgroup_warned = False
+
+
+def read_environ(pid):
+    """The environment of process ``pid`` as a dict, or None if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    env = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
+def find_processes(match, pids=None):
+    """``{pid: environ}`` of the processes (all of ``/proc``, or ``pids``) whose
+    environment ``match(env)`` accepts; never this process. Blocking: call it
+    in a thread (``asyncio.to_thread``)."""
+    if pids is None:
+        pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    found = {}
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        env = read_environ(pid)
+        if env is not None and match(env):
+            found[pid] = env
+    return found
 
 
 class SystemAccountMixin:
@@ -195,11 +233,102 @@ class LocalBackend(SystemAccountMixin, Backend):
     # -- Backend interface ---------------------------------------------------
 
     async def prepare(self, tier):
+        await self._end_leftovers()
         self.port = self.port or random_port()
         return HostInfo(kind="local", id=socket.gethostname())
 
     def bind(self):
         return self.ip, self.port
+
+    # -- leftovers of a start the hub lost ------------------------------------
+
+    def _hub_api_url(self):
+        """``JUPYTERHUB_API_URL`` as this hub gives it to its servers (``Spawner.get_env``)."""
+        sp = self.spawner
+        if getattr(sp, "hub_connect_url", None) is not None:
+            from urllib.parse import urlparse
+
+            return url_path_join(sp.hub_connect_url, urlparse(sp.hub.api_url).path)
+        return sp.hub.api_url
+
+    def _leftover_pids(self):
+        """Processes of an earlier start of this hub user's server (blocking: run in a thread).
+
+        Candidates come from our cgroups ``<safe name>.<token>`` (with a
+        hierarchy) or from all of ``/proc``; each must carry a marker
+        ``<user>/<server>/<token>`` of this very user and server and this
+        hub's ``JUPYTERHUB_API_URL``, so that another hub's servers on the
+        machine are never touched.
+        """
+        user, server = self.spawner.user.name, self.spawner.name or ""
+        owner = f"{user}/{server}"
+        api_url = self._hub_api_url()
+
+        def match(env):
+            marker = env.get("DS_COMPUTE_SERVER_KEY", "")
+            return (
+                marker.rsplit("/", 1)[0] == owner
+                and marker != self.key
+                and env.get("JUPYTERHUB_API_URL") == api_url
+            )
+
+        hierarchy = self._hierarchy_or_warn()
+        groups = []
+        if hierarchy:
+            prefix = names.safe_name(user, server) + "."
+            for mount in hierarchy.mounts.values():
+                try:
+                    entries = os.listdir(os.path.join(mount, hierarchy.parent))
+                except OSError:
+                    continue
+                for entry in entries:
+                    token = entry[len(prefix) :]
+                    if entry.startswith(prefix) and token and all(c in "0123456789abcdef" for c in token):
+                        groups.append(entry)
+            groups = sorted(set(groups))
+            pids = set()
+            for g in groups:
+                pids |= hierarchy.pids(g)
+            found = set(find_processes(match, pids))
+            if not found:
+                # started before cgroups were writable, or moved out: the marker still tells
+                found = set(find_processes(match))
+        else:
+            found = set(find_processes(match))
+        return found, groups
+
+    async def _end_leftovers(self):
+        """End what an earlier start of this server left running unseen (see the module doc)."""
+        found, groups = await asyncio.to_thread(self._leftover_pids)
+        if found:
+            self.log.warning(
+                "Ending processes %s of %s that an earlier start left running without the hub "
+                "knowing (the hub was stopped while starting it); one server per user and volume",
+                sorted(found),
+                self.log_name,
+            )
+            self.emit(f"Ending a server of {self.log_name} left running by an interrupted start")
+            for sig, grace in ((signal.SIGTERM, self.term_timeout), (signal.SIGKILL, self.kill_timeout)):
+                for pid in found:
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+                deadline = time.monotonic() + grace
+                while found and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                    found = {p for p in found if _alive(p)}
+                if not found:
+                    break
+            if found:
+                raise BackendError(
+                    f"An earlier server of {self.log_name} is still running (pids {sorted(found)}) "
+                    "and could not be stopped: not starting a second one on the same volume.",
+                )
+        hierarchy = self._hierarchy_or_warn() if groups else None
+        for g in groups:
+            if not hierarchy.pids(g):
+                hierarchy.remove(g)
 
     def _hierarchy_or_warn(self):
         global _cgroup_warned
@@ -411,6 +540,15 @@ class LocalBackend(SystemAccountMixin, Backend):
         self.port = state.get("port", 0)
         self.cgroup = state.get("cgroup", "")
         self.key = state.get("key", "")
+
+
+def _alive(pid):
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def default_singleuser_cmd():

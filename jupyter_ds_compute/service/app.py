@@ -44,18 +44,27 @@ Environment read (all set by the hub except the ``DS_COMPUTE_*`` ones):
 ``DS_COMPUTE_DATA_DIR`` (database and cookie secret),
 ``DS_COMPUTE_STOP_TIMEOUT``, ``DS_COMPUTE_START_TIMEOUT``.
 
+One instance per store: the service holds an exclusive lock
+(``fcntl.flock``) on ``<data_dir>/service.lock`` while it runs (see
+:func:`lock_data_dir`), and, started by the hub, it stops when the hub that
+started it is gone (its parent process changes), leaving switches in flight
+to the next instance's reconcile.
+
 Run by hand: ``python -m jupyter_ds_compute.service --help-all``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import json
 import logging
 import os
 import secrets
 import signal
 import sys
+import time
 from textwrap import dedent
 from urllib.parse import urlparse
 
@@ -80,6 +89,9 @@ from .store import Store
 __all__ = ["DSComputeService", "create_application", "main"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: what the command line of a ds-compute service process contains
+SERVICE_MODULE = "jupyter_ds_compute.service"
 
 
 def _env_float(name: str, fallback: float) -> float:
@@ -234,6 +246,39 @@ class DSComputeService(Application):
     poll_interval = Float(0.2, help="Seconds between two polls of a server's state while waiting.").tag(
         config=True
     )
+
+    lock_timeout = Float(
+        10,
+        help=dedent("""
+            Seconds a starting service waits for the lock on its data dir
+            (``<data_dir>/service.lock``, held by the running instance). After
+            that, a holder that is a ds-compute service left behind (its hub is
+            gone, or it is the predecessor of this hub's) is terminated; any
+            other holder makes this instance exit with one line saying which
+            process holds the store.
+
+            .. versionadded:: 0.1.0
+            """).strip(),
+    ).tag(config=True)
+
+    exit_with_parent = Bool(
+        True,
+        help=dedent("""
+            Stop when the process that started the service (the hub, for a
+            managed service) is gone, as a new hub starts its own instance.
+            Switches in flight are left as they are recorded and finished by
+            the next instance. Set ``False`` when a process manager that may
+            exit runs the service::
+
+                c.DSComputeService.exit_with_parent = False
+
+            .. versionadded:: 0.1.0
+            """).strip(),
+    ).tag(config=True)
+
+    parent_check_interval = Float(
+        1.0, help="Seconds between two checks that the parent (the hub) is still there."
+    ).tag(config=True)
 
     cookie_secret = Any(help=dedent("""
             Secret (bytes) signing the HubOAuth cookie. Default: read from
@@ -416,6 +461,7 @@ class DSComputeService(Application):
         return self.web_app
 
     async def run(self) -> None:
+        self._parent_pid = os.getppid()
         self.make_parts()
         url = urlparse(self.service_url)
         server = HTTPServer(self.web_app, xheaders=True)
@@ -435,7 +481,10 @@ class DSComputeService(Application):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        watch = asyncio.ensure_future(self._watch_parent(stop)) if self.exit_with_parent else None
         await stop.wait()
+        if watch is not None:
+            watch.cancel()
         self.log.info("Stopping; switches in flight are resumed at the next start")
         server.stop()
         await self.idle.stop_loop()
@@ -443,8 +492,138 @@ class DSComputeService(Application):
         await self.orchestrator.stop()
         self.store.close()
 
+    async def _watch_parent(self, stop: asyncio.Event) -> None:
+        """Set ``stop`` once the parent (the hub) is gone: we were re-parented."""
+        parent = self._parent_pid
+        while not stop.is_set():
+            await asyncio.sleep(self.parent_check_interval)
+            if os.getppid() != parent:
+                self.log.warning(
+                    "The hub that started this service (pid %d) is gone: stopping, so that the next "
+                    "hub's service is the only one on %s; switches in flight are resumed there",
+                    parent,
+                    self.data_dir,
+                )
+                stop.set()
+
     def start(self):
+        # before the store is opened: one instance per data dir
+        self._lock = lock_data_dir(self.data_dir, self.lock_timeout, self.log)
         asyncio.run(self.run())
+
+
+class ServiceLockError(SystemExit):
+    """Another process holds the data dir's lock (a ``SystemExit`` with one line)."""
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # pid (comm) state ppid ...: comm may hold spaces and parentheses
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _holder_pid(fd: int) -> int:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return int(os.read(fd, 64).decode().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _is_stale_service(pid: int) -> str | None:
+    """Why the lock holder ``pid`` may be ended, or None if it must be left alone.
+
+    It must be a ds-compute service (by ``/proc/<pid>/cmdline``) and either
+    a child of our own parent (our predecessor under the same hub) or one
+    whose parent is not a live hub (its hub was killed; it was re-parented).
+    """
+    if SERVICE_MODULE not in _cmdline(pid):
+        return None
+    parent = _parent_of(pid)
+    if parent and parent == os.getppid():
+        return "the previous instance of this hub's service"
+    if not parent or "jupyterhub" not in _cmdline(parent):
+        return f"a service left behind by a hub that is gone (its parent is now pid {parent or '?'})"
+    return None  # the child of another live hub: two hubs share this data dir
+
+
+def lock_data_dir(data_dir: str, timeout: float, log: logging.Logger, poll: float = 0.1) -> int:
+    """Hold an exclusive ``flock`` on ``<data_dir>/service.lock``; return its fd (kept open).
+
+    Waits up to ``timeout`` seconds for the holder to let go (a service whose
+    hub is gone stops by itself within about a second). Then a stale
+    ds-compute service holding it (see :func:`_is_stale_service`) is sent
+    SIGTERM (SIGKILL after 5 s) and the lock taken; any other holder is
+    a :class:`ServiceLockError` naming it. The lock file holds the pid of
+    the instance that has it.
+    """
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(data_dir, "service.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def try_lock() -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return True
+
+    def wait(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
+            if try_lock():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
+
+    if try_lock():
+        return fd
+    holder = _holder_pid(fd)
+    log.warning(
+        "The service's data dir %s is locked by pid %s (%s): waiting up to %gs for it to stop",
+        data_dir,
+        holder or "?",
+        _cmdline(holder) if holder else "unknown",
+        timeout,
+    )
+    if wait(timeout):
+        return fd
+    holder = _holder_pid(fd)
+    why = _is_stale_service(holder) if holder else None
+    if why is None:
+        os.close(fd)
+        raise ServiceLockError(
+            f"ds-compute service: {path} is held by pid {holder or '?'} "
+            f"({_cmdline(holder) or 'not a process this service may end'}), which is not a stale "
+            "ds-compute service: another service runs on this data dir; stop it or give this one "
+            "another c.DSComputeService.data_dir."
+        )
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        log.warning("Ending pid %d, %s, which holds %s (%s)", holder, why, path, sig.name)
+        try:
+            os.kill(holder, sig)
+        except ProcessLookupError:
+            pass
+        if wait(grace):
+            return fd
+    os.close(fd)
+    raise ServiceLockError(f"ds-compute service: {path} is still held by pid {holder} after SIGKILL.")
 
 
 def create_application(service: DSComputeService) -> web.Application:

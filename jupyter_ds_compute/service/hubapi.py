@@ -8,6 +8,12 @@ delete, patch ``user_options``, ``/progress``), ``read:users:groups``
 checks, the admin page), ``read:groups`` (members of budgeted groups) and
 ``admin:server_state`` (each server's spawner state: the admin page's volumes).
 List endpoints are followed page after page (:meth:`HubAPI.get_paginated`).
+
+A call the hub did not answer (connection refused or reset, no answer within
+``request_timeout``, or the proxy's 502/503/504 in front of a hub that is
+down) raises :class:`HubUnavailable`: the state of the hub is *unknown*,
+which is not an answer. Every status the hub itself gave (4xx, 500) is a
+plain :class:`HubAPIError`.
 """
 
 from __future__ import annotations
@@ -20,12 +26,17 @@ from urllib.parse import quote, urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-__all__ = ["HubAPI", "HubAPIError", "server_label"]
+__all__ = ["HubAPI", "HubAPIError", "HubUnavailable", "UNAVAILABLE_STATUSES", "server_label"]
 
 log = logging.getLogger(__name__)
 
 #: ``Accept`` value that makes the hub answer list endpoints as ``{"items", "_pagination"}``
 PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
+
+#: statuses that mean "no hub behind the proxy", not an answer of the hub:
+#: 502/503/504 (configurable-http-proxy, or a load balancer, in front of a
+#: hub that is down or restarting) and 599 (tornado: no HTTP answer at all)
+UNAVAILABLE_STATUSES = frozenset({502, 503, 504, 599})
 
 
 class HubAPIError(Exception):
@@ -37,6 +48,14 @@ class HubAPIError(Exception):
         self.message = message
         self.method = method
         self.path = path
+
+
+class HubUnavailable(HubAPIError):
+    """The hub did not answer: refused, reset, timed out, or a proxy's 502/503/504.
+
+    Not an answer: what the call did (if anything) is unknown. Callers wait
+    for the hub and then look again, never take it as a final failure.
+    """
 
 
 def server_label(user: str, server_name: str) -> str:
@@ -73,8 +92,9 @@ class HubAPI:
     ):
         """One API call; returns ``(status, parsed JSON or text or None)``.
 
-        Raises :class:`HubAPIError` for statuses not in ``ok`` and when the
-        hub does not answer within ``request_timeout``.
+        Raises :class:`HubUnavailable` when the hub does not answer
+        (refused, reset, no answer within ``request_timeout``, a proxy's
+        502/503/504), :class:`HubAPIError` for its other statuses not in ``ok``.
         """
         headers = {**(headers or {}), "Authorization": f"token {self.api_token}"}
         if body is not None:
@@ -92,11 +112,11 @@ class HubAPI:
         try:
             resp = await asyncio.wait_for(self.client.fetch(req, raise_error=False), self.request_timeout + 5)
         except asyncio.TimeoutError:
-            raise HubAPIError(
-                0, f"no answer within {self.request_timeout:g}s", method=method, path=path
+            raise HubUnavailable(
+                0, f"hub unreachable: no answer within {self.request_timeout:g}s", method=method, path=path
             ) from None
         except (OSError, HTTPClientError) as e:
-            raise HubAPIError(0, f"hub unreachable: {e}", method=method, path=path) from None
+            raise HubUnavailable(0, f"hub unreachable: {e}", method=method, path=path) from None
         text = resp.body.decode("utf8", "replace") if resp.body else ""
         data = None
         if text:
@@ -106,11 +126,16 @@ class HubAPI:
                 data = text
         if resp.code not in ok:
             if resp.code == 599:
-                message = f"hub unreachable: {resp.error}"
-            elif isinstance(data, dict) and data.get("message"):
+                # tornado's "no HTTP answer": refused, reset, timed out
+                raise HubUnavailable(0, f"hub unreachable: {resp.error}", method=method, path=path)
+            if isinstance(data, dict) and data.get("message"):
                 message = str(data["message"])
             else:
                 message = resp.reason or "error"
+            if resp.code in UNAVAILABLE_STATUSES:
+                raise HubUnavailable(
+                    resp.code, f"hub unavailable behind the proxy: {message}", method=method, path=path
+                )
             raise HubAPIError(resp.code, message, method=method, path=path)
         return resp.code, data
 

@@ -16,6 +16,17 @@ Any failure records why, then restarts the server on the previous tier with
 the previous ``user_options`` (``rolled_back``). If that fails too the server
 is left stopped and the switch is ``failed``. Every wait is bounded.
 
+A hub that does not answer (:class:`~.hubapi.HubUnavailable`: refused,
+reset, timed out, a proxy's 502/503) is not a failure: what the call did is
+*unknown*. The switch stays ``running``, the step's message says it waits,
+and the hub is asked again with exponential backoff (each wait logged with
+the user and server). Once it answers, the switch goes on from where the
+hub's server model says it is (as after a restart of the service) — never a
+rollback against a hub that was down. Only when the hub stays silent longer
+than ``hub_wait_timeout`` does the switch end ``failed`` with ``failure =
+"hub-unavailable"``; :meth:`Orchestrator.reconcile` looks at such switches
+again at the next service start.
+
 State lives in the :class:`~.store.Store`, so :meth:`Orchestrator.reconcile`
 can finish any switch a killed service left behind, judging from the hub's
 server model where the switch really is.
@@ -25,12 +36,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 
-from .hubapi import HubAPIError, server_label
+from .hubapi import HubAPIError, HubUnavailable, server_label
 from .store import STEP_NAMES, Store
 
-__all__ = ["Orchestrator", "StepFailed", "profile_of"]
+__all__ = ["HUB_UNAVAILABLE", "Orchestrator", "StepFailed", "profile_of"]
+
+#: ``failure`` of a switch that ended because the hub did not answer (its outcome is unknown)
+HUB_UNAVAILABLE = "hub-unavailable"
+
+#: at most this many separate hub outages in one run of a switch
+MAX_HUB_OUTAGES = 20
 
 
 class StepFailed(Exception):
@@ -63,7 +81,10 @@ class Orchestrator:
     """Runs switches recorded in ``store`` against the hub API ``hub``.
 
     ``hub`` is a :class:`~.hubapi.HubAPI` (tests pass a fake with the same
-    methods). Timeouts are in seconds.
+    methods). Timeouts are in seconds. ``hub_wait_timeout`` bounds one wait
+    for a hub that does not answer (default: ``stop_timeout +
+    start_timeout``, the longest a switch may take); the waits between two
+    tries grow from ``backoff_initial`` by doubling up to ``backoff_max``.
     """
 
     def __init__(
@@ -73,12 +94,18 @@ class Orchestrator:
         *,
         stop_timeout: float = 300,
         start_timeout: float = 600,
+        hub_wait_timeout: float | None = None,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 10,
         log: logging.Logger | None = None,
     ):
         self.hub = hub
         self.store = store
         self.stop_timeout = stop_timeout
         self.start_timeout = start_timeout
+        self.hub_wait_timeout = stop_timeout + start_timeout if hub_wait_timeout is None else hub_wait_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
         self.log = log or logging.getLogger(__name__)
         self.tasks: dict[str, asyncio.Task] = {}
 
@@ -104,9 +131,27 @@ class Orchestrator:
             )
 
     async def reconcile(self) -> list[asyncio.Task]:
-        """Resume every switch that is not in a final state (at service start)."""
+        """Resume every switch that is not in a final state (at service start),
+        and every switch that failed because the hub did not answer (its
+        outcome is unknown; only the newest switch of its server)."""
         tasks = []
+        for sw in self.store.switches_to_revisit():
+            self.log.info(
+                "Reconciling switch %s of %s (%s -> %s): it ended when the hub did not answer; looking again",
+                sw["id"],
+                server_label(sw["user"], sw["server_name"]),
+                sw["from_profile"],
+                sw["to_profile"],
+            )
+            try:
+                # in flight again before any new request can be accepted for that server
+                self.store.set_state(sw["id"], "running")
+            except sqlite3.IntegrityError:
+                continue  # a new switch of that server was accepted meanwhile
+            tasks.append(self.launch(sw["id"], resume=True))
         for sw in self.store.unfinished_switches():
+            if sw["id"] in self.tasks:
+                continue
             self.log.info(
                 "Reconciling switch %s of %s (%s -> %s, state %s)",
                 sw["id"],
@@ -136,26 +181,20 @@ class Orchestrator:
         label = server_label(sw["user"], sw["server_name"])
         t0 = time.monotonic()
         self.store.set_state(switch_id, "running")
-        try:
-            if resume:
-                done = await self._resume(sw)
-                if done:
-                    return self.store.get_switch(switch_id)
-            else:
-                self.log.info(
-                    "Switching %s from tier %s to %s (switch %s)",
-                    label,
-                    sw["from_profile"],
-                    sw["to_profile"],
-                    switch_id,
-                )
-                await self._forward(sw, "stop")
-        except StepFailed as e:
-            reason = f"step {e.step} failed: {e.reason}"
-            self.log.warning("Switch %s of %s failed, rolling back: %s", switch_id, label, reason)
-            await self._rollback(sw, reason)
-        else:
-            self._finish(sw, "succeeded", None)
+        outages = 0
+        while True:
+            try:
+                await self._attempt(sw, resume)
+            except HubUnavailable as e:
+                # unknown, not failed: wait for the hub, then judge from its model
+                outages += 1
+                if outages > MAX_HUB_OUTAGES or not await self._wait_for_hub(sw, e):
+                    self._finish_unknown(sw, e)
+                    break
+                resume = True
+                sw = self.store.get_switch(switch_id)
+                continue
+            break
         self.log.info(
             "Switch %s of %s finished in %.1fs: %s",
             switch_id,
@@ -164,6 +203,108 @@ class Orchestrator:
             self.store.get_switch(switch_id)["state"],
         )
         return self.store.get_switch(switch_id)
+
+    async def _attempt(self, sw: dict, resume: bool) -> None:
+        """One go at the switch: forward (or resume), rollback on a failed step.
+
+        Raises :class:`HubUnavailable` when the hub stops answering; the
+        switch is then neither finished nor rolled back.
+        """
+        label = server_label(sw["user"], sw["server_name"])
+        try:
+            if resume:
+                if await self._resume(sw):
+                    return
+            else:
+                self.log.info(
+                    "Switching %s from tier %s to %s (switch %s)",
+                    label,
+                    sw["from_profile"],
+                    sw["to_profile"],
+                    sw["id"],
+                )
+                await self._forward(sw, "stop")
+        except StepFailed as e:
+            reason = f"step {e.step} failed: {e.reason}"
+            self.log.warning("Switch %s of %s failed, rolling back: %s", sw["id"], label, reason)
+            await self._rollback(sw, reason)
+            return
+        self._finish(sw, "succeeded", None)
+
+    async def _wait_for_hub(self, sw: dict, exc: HubUnavailable) -> bool:
+        """Ask the hub again with exponential backoff until it answers.
+
+        True once it answers (any status: an answer), False after
+        ``hub_wait_timeout`` seconds of silence.
+        """
+        sid = sw["id"]
+        user, name = sw["user"], sw["server_name"]
+        label = server_label(user, name)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        deadline = t0 + self.hub_wait_timeout
+        delay = self.backoff_initial
+        why = _describe(exc)
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self.log.error(
+                    "Switch %s of %s: the hub did not answer for %.0fs (%s); giving up, outcome unknown",
+                    sid,
+                    label,
+                    self.hub_wait_timeout,
+                    why,
+                )
+                return False
+            wait = min(delay, remaining)
+            self.log.warning(
+                "Switch %s of %s: the hub did not answer (%s); the switch's state is unknown, "
+                "asking again in %.1fs",
+                sid,
+                label,
+                why,
+                wait,
+            )
+            self._mark_running_steps(
+                sw, f"waiting for the hub, which did not answer ({why}); next try in {wait:.1f}s"
+            )
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, self.backoff_max)
+            try:
+                await self.hub.get_server(user, name)
+            except HubUnavailable as e:
+                why = _describe(e)
+                continue
+            except HubAPIError:
+                pass  # an answer: the hub is back
+            self.log.info(
+                "Switch %s of %s: the hub answers again after %.1fs; resuming from the server's state",
+                sid,
+                label,
+                loop.time() - t0,
+            )
+            self._mark_running_steps(sw, "the hub answers again; checking where the switch is")
+            return True
+
+    def _mark_running_steps(self, sw: dict, message: str) -> None:
+        for step in self.store.get_switch(sw["id"])["steps"]:
+            if step["status"] == "running":
+                self.store.set_step(sw["id"], step["name"], message=message)
+
+    def _finish_unknown(self, sw: dict, exc: HubUnavailable) -> None:
+        """The hub stayed silent: ``failed`` with ``failure = hub-unavailable`` (revisited by reconcile)."""
+        why = _describe(exc)
+        for step in self.store.get_switch(sw["id"])["steps"]:
+            if step["status"] == "running":
+                self.store.set_step(sw["id"], step["name"], "failed", f"unknown: the hub did not answer ({why})")
+        self._finish(
+            sw,
+            "failed",
+            f"The hub did not answer for {self.hub_wait_timeout:.0f}s ({why}), so what became of the "
+            "server is unknown; nothing was rolled back. The service looks at this switch again when "
+            "it restarts; meanwhile check the server on the hub's home page.",
+            failure=HUB_UNAVAILABLE,
+        )
 
     async def _forward(self, sw: dict, start_at: str) -> None:
         """Run the forward steps from ``start_at`` on; raises StepFailed."""
@@ -188,6 +329,10 @@ class Orchestrator:
         try:
             message = await action()
         except asyncio.CancelledError:
+            raise
+        except HubUnavailable as e:
+            # neither done nor failed: the caller waits for the hub
+            self.store.set_step(sid, step_name, message=f"the hub did not answer ({_describe(e)})")
             raise
         except StepFailed as e:
             reason = e.reason
@@ -227,6 +372,8 @@ class Orchestrator:
     async def _do_start(self, user: str, name: str, options: dict) -> str:
         try:
             result = await self.hub.start_server(user, name, options)
+        except HubUnavailable:
+            raise
         except HubAPIError as e:
             if e.status < 500:
                 raise
@@ -320,7 +467,8 @@ class Orchestrator:
                 await self._do_wait_ready(sw, "rollback")
                 await self._do_verify(user, name, sw["from_profile"])
                 message = f"running again on tier {sw['from_profile']}"
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, HubUnavailable):
+            # unavailable: the rollback is resumed once the hub answers
             raise
         except Exception as e:
             why = e.reason if isinstance(e, StepFailed) else _describe(e)
@@ -360,6 +508,8 @@ class Orchestrator:
             await self.hub.stop_server(user, name)
             await self.hub.wait_stopped(user, name, self.stop_timeout)
             return True
+        except HubUnavailable:
+            raise
         except Exception as e:
             self.log.error("Could not stop %s after a failed rollback: %s", server_label(user, name), _describe(e))
             return False
@@ -378,7 +528,7 @@ class Orchestrator:
         for step in sw["steps"]:
             if step["status"] == "running":
                 self.store.set_step(
-                    sid, step["name"], message="interrupted by a restart of the service; resuming"
+                    sid, step["name"], message="interrupted (the service or the hub restarted); resuming"
                 )
         # a start or stop may still be in progress: let it settle first
         try:
@@ -389,6 +539,8 @@ class Orchestrator:
                 self.start_timeout,
                 "settled",
             )
+        except HubUnavailable:
+            raise
         except (HubAPIError, asyncio.TimeoutError) as e:
             raise StepFailed("reconcile", _describe(e)) from None
         in_rollback = any(s["name"] == "rollback" for s in sw["steps"])
@@ -437,9 +589,9 @@ class Orchestrator:
 
     # records
 
-    def _finish(self, sw: dict, state: str, error: str | None) -> None:
+    def _finish(self, sw: dict, state: str, error: str | None, failure: str | None = None) -> None:
         sid = sw["id"]
-        self.store.set_state(sid, state, error=error)
+        self.store.set_state(sid, state, error=error, failure=failure)
         record = self.store.get_switch(sid)
         self.store.audit(
             "final",

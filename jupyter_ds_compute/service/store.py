@@ -12,6 +12,10 @@ Tables
     ``running``, ``succeeded``, ``rolled_back`` or ``failed``. A partial
     unique index makes "one switch per server at a time" hold even if two
     requests race: the second insert fails and the caller answers 409.
+    ``failure`` says why a ``failed`` switch failed when that matters to
+    reconcile: ``hub-unavailable`` (the hub did not answer for longer than
+    the switch may wait: the outcome is unknown, and the next service start
+    looks again); NULL otherwise.
 ``steps``
     the steps of a switch in order (``validate``, ``stop``,
     ``patch-options``, ``start``, ``wait-ready``, ``verify``, ``rollback``),
@@ -60,7 +64,8 @@ CREATE TABLE IF NOT EXISTS switches (
     next TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    finished REAL
+    finished REAL,
+    failure TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_active_switch_per_server
     ON switches (user, server_name) WHERE state IN ('pending', 'running');
@@ -154,6 +159,9 @@ class Store:
         if path != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(_SCHEMA)
+        columns = {r["name"] for r in self.db.execute("PRAGMA table_info(switches)")}
+        if "failure" not in columns:  # a store made before the column
+            self.db.execute("ALTER TABLE switches ADD COLUMN failure TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -244,6 +252,21 @@ class Store:
         ).fetchall()
         return [self._switch_model(r) for r in rows]
 
+    def switches_to_revisit(self) -> list[dict]:
+        """Failed switches whose outcome is unknown (``failure = 'hub-unavailable'``), oldest first.
+
+        Only the newest switch of its server, and only while no other switch
+        of that server is in flight: a later switch has superseded it.
+        """
+        rows = self.db.execute(
+            "SELECT * FROM switches s WHERE state = 'failed' AND failure = 'hub-unavailable'"
+            " AND NOT EXISTS (SELECT 1 FROM switches t WHERE t.user = s.user"
+            " AND t.server_name = s.server_name AND t.id != s.id"
+            " AND (t.created > s.created OR t.state IN ('pending', 'running')))"
+            " ORDER BY created"
+        ).fetchall()
+        return [self._switch_model(r) for r in rows]
+
     def list_switches(self, user: str | None = None, limit: int = 100) -> list[dict]:
         """Newest first; all users when ``user`` is None."""
         if user is None:
@@ -257,20 +280,27 @@ class Store:
             ).fetchall()
         return [self._switch_model(r) for r in rows]
 
-    def set_state(self, switch_id: str, state: str, error: str | None = None) -> None:
-        """Move a switch to ``state``; final states record ``finished``."""
+    def set_state(
+        self, switch_id: str, state: str, error: str | None = None, failure: str | None = None
+    ) -> None:
+        """Move a switch to ``state``; final states record ``finished``.
+
+        ``failure`` (e.g. ``hub-unavailable``) is stored with every change of
+        state, so it is cleared when the switch moves on.
+        """
         now = utcnow()
         finished = now if state in FINAL_STATES else None
         with self._tx():
             if error is None:
                 self.db.execute(
-                    "UPDATE switches SET state = ?, updated = ?, finished = ? WHERE id = ?",
-                    (state, now, finished, switch_id),
+                    "UPDATE switches SET state = ?, updated = ?, finished = ?, failure = ? WHERE id = ?",
+                    (state, now, finished, failure, switch_id),
                 )
             else:
                 self.db.execute(
-                    "UPDATE switches SET state = ?, error = ?, updated = ?, finished = ? WHERE id = ?",
-                    (state, error, now, finished, switch_id),
+                    "UPDATE switches SET state = ?, error = ?, updated = ?, finished = ?, failure = ?"
+                    " WHERE id = ?",
+                    (state, error, now, finished, failure, switch_id),
                 )
 
     # steps
@@ -413,6 +443,7 @@ class Store:
             "from_options": json.loads(row["from_options"]),
             "to_options": json.loads(row["to_options"]),
             "state": row["state"],
+            "failure": row["failure"],
             "steps": [self._step_model(s) for s in steps],
             "error": row["error"],
             "created": isoformat(row["created"]),

@@ -12,8 +12,14 @@ refused when it is attached anywhere else.  The volume id lives in spawner state
 itself is the data, so losing the hub's memory loses nothing.
 
 Where the volume is attached is recorded in ``<root>/.attachments/<id>.json``
-so that a second attach from another server is refused, and so that the
-admin panel can say where each volume is.
+so that the admin panel can say where each volume is. Whether it is in use
+is decided by the live holder, not by that record's name: on this machine,
+``attach`` refuses while any live process carries the volume
+(``DS_COMPUTE_VOLUME_ID`` and ``DS_COMPUTE_VOLUME_PATH`` in its
+environment, which every process of a server inherits) — even one of the
+same hub user and server, e.g. a server the hub lost when it was killed —
+and takes over a record no live process backs (a server that died). A
+record naming a server on another machine cannot be checked and refuses.
 
 Whose volume it is is recorded in ``<root>/.owners/<id>.json`` (the hub
 user and server; hub-only, mode 600, beside the volume rather than in it,
@@ -38,6 +44,7 @@ import time
 from jupyterhub.traitlets import ByteSpecification
 from traitlets import CaselessStrEnum, Unicode, default
 
+from ..backends.local import find_processes
 from ..names import safe_name
 from .base import VolumeDriver, VolumeError
 
@@ -278,6 +285,13 @@ class LocalVolume(VolumeDriver):
             return f"host {fields.get('node_name', '?').strip()} (MMP sequence {seq})"
         return None
 
+    def _live_holders(self):
+        """``{pid: environ}`` of the processes on this machine using this volume (blocking)."""
+        vid, path = self.volume_id, self.path
+        return find_processes(
+            lambda env: env.get("DS_COMPUTE_VOLUME_ID") == vid and env.get("DS_COMPUTE_VOLUME_PATH") == path
+        )
+
     async def attach(self, host):
         if host.kind not in ("local", "shared-fs"):
             raise VolumeError(
@@ -287,11 +301,30 @@ class LocalVolume(VolumeDriver):
         if not os.path.isdir(self.path):
             raise VolumeError(f"Volume {self.volume_id} does not exist at {self.path}")
         me = self.spawner._log_name
+        live = await asyncio.to_thread(self._live_holders)
+        if live:
+            pid = min(live)
+            key = live[pid].get("DS_COMPUTE_SERVER_KEY") or "no server key"
+            raise VolumeError(
+                f"Volume {self.volume_id} is in use by a running server on this machine "
+                f"(pid {pid}, {key}): stop that server first. Nothing was changed.",
+                log_message=f"refused to attach volume {self.volume_id} to {me}: live processes "
+                f"{sorted(live)} carry it ({key})",
+            )
         holder = self._read_registry()
         if holder and holder.get("server") != me:
-            raise VolumeError(
-                f"Volume {self.volume_id} is attached to {holder.get('server')} on "
-                f"{holder.get('host')}: stop that server first.",
+            if holder.get("host") != host.id:
+                raise VolumeError(
+                    f"Volume {self.volume_id} is attached to {holder.get('server')} on "
+                    f"{holder.get('host')}: stop that server first.",
+                )
+            self.log.warning(
+                "Volume %s: taking over the attachment record of %s on %s for %s, "
+                "no process on this machine uses the volume (a server that died)",
+                self.volume_id,
+                holder.get("server"),
+                holder.get("host"),
+                me,
             )
         if self.mode == "image":
             if host.kind != "local":
@@ -305,7 +338,7 @@ class LocalVolume(VolumeDriver):
         os.makedirs(os.path.dirname(self._registry()), mode=0o700, exist_ok=True)
         tmp = self._registry() + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"server": me, "host": host.id, "path": self.path}, f)
+            json.dump({"server": me, "host": host.id, "path": self.path, "attached_at": time.time()}, f)
         os.replace(tmp, self._registry())
         self.attached_to = host.id
         return self.path
