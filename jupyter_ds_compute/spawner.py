@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import importlib
 import json
 import os
 import secrets
@@ -25,41 +24,29 @@ import time
 
 from jupyterhub.spawner import Spawner, SpawnException
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Bool, Callable, Dict, Float, List, Unicode, Union, default, validate
+from traitlets import Bool, Callable, Dict, Float, List, Type, Unicode, Union, default, validate
 
-from . import form, policy, tiers
-from .backends.base import BackendError
+from . import form, plugins, policy, tiers
+from .backends.base import Backend, BackendError
 from .errors import DSComputeError
 from .hubconfig import SERVICE_NAME, public_hub_url
 from .backends.local import default_singleuser_cmd
 from .service.accounting import spawn_refusal
+from .volumes.base import VolumeDriver, description
 
-BACKENDS = {
-    "local": "jupyter_ds_compute.backends.local:LocalBackend",
-    "slurm": "jupyter_ds_compute.backends.slurm:SlurmBackend",
-    "ec2": "jupyter_ds_compute.backends.ec2:EC2Backend",
-}
-VOLUMES = {
-    "local": "jupyter_ds_compute.volumes.local:LocalVolume",
-    "ebs": "jupyter_ds_compute.volumes.ebs:EBSVolume",
-    "efs": "jupyter_ds_compute.volumes.efs:EFSVolume",
-}
 LAB_DEFAULTS = os.path.join(os.path.dirname(__file__), "lab-defaults")
 
 
-def _import(spec):
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
+def _plugin(group, spec, setting):
+    """The backend / volume-driver class ``spec`` names (see :mod:`.plugins`).
 
-
-def _plugin(kind, table, name):
-    if name not in table:
-        raise SpawnException(
-            f"Unknown {kind} {name!r}; known: {', '.join(sorted(table))}",
-            reason="config",
-            status_code=500,
-        )
-    return _import(table[name])
+    A name nobody registered is the operator's config error: a 500 whose
+    message lists the known names.
+    """
+    try:
+        return plugins.plugin_class(group, spec, setting)
+    except plugins.PluginError as e:
+        raise SpawnException(e.message, reason="config", log_message=e.log_message, status_code=500) from None
 
 
 class DSComputeSpawner(Spawner):
@@ -112,22 +99,44 @@ class DSComputeSpawner(Spawner):
         # raises TierConfigError naming the tier and field
         return tiers.normalize_profile_list(value)
 
-    backend = Unicode(
-        "local",
+    backend = Union(
+        [Unicode(), Type(klass=Backend)],
+        default_value="local",
         help="""
         Where servers run: ``local`` (processes on the hub's machine, cgroup
         limits), ``slurm`` (batch jobs) or ``ec2`` (an instance per server).
         A tier's own ``backend`` key overrides this.
 
+        Any name registered in the ``jupyter_ds_compute.backends`` entry-point
+        group works (a site's own package can add one, see
+        docs/internals.md), as does an import string or the class itself (a
+        :class:`jupyter_ds_compute.backends.base.Backend` subclass), as
+        JupyterHub takes ``c.JupyterHub.spawner_class``. An unknown name fails
+        the start with a message listing the known ones.
+
+        Example::
+
+            c.DSComputeSpawner.backend = "slurm"
+            c.DSComputeSpawner.backend = "mysite.compute:KubeBackend"
+
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
 
-    volume_driver = Unicode(
-        "local",
+    volume_driver = Union(
+        [Unicode(), Type(klass=VolumeDriver)],
+        default_value="local",
         help="""
         The user's persistent storage: ``local`` (a directory on the hub's
         machine), ``ebs`` or ``efs``. A tier's ``volume`` key overrides it.
+
+        Like :attr:`backend`: a name in the ``jupyter_ds_compute.volumes``
+        entry-point group, an import string or a
+        :class:`jupyter_ds_compute.volumes.base.VolumeDriver` subclass.
+
+        Example::
+
+            c.DSComputeSpawner.volume_driver = "ebs"
 
         .. versionadded:: 0.1
         """,
@@ -376,17 +385,35 @@ class DSComputeSpawner(Spawner):
 
     # -- plug-ins ------------------------------------------------------------
 
-    def _make_backend(self, name):
-        cls = _plugin("backend", BACKENDS, name)
-        self._backend_name = name
+    def _make_backend(self, spec, setting="c.DSComputeSpawner.backend"):
+        cls = _plugin(plugins.BACKENDS, spec, setting)
+        self._backend_name = plugins.plugin_spec(spec)
         self._backend = cls(self)
         return self._backend
+
+    def _volume_class(self, name=None):
+        """The configured driver class (the tier's ``volume``, else
+        :attr:`volume_driver`); with ``name`` (the ``driver`` a volume's state
+        recorded: its class's ``name``), the configured one if it has that
+        name (a driver configured as an import string or class), else the
+        entry point of that name."""
+        tier_volume = self.tier.volume if self.tier and self.tier.volume else None
+        spec = tier_volume or self.volume_driver
+        setting = f"tier {self.tier.slug!r} volume" if tier_volume else "c.DSComputeSpawner.volume_driver"
+        if name is None:
+            return _plugin(plugins.VOLUMES, spec, setting)
+        try:
+            cls = plugins.plugin_class(plugins.VOLUMES, spec, setting)
+            if cls.name == name:
+                return cls
+        except plugins.PluginError:
+            pass
+        return _plugin(plugins.VOLUMES, name, "spawner state")
 
     @property
     def volume(self):
         if self._volume is None:
-            name = (self.tier.volume if self.tier and self.tier.volume else None) or self.volume_driver
-            self._volume = _plugin("volume driver", VOLUMES, name)(self)
+            self._volume = self._volume_class()(self)
         return self._volume
 
     # -- start ---------------------------------------------------------------
@@ -405,7 +432,8 @@ class DSComputeSpawner(Spawner):
             # started without the hub's apply hook (e.g. another hook replaced it)
             await self._apply_tier_options(self.user_options)
         tier = self.tier
-        backend = self._make_backend(tier.backend or self.backend)
+        setting = f"tier {tier.slug!r} backend" if tier.backend else "c.DSComputeSpawner.backend"
+        backend = self._make_backend(tier.backend or self.backend, setting)
         try:
             return await self._start_on(tier, backend)
         except DSComputeError as e:
@@ -427,8 +455,7 @@ class DSComputeSpawner(Spawner):
     async def _start_on(self, tier, backend):
         volume = self.volume
         self._emit(10, f"Preparing volume for {self.user.name}")
-        if hasattr(backend, "owner"):
-            volume.owner = await backend.owner()
+        volume.owner = await backend.owner()
         volume_id = await volume.ensure()
         self._emit(25, f"Getting a {tier.display_name} machine")
         host = await self._drain(backend, backend.prepare(tier))
@@ -441,8 +468,8 @@ class DSComputeSpawner(Spawner):
         env.update(self._ds_env(tier, volume, path))
         cmd = volume.wrap_command(list(self.cmd) + self.get_args())
         self._emit(55, f"Starting the server on {tier.display_name}")
-        extra = {"keep_root": True} if getattr(volume, "needs_root_exec", False) else {}
-        ip, port = await self._drain(backend, backend.start(tier, cmd, env, path, **extra))
+        keep_root = bool(volume.needs_root_exec)
+        ip, port = await self._drain(backend, backend.start(tier, cmd, env, path, keep_root=keep_root))
         self.started_at = float(env["DS_COMPUTE_STARTED_AT"])
         self.tier, self.tier_slug = tier, tier.slug
         self._emit(70, "Waiting for the server to answer")
@@ -578,12 +605,13 @@ class DSComputeSpawner(Spawner):
             await backend.release()
 
     async def _describe_volume(self, volume, timeout=30):
-        """``volume.describe()`` plus ``"as_of"`` (unix time); never fails a start or stop."""
+        """``volume.describe()`` in its one shape (``volumes.base.description``) plus
+        ``"as_of"`` (unix time); never fails a start or stop."""
         try:
-            info = dict(await asyncio.wait_for(volume.describe(), timeout))
+            info = description(volume, await asyncio.wait_for(volume.describe(), timeout))
         except Exception as e:  # noqa: BLE001 - informative only
             self.log.warning("Could not describe volume %s of %s: %s", volume.volume_id, self._log_name, e)
-            info = {"id": volume.volume_id, "driver": volume.name, "error": f"could not describe: {e}"}
+            info = description(volume, {"error": f"could not describe: {e}"})
         info["as_of"] = time.time()
         return info
 
@@ -654,13 +682,12 @@ class DSComputeSpawner(Spawner):
     def load_state(self, state):
         super().load_state(state)
         if state.get("volume"):
-            name = state["volume"].get("driver", self.volume_driver)
-            self._volume = _plugin("volume driver", VOLUMES, name)(self)
+            self._volume = self._volume_class(state["volume"].get("driver"))(self)
             self._volume.load_state(state["volume"])
         self._last_good_options = state.get("last_options") or self._last_good_options
         self.volume_info = state.get("volume_info") or self.volume_info
         if state.get("backend"):
-            backend = self._make_backend(state["backend"]["name"])
+            backend = self._make_backend(state["backend"]["name"], "spawner state")
             backend.load_state(state["backend"]["state"])
             self.started_at = state.get("started_at", 0.0)
             self.tier_slug = state.get("tier")

@@ -334,7 +334,7 @@ class EC2Backend(Backend, aws.AWS):
             tier, "instance_type", self.instance_types, self.default_instance_type
         )
         self.tier_slug = tier.slug
-        zone = getattr(self.spawner.volume, "zone", None)
+        zone = self.spawner.volume.zone()
         subnets = await self._subnets(zone)
         inst = None
         if self.reuse_stopped:
@@ -555,7 +555,10 @@ class EC2Backend(Backend, aws.AWS):
     def spec_parameter(self):
         return f"{self.spec_parameter_prefix}{self.instance_id}"
 
-    async def start(self, tier, cmd, env, volume_path):
+    async def start(self, tier, cmd, env, volume_path, keep_root=False):
+        if keep_root:
+            # the instance's bootstrap mounts the volume; the server never gets root
+            self._fail("The ec2 backend cannot mount volume images: use the ebs or efs volume driver")
         mount = (self.host.extra.get("mount") if self.host else None) or {}
         spec = {
             "cmd": list(cmd),

@@ -384,7 +384,7 @@ class SlurmBackend(SystemAccountMixin, Backend):
                 argv.append(f"--{key}={s[key]}")
         return argv
 
-    def describe(self, tier):
+    def job_summary(self, tier):
         """``partition gpu, 4 CPUs, 16384M, gpu:1, time 4:00:00`` for progress messages."""
         s = self.settings(tier)
         parts = [f"partition {s['partition'] or '(default)'}"]
@@ -474,7 +474,7 @@ class SlurmBackend(SystemAccountMixin, Backend):
             raise BackendError(f"sbatch gave no job id: {out!r}") from None
         self._ended_logged = False
         self.poller.track(self.job_id)
-        self.emit(f"Submitted Slurm job {self.job_id}: {self.describe(tier)}")
+        self.emit(f"Submitted Slurm job {self.job_id}: {self.job_summary(tier)}")
         self.host = await self._wait_running()
         self.port = await self._wait_port()
         address = self.node_address.format(node=self.host)

@@ -4,6 +4,29 @@ A volume belongs to a user (and named server), not to a machine: it exists
 before the first start and after every stop.  Its id lives in spawner state.
 Drivers check real-world preconditions themselves (not attached elsewhere,
 same zone, device free): the storage APIs and moto do not always refuse.
+
+:class:`VolumeDriver` declares everything the spawner (and, through spawner
+state, the service's admin page) uses; nothing is probed with ``hasattr``.
+Abstract: :meth:`~VolumeDriver.ensure`, :meth:`~VolumeDriver.attach`,
+:meth:`~VolumeDriver.detach`, :meth:`~VolumeDriver.delete`.  With defaults:
+:meth:`~VolumeDriver.describe`, :meth:`~VolumeDriver.zone`,
+:meth:`~VolumeDriver.wrap_command`, :meth:`~VolumeDriver.get_state`,
+:meth:`~VolumeDriver.load_state` and the attributes :attr:`~VolumeDriver.owner`,
+:attr:`~VolumeDriver.needs_root_exec`, :attr:`~VolumeDriver.delete_by_default`.
+
+Order of calls for one start: (``owner`` set from the backend) → ``ensure``
+→ (backend ``prepare``, which may ask ``zone()``) → ``attach`` →
+``describe`` → ``wrap_command``. Stop: ``detach`` → ``describe``. Delete of
+the user or named server: ``delete``.
+
+Errors: raise :class:`VolumeError` (a :class:`~jupyter_ds_compute.errors.DSComputeError`)
+for anything the user should read (``message`` to the spawn page,
+``log_message`` to the hub log, optional ``status_code``, e.g. 403 for a
+volume owned by someone else); anything else is a bug and is logged with a
+traceback.
+
+A driver outside this package registers an entry point in the group
+``jupyter_ds_compute.volumes`` (see ``docs/internals.md``).
 """
 
 from __future__ import annotations
@@ -17,10 +40,45 @@ class VolumeError(DSComputeError):
     """A volume failure with a message meant for the user."""
 
 
-class VolumeDriver(LoggingConfigurable):
-    """Base class: created with ``parent=spawner`` for one user's server."""
+#: the methods every volume driver must define (the others have defaults)
+ABSTRACT_METHODS = ("ensure", "attach", "detach", "delete")
 
+#: the keys of :meth:`VolumeDriver.describe`'s dict (a driver may add its own)
+DESCRIBE_KEYS = ("id", "driver", "path", "attached_to", "size_bytes", "used_bytes", "zone")
+
+
+def description(volume, info: dict | None = None) -> dict:
+    """``info`` (a driver's :meth:`~VolumeDriver.describe`) with every key of
+    :data:`DESCRIBE_KEYS` present (``None`` when unknown): the one shape the
+    spawner stores as ``volume_info`` and the admin page reads."""
+    out = {key: None for key in DESCRIBE_KEYS}
+    out.update(id=volume.volume_id, driver=volume.name)
+    out.update(info or {})
+    return out
+
+
+class VolumeDriver(LoggingConfigurable):
+    """Base class: created with ``parent=spawner`` for one user's server.
+
+    Configure subclasses like any traitlets class, e.g.
+    ``c.EBSVolume.size = 50``.
+    """
+
+    #: short name used in config and state, e.g. "local"
     name = "base"
+
+    #: ``(uid, gid)`` the server runs as, set by the spawner from the
+    #: backend's ``owner()`` before :meth:`ensure` (``None``: the backend
+    #: does not say). A new volume is made to belong to it; a driver that
+    #: records owners refuses (``VolumeError``, ``status_code = 403``) a
+    #: volume that belongs to someone else.
+    owner: tuple[int, int] | None = None
+
+    #: True when :meth:`wrap_command`'s command must be started with root
+    #: rights (it mounts in the server's namespace, then drops to the user);
+    #: the spawner passes it to the backend's ``start(..., keep_root=...)``.
+    #: May be a property (known after :meth:`attach`).
+    needs_root_exec = False
 
     def __init__(self, spawner, **kwargs):
         super().__init__(parent=spawner, **kwargs)
@@ -32,20 +90,57 @@ class VolumeDriver(LoggingConfigurable):
         return self.spawner._log_name
 
     async def ensure(self) -> str:
-        """Create the volume if it does not exist yet; return its id."""
+        """Create the volume if it does not exist yet; return its id.
+
+        Called at each start, before the backend gets a machine. Sets and
+        returns :attr:`volume_id` (kept in spawner state). Finds an existing
+        volume from ``volume_id`` or, when the state lost it, by name or tags.
+        Raise :class:`VolumeError` when it cannot be made or is not this
+        user's (then with ``status_code = 403``).
+        """
         raise NotImplementedError
 
     async def attach(self, host) -> str:
-        """Make the volume usable on ``host``; return its path there."""
+        """Make the volume usable on ``host``; return its path there.
+
+        ``host`` is the backend's :class:`~jupyter_ds_compute.backends.base.HostInfo`
+        from ``prepare``. Called once per start. The path becomes the server's
+        ``HOME`` and notebook dir. Raise :class:`VolumeError` if the volume
+        is attached elsewhere, in another zone, or the host cannot reach it.
+        """
         raise NotImplementedError
 
     async def detach(self) -> None:
-        """Undo ``attach``. Idempotent: detaching a detached volume is fine."""
+        """Undo ``attach``. Idempotent: detaching a detached volume is fine.
+
+        Called after the backend stopped the server (also after a failed
+        start), before the backend releases the machine.
+        """
         raise NotImplementedError
 
     async def describe(self) -> dict:
-        """``{"id", "driver", "attached_to", "size_bytes", "used_bytes"}``."""
-        return {"id": self.volume_id, "driver": self.name}
+        """The volume as the admin page shows it: a JSON-able dict.
+
+        Called after each attach and detach (bounded by a timeout: a failure
+        is logged and never fails a start or stop); the spawner stores the
+        result, completed by :func:`description` plus ``"as_of"`` (unix
+        time), as ``volume_info`` in spawner state. Keys
+        (:data:`DESCRIBE_KEYS`; ``None`` when unknown): ``id``, ``driver``,
+        ``path`` (where it is mounted on the server's machine),
+        ``attached_to`` (host or instance it is attached to, ``None`` when
+        detached), ``size_bytes``, ``used_bytes``, ``zone``; a driver may add
+        its own (``mode``, ``state``, ``file_system_id``). Default: id and
+        driver only.
+        """
+        return description(self)
+
+    def zone(self) -> str | None:
+        """The availability zone the volume is bound to, or ``None`` (anywhere).
+
+        Called by backends that choose where to run (EC2: only subnets in this
+        zone) during ``prepare``, after :meth:`ensure`. Default: ``None``.
+        """
+        return None
 
     #: what ``c.DSComputeSpawner.delete_volume = None`` (its default) means for
     #: this driver: delete when the user or named server is deleted, or keep
@@ -74,11 +169,17 @@ class VolumeDriver(LoggingConfigurable):
         raise NotImplementedError
 
     def wrap_command(self, cmd: list[str]) -> list[str]:
-        """Prefix the server command when mounting must happen in its namespace."""
+        """The server's argv, prefixed when mounting must happen in its namespace.
+
+        Called after :meth:`attach`. Default: ``cmd`` unchanged.
+        """
         return cmd
 
     def get_state(self) -> dict:
+        """What finds the volume again (JSON-able; ``"driver"`` names the driver
+        to load it with). Synchronous. Default: driver and id (``{}`` without a volume)."""
         return {"driver": self.name, "id": self.volume_id} if self.volume_id else {}
 
     def load_state(self, state: dict) -> None:
+        """Restore what :meth:`get_state` returned, on a fresh driver object. No I/O."""
         self.volume_id = state.get("id", "")

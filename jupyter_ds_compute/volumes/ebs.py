@@ -132,7 +132,7 @@ class EBSVolume(VolumeDriver, aws.AWS):
     ).tag(config=True)
 
     # state
-    zone = None
+    _zone = None
     attached_to = ""
     device = ""
     last_snapshot = 0.0
@@ -198,7 +198,7 @@ class EBSVolume(VolumeDriver, aws.AWS):
         if vol is None:
             vol = await self._create()
         self.volume_id = vol["VolumeId"]
-        self.zone = vol["AvailabilityZone"]
+        self._zone = vol["AvailabilityZone"]
         if vol["State"] == "creating":
             await self._wait_state("available", self.attach_timeout)
         return self.volume_id
@@ -516,13 +516,18 @@ class EBSVolume(VolumeDriver, aws.AWS):
             info["attached_to"] = atts[0]["InstanceId"] if atts else None
         return info
 
+    def zone(self):
+        """The volume's availability zone (known after ``ensure``): an EBS volume
+        never leaves it, so the EC2 backend launches only there."""
+        return self._zone
+
     def get_state(self):
         if not self.volume_id:
             return {}
         return {
             "driver": self.name,
             "id": self.volume_id,
-            "zone": self.zone,
+            "zone": self._zone,
             "attached_to": self.attached_to,
             "device": self.device,
             "last_snapshot": self.last_snapshot,
@@ -530,7 +535,7 @@ class EBSVolume(VolumeDriver, aws.AWS):
 
     def load_state(self, state):
         self.volume_id = state.get("id", "")
-        self.zone = state.get("zone")
+        self._zone = state.get("zone")
         self.attached_to = state.get("attached_to", "")
         self.device = state.get("device", "")
         self.last_snapshot = state.get("last_snapshot", 0.0)

@@ -30,8 +30,6 @@ class EFSVolume(VolumeDriver, aws.AWS):
 
     name = "efs"
 
-    #: EFS has no zone: instances may launch in any subnet with a mount target
-    zone = None
 
     file_system_id = Unicode(
         "",
@@ -336,6 +334,10 @@ class EFSVolume(VolumeDriver, aws.AWS):
             "path": self.mount_path,
             "attached_to": self.attached_to or None,
         }
+
+    def zone(self):
+        """``None``: EFS has no zone, instances may launch in any subnet with a mount target."""
+        return None
 
     def get_state(self):
         if not self.volume_id:
