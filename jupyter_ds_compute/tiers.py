@@ -32,6 +32,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jupyterhub.traitlets import ByteSpecification
+from traitlets import TraitError
+
 from .policy import group_refusal
 
 __all__ = [
@@ -103,7 +106,6 @@ _UNLISTED_FIELDS = frozenset(
 )
 _SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([KMGT])(?:i?B?))?\s*$")
-_UNIT = {None: 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _VALUE_RE = re.compile(r"\{\{|\}\}|\{value\}")
 _MAX_SHOWN_VALUE = 80
 
@@ -206,24 +208,33 @@ def slugify(name: str) -> str:
 
 
 def parse_bytes(value: Any) -> int:
-    """Bytes from an int or a JupyterHub ``ByteSpecification``-style string.
+    """Bytes from an int or a JupyterHub ``ByteSpecification`` string.
 
-    ``"512M"``, ``"2G"``, ``"1.5T"`` use powers of 1024 (``"2Gi"``, ``"2GiB"``
-    and ``"2GB"`` mean the same). Raises ValueError for anything else or a
-    value that is not positive.
+    ``"512M"``, ``"2G"``, ``"1.5T"`` use powers of 1024 (JupyterHub's
+    :class:`~jupyterhub.traitlets.ByteSpecification` does the conversion);
+    Kubernetes' ``"2Gi"`` and ``"2GiB"``/``"2GB"`` mean the same, and a
+    bare number string is bytes. Raises ValueError (the caller names the
+    tier and field) for anything else or a value that is not positive.
     """
     if isinstance(value, bool):
         raise ValueError(f"expected bytes, got {value!r}")
-    if isinstance(value, (int, float)):
-        number, unit = value, None
-    elif isinstance(value, str) and _BYTES_RE.match(value):
+    if isinstance(value, str):
         m = _BYTES_RE.match(value)
-        number, unit = float(m.group(1)), m.group(2)
-    else:
+        if not m:
+            raise ValueError(f"must be bytes or a string like '2G' or '512M', got {value!r}")
+        # ByteSpecification takes "<number><K|M|G|T>" or a number
+        value = m.group(1) + m.group(2) if m.group(2) else float(m.group(1))
+    elif not isinstance(value, (int, float)):
         raise ValueError(f"must be bytes or a string like '2G' or '512M', got {value!r}")
-    if not math.isfinite(number) or number <= 0:
+    if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"must be > 0, got {value!r}")
-    return int(number * _UNIT[unit])
+    try:
+        number = ByteSpecification().validate(None, value)
+    except TraitError as e:
+        raise ValueError(f"must be bytes or a string like '2G' or '512M', got {value!r}") from e
+    if number <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+    return number
 
 
 def _copy(obj: Any) -> Any:
