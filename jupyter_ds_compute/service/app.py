@@ -516,12 +516,15 @@ class ServiceLockError(SystemExit):
     """Another process holds the data dir's lock (a ``SystemExit`` with one line)."""
 
 
-def _cmdline(pid: int) -> str:
+def _cmdline(pid: int, limit: int | None = 300) -> str:
+    """``/proc/<pid>/cmdline`` on one line (cut at ``limit`` characters); "" if unreadable."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            text = f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+    text = " ".join(text.split())  # one line, whatever the arguments hold
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _parent_of(pid: int) -> int:
@@ -548,12 +551,12 @@ def _is_stale_service(pid: int) -> str | None:
     a child of our own parent (our predecessor under the same hub) or one
     whose parent is not a live hub (its hub was killed; it was re-parented).
     """
-    if SERVICE_MODULE not in _cmdline(pid):
+    if SERVICE_MODULE not in _cmdline(pid, None):
         return None
     parent = _parent_of(pid)
     if parent and parent == os.getppid():
         return "the previous instance of this hub's service"
-    if not parent or "jupyterhub" not in _cmdline(parent):
+    if not parent or "jupyterhub" not in _cmdline(parent, None):
         return f"a service left behind by a hub that is gone (its parent is now pid {parent or '?'})"
     return None  # the child of another live hub: two hubs share this data dir
 

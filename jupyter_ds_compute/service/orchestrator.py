@@ -249,20 +249,20 @@ class Orchestrator:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 self.log.error(
-                    "Switch %s of %s: the hub did not answer for %.0fs (%s); giving up, outcome unknown",
-                    sid,
-                    label,
+                    "The hub did not answer for %.0fs (%s) during switch %s of %s; giving up, outcome unknown",
                     self.hub_wait_timeout,
                     why,
+                    sid,
+                    label,
                 )
                 return False
             wait = min(delay, remaining)
             self.log.warning(
-                "Switch %s of %s: the hub did not answer (%s); the switch's state is unknown, "
+                "The hub did not answer (%s) during switch %s of %s; its state is unknown, "
                 "asking again in %.1fs",
+                why,
                 sid,
                 label,
-                why,
                 wait,
             )
             self._mark_running_steps(
@@ -278,10 +278,10 @@ class Orchestrator:
             except HubAPIError:
                 pass  # an answer: the hub is back
             self.log.info(
-                "Switch %s of %s: the hub answers again after %.1fs; resuming from the server's state",
+                "The hub answers again after %.1fs; resuming switch %s of %s from the server's state",
+                loop.time() - t0,
                 sid,
                 label,
-                loop.time() - t0,
             )
             self._mark_running_steps(sw, "the hub answers again; checking where the switch is")
             return True
