@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from . import formatting
 from .tiers import (
     FORM_OPTION_PREFIX,
     UNLISTED_SUFFIX,
@@ -23,27 +24,9 @@ from .tiers import (
     normalize_profile_list,
 )
 
-def _trim(number: float, digits: int) -> str:
-    text = f"{number:.{digits}f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-def _human_bytes(n: int) -> str:
-    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2)):
-        if n >= size:
-            return f"{_trim(n / size, 2)} {unit}"
-    if n >= 1024:
-        return f"{_trim(n / 1024, 2)} KiB"
-    return f"{n} B"
-
-
 def _price(cost: float | None) -> str:
     """``$0.05/h``; empty for a tier without a price (not ``$0.00/h``)."""
-    if cost is None:
-        return ""
-    if 0 < cost < 0.005:
-        return f"${cost:.4g}/h"
-    return f"${cost:.2f}/h"
+    return "" if cost is None else formatting.price(cost)
 
 
 #: what the form shows for a resource without a limit (``cpu``/``mem`` None)
@@ -51,9 +34,7 @@ UNLIMITED = "unlimited"
 
 
 def _cpu_label(cpu: float | None) -> str:
-    if cpu is None:
-        return f"{UNLIMITED} CPU"
-    return f"{_trim(cpu, 2)} CPU" + ("" if cpu == 1 else "s")
+    return f"{UNLIMITED} CPU" if cpu is None else formatting.cores(cpu)
 
 
 def _choice_context(slug, key, option, user_groups, chosen) -> dict:
@@ -155,9 +136,9 @@ def form_context(
                 "cpu": tier.cpu,
                 "cpu_label": _cpu_label(tier.cpu),
                 "mem": tier.mem,
-                "mem_label": UNLIMITED if tier.mem is None else _human_bytes(tier.mem),
+                "mem_label": UNLIMITED if tier.mem is None else formatting.size(tier.mem),
                 "gpu": tier.gpu,
-                "gpu_label": (f"{tier.gpu} GPU" + ("" if tier.gpu == 1 else "s")) if tier.gpu else "",
+                "gpu_label": formatting.gpus(tier.gpu) if tier.gpu else "",
                 "hourly_cost": tier.hourly_cost,
                 "price": _price(tier.hourly_cost),
                 "gpu_warning": gpu_short,
