@@ -1,72 +1,162 @@
 import { IBudget, ITierInfo } from './types';
 
-const GiB = 1024 ** 3;
+/*
+ * How prices, money, sizes, durations and resources read: the mirror of
+ * jupyter_ds_compute/formatting.py (see its docstring for the rules), tested
+ * against the same cases (tests/format_cases.json, labextension/test/).
+ * Missing values give '' (price: 'no price').
+ */
 
-/** `2 GiB`, `0.5 GiB`, `15.6 GiB`. */
-export function formatMemory(bytes: number | null | undefined): string {
-  if (bytes === null || bytes === undefined || !isFinite(bytes)) {
+/** What a tier without a price (`hourly_cost` null) shows instead of one. */
+export const NO_PRICE = 'no price';
+
+const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+
+function num(value: unknown): number | null {
+  return typeof value === 'number' && isFinite(value) ? value : null;
+}
+
+/** Python's round(x, digits) for the values we show (not at exact ties). */
+function roundTo(x: number, digits: number): number {
+  return Number(x.toFixed(digits));
+}
+
+function thousands(whole: string): string {
+  return whole.replace(/\B(?=(\d{3})+(?!\d))/g, ',');
+}
+
+/** `x` with `least` to `most` decimals (trailing zeros beyond `least` dropped). */
+function decimals(x: number, least: number, most: number): string {
+  const [whole, frac = ''] = x.toFixed(most).split('.');
+  let f = frac;
+  if (most > least) {
+    f = f.replace(/0+$/, '').padEnd(least, '0');
+  }
+  return f ? `${thousands(whole)}.${f}` : thousands(whole);
+}
+
+function dollars(x: number, most: number): string {
+  const sign = x < 0 && roundTo(x, most) !== 0 ? '-' : '';
+  return `${sign}$${decimals(Math.abs(x), 2, most)}`;
+}
+
+/** `$12.00`, `$1,234.50`, `$0.004` (below a cent: up to 4 decimals). */
+export function money(amount: unknown): string {
+  const x = num(amount);
+  if (x === null) {
     return '';
   }
-  if (bytes < GiB / 10 && bytes > 0) {
-    return `${Math.round(bytes / 1024 ** 2)} MiB`;
-  }
-  const gib = bytes / GiB;
-  const rounded = Math.round(gib * 10) / 10;
-  return `${rounded} GiB`;
+  return dollars(x, x === 0 || Math.abs(x) >= 0.01 ? 2 : 4);
 }
 
-/** `1 CPU`, `0.5 CPU`, `4 CPUs`. */
-export function formatCPU(cpu: number | null | undefined): string {
-  if (cpu === null || cpu === undefined || !isFinite(cpu)) {
+/** `$0.05/h`, `$1.20/h`, `$0.004/h`; `no price` for null. */
+export function price(perHour: unknown): string {
+  if (perHour === null || perHour === undefined) {
+    return NO_PRICE;
+  }
+  const x = num(perHour);
+  return x === null ? '' : `${dollars(x, 6)}/h`;
+}
+
+/** `512 B`, `1.5 KiB`, `512 MiB`, `2 GiB` (one decimal at most). */
+export function size(bytes: unknown): string {
+  let x = num(bytes);
+  if (x === null) {
     return '';
   }
-  const rounded = Math.round(cpu * 100) / 100;
-  return `${rounded} CPU${rounded > 1 ? 's' : ''}`;
-}
-
-/** `1 GPU`, `2 GPUs`, `no GPU`. */
-export function formatGPU(gpu: number | null | undefined): string {
-  const n = gpu ?? 0;
-  if (n <= 0) {
-    return 'no GPU';
+  const sign = x < 0 ? '-' : '';
+  x = Math.abs(x);
+  let unit = 0;
+  while (unit < UNITS.length - 1 && roundTo(x / 1024 ** unit, 1) >= 1024) {
+    unit += 1;
   }
-  return `${n} GPU${n > 1 ? 's' : ''}`;
+  if (unit === 0) {
+    return `${sign}${Math.round(x)} B`;
+  }
+  const value = roundTo(x / 1024 ** unit, 1);
+  const text = Number.isInteger(value) ? value.toFixed(0) : value.toFixed(1);
+  return `${sign}${text} ${UNITS[unit]}`;
 }
 
-/** `$0.05`, `$12.00`, `$0.004`. */
-export function formatDollars(value: number | null | undefined): string {
-  if (value === null || value === undefined || !isFinite(value)) {
+/** `45 s`, `5 min`, `1 h 05 min`, `2 h`, `2 d 3 h` (negative: `0 s`). */
+export function duration(seconds: unknown): string {
+  const x = num(seconds);
+  if (x === null) {
     return '';
   }
-  if (value > 0 && value < 0.01) {
-    return `$${value.toPrecision(1)}`;
-  }
-  return `$${value.toFixed(2)}`;
-}
-
-/** `$0.05/h` (empty when the tier has no price). */
-export function formatHourly(value: number | null | undefined): string {
-  const dollars = formatDollars(value);
-  return dollars ? `${dollars}/h` : '';
-}
-
-/** `1 h 5 min`, `12 min`, `40 s`. */
-export function formatDuration(seconds: number | null | undefined): string {
-  if (seconds === null || seconds === undefined || !isFinite(seconds)) {
-    return '';
-  }
-  const s = Math.max(0, Math.round(seconds));
+  const s = Math.floor(Math.max(0, x) + 0.5);
   if (s < 60) {
     return `${s} s`;
   }
-  const minutes = Math.floor(s / 60);
+  let minutes = Math.floor(s / 60);
   if (minutes < 60) {
     return `${minutes} min`;
   }
-  const hours = Math.floor(minutes / 60);
-  const rest = minutes % 60;
-  return rest ? `${hours} h ${rest} min` : `${hours} h`;
+  let hours = Math.floor(minutes / 60);
+  minutes %= 60;
+  if (hours < 24) {
+    return minutes
+      ? `${hours} h ${String(minutes).padStart(2, '0')} min`
+      : `${hours} h`;
+  }
+  const days = Math.floor(hours / 24);
+  hours %= 24;
+  return hours ? `${days} d ${hours} h` : `${days} d`;
 }
+
+/** `1 CPU`, `0.5 CPU`, `4 CPUs` (up to two decimals). */
+export function cores(n: unknown): string {
+  const x = num(n);
+  if (x === null) {
+    return '';
+  }
+  const rounded = roundTo(x, 2);
+  return `${decimals(rounded, 0, 2)} CPU${rounded > 1 ? 's' : ''}`;
+}
+
+/** `no GPU`, `1 GPU`, `2 GPUs`. */
+export function gpus(n: unknown): string {
+  const x = num(n) ?? 0;
+  if (x <= 0) {
+    return 'no GPU';
+  }
+  return `${x} GPU${x > 1 ? 's' : ''}`;
+}
+
+/** `85%` of a fraction (rounded down: 99.9% used is not "100%"). */
+export function percent(fraction: unknown): string {
+  const x = num(fraction);
+  if (x === null) {
+    return '';
+  }
+  return `${Math.floor(Math.max(0, x) * 100 + 1e-9)}%`;
+}
+
+// The names the rest of the extension uses.
+
+/** {@link size}. */
+export const formatMemory = (bytes: number | null | undefined): string =>
+  size(bytes);
+
+/** {@link cores}. */
+export const formatCPU = (cpu: number | null | undefined): string =>
+  cores(cpu);
+
+/** {@link gpus}. */
+export const formatGPU = (gpu: number | null | undefined): string => gpus(gpu);
+
+/** {@link money}. */
+export const formatDollars = (value: number | null | undefined): string =>
+  money(value);
+
+/** {@link price}, but empty when the tier has no price (status bar, cards). */
+export function formatHourly(value: number | null | undefined): string {
+  return value === null || value === undefined ? '' : price(value);
+}
+
+/** {@link duration}. */
+export const formatDuration = (seconds: number | null | undefined): string =>
+  duration(seconds);
 
 /** `1 CPU, 2 GiB, $0.05/h` (GPUs only when the tier has some). */
 export function tierSummary(tier: ITierInfo): string {
@@ -83,13 +173,9 @@ export function tierName(tier: ITierInfo): string {
   return tier.display_name || tier.slug;
 }
 
-/** `85%` (empty for a missing fraction). */
-export function formatPercent(fraction: number | null | undefined): string {
-  if (fraction === null || fraction === undefined || !isFinite(fraction)) {
-    return '';
-  }
-  return `${Math.floor(Math.max(0, fraction) * 100)}%`;
-}
+/** {@link percent}. */
+export const formatPercent = (fraction: number | null | undefined): string =>
+  percent(fraction);
 
 /**
  * The status-bar text of a budget that needs attention: `⚠ budget 85% used`,
