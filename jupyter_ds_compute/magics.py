@@ -4,10 +4,11 @@ The magic talks to this server's ds-compute server extension
 (``{JUPYTERHUB_SERVICE_URL}ds-compute/api/...``) with the server's token
 (``JUPYTERHUB_API_TOKEN``), never to the hub.
 
-This module imports nothing but the standard library and IPython: the server
-puts a copy of it (as ``ds_compute_magics``) on the path of every kernel it
-starts, including kernels of environments that do not have jupyter-ds-compute
-installed. The HTTP and formatting parts are plain functions.
+This module imports nothing but the standard library, IPython and
+:mod:`jupyter_ds_compute.formatting` (itself standard library only): the
+server puts a copy of both (as ``ds_compute_magics`` and
+``ds_compute_formatting``) on the path of every kernel it starts, including
+kernels of environments that do not have jupyter-ds-compute installed. The HTTP and formatting parts are plain functions.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any, Callable, Mapping
+
+if __package__:
+    from . import formatting as fmt
+else:  # the copy on a kernel's path (serverext/kernelspecs.py) has its sibling copy
+    import ds_compute_formatting as fmt  # type: ignore[no-redef]
 
 __all__ = [
     "DSComputeError",
@@ -125,43 +131,27 @@ def get_json(path: str, env: Mapping[str, str] | None = None, timeout: float = 2
 
 
 # -- formatting ---------------------------------------------------------------
+# One rule for the whole project (jupyter_ds_compute/formatting.py); "?" where
+# the server did not say.
 def format_bytes(n: Any) -> str:
-    if not isinstance(n, (int, float)):
-        return "?"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "?"  # pragma: no cover
+    return fmt.size(n) or "?"
 
 
 def format_duration(seconds: Any) -> str:
-    if not isinstance(seconds, (int, float)):
-        return "?"
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    if d:
-        return f"{d}d {h}h {m:02d}m"
-    if h:
-        return f"{h}h {m:02d}m"
-    return f"{m}m {s:02d}s"
+    return fmt.duration(seconds) or "?"
 
 
 def format_money(x: Any) -> str:
-    return f"${x:,.2f}" if isinstance(x, (int, float)) else "?"
+    return fmt.money(x) or "?"
 
 
 #: what a tier without a price (``hourly_cost`` null) shows instead of one
-NO_PRICE = "no price"
+NO_PRICE = fmt.NO_PRICE
 
 
 def format_price(tier: Mapping[str, Any]) -> str:
-    """``$0.05/h``; ``no price`` for a tier without one (not ``$0.00/h``)."""
-    cost = tier.get("hourly_cost")
-    return NO_PRICE if cost is None else f"{format_money(cost)}/h"
+    """``$0.05/h``, ``$0.004/h``; ``no price`` for a tier without one (not ``$0.00/h``)."""
+    return fmt.price(tier.get("hourly_cost")) or "?"
 
 
 def format_cost_so_far(st: Mapping[str, Any]) -> str:

@@ -38,13 +38,13 @@ def test_client_config():
 
 
 @pytest.mark.parametrize(
-    "n,text", [(None, "?"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (2 * 2**30, "2.0 GiB"), (3 * 2**40, "3.0 TiB")]
+    "n,text", [(None, "?"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (2 * 2**30, "2 GiB"), (3 * 2**40, "3 TiB")]
 )
 def test_format_bytes(n, text):
     assert magics.format_bytes(n) == text
 
 
-@pytest.mark.parametrize("s,text", [(None, "?"), (5, "0m 05s"), (3725, "1h 02m"), (90000, "1d 1h 00m")])
+@pytest.mark.parametrize("s,text", [(None, "?"), (5, "5 s"), (300, "5 min"), (3725, "1 h 02 min"), (90000, "1 d 1 h")])
 def test_format_duration(s, text):
     assert magics.format_duration(s) == text
 
@@ -54,7 +54,7 @@ def test_format_tiers_marks_current_and_refusals():
     lines = out.splitlines()
     assert lines[0].split() == ["tier", "name", "cpu", "memory", "gpu", "price"]
     small = next(line for line in lines if " small " in f" {line} ")
-    assert small.startswith("*") and "$2.00/h" in small and "2.0 GiB" in small
+    assert small.startswith("*") and "$2.00/h" in small and "2 GiB" in small
     big = next(line for line in lines if " big " in line)
     assert not big.startswith("*") and "not allowed: only for group hpc" in big
     # columns line up
@@ -73,7 +73,7 @@ def test_format_envs_lists_broken_with_reason():
         now=now,
     )
     torch = next(line for line in out.splitlines() if line.startswith("envs/torch"))
-    assert "kernel" in torch and "3.0 GiB" in torch and "2h 00m ago" in torch and "ds-env-torch" in torch
+    assert "kernel" in torch and "3 GiB" in torch and "2 h ago" in torch and "ds-env-torch" in torch
     old = next(line for line in out.splitlines() if line.startswith("envs/old "))
     assert "broken" in old and "never" in old and "ds-env-old" not in old
     assert "envs/old: the interpreter is gone" in out
@@ -132,7 +132,34 @@ def test_magics_module_imports_only_stdlib_and_ipython():
             roots |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             roots.add(node.module.split(".")[0])
-    assert roots - set(sys.stdlib_module_names) == {"IPython"}
+    # ds_compute_formatting: the copy of jupyter_ds_compute.formatting next to it
+    assert roots - set(sys.stdlib_module_names) == {"IPython", "ds_compute_formatting"}
+    tree = ast.parse(open(magics.fmt.__file__).read())
+    assert {
+        a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
+    } | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0} <= set(
+        sys.stdlib_module_names
+    ) | {"__future__"}
+
+
+def test_kernel_copy_formats_small_prices(tmp_path):
+    """The copy on an env kernel's path (both files, no jupyter_ds_compute) works:
+    $0.004/h stays $0.004/h, not $0.00."""
+    import subprocess
+    import sys
+
+    from jupyter_ds_compute.serverext.kernelspecs import DSComputeKernelSpecManager
+
+    shim = DSComputeKernelSpecManager().shim_dir
+    code = "import ds_compute_magics as m; print(m.format_price({'hourly_cost': 0.004}))"
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {shim!r}); {code}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "$0.004/h"
 
 
 # -- against a real server ------------------------------------------------------------
@@ -242,9 +269,9 @@ def magic(run, jp_serverapp, http_server):
 def test_status(magic):
     out = magic("status")
     assert "Tier:      Small (small)" in out
-    assert "Resources: 1 CPU, 2.0 GiB memory, 0 GPU" in out
+    assert "Resources: 1 CPU, 2 GiB memory, 0 GPU" in out
     assert "Price:     $2.00/h" in out
-    assert "On tier:   1h 00m" in out
+    assert "On tier:   1 h" in out
     assert "Cost:      $2.00 so far" in out
     assert "Volume:    alice (local)" in out and "Notebooks: on the volume" in out
     assert magic("") == out  # no command = status

@@ -105,11 +105,15 @@ class DSComputeKernelSpecManager(KernelSpecManager):
     # -- the magics shim -------------------------------------------------
     @property
     def shim_dir(self) -> str:
-        """A directory holding only ``ds_compute_magics.py`` (made once per process)."""
+        """A directory holding only ``ds_compute_magics.py`` and its
+        ``ds_compute_formatting.py`` (made once per process)."""
         if self._shim is None:
             src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "magics.py")
             d = tempfile.mkdtemp(prefix="ds-compute-kernel-path-")
             shutil.copyfile(src, os.path.join(d, MAGICS_MODULE + ".py"))
+            # the magics' formatting (jupyter_ds_compute.formatting, stdlib only)
+            formatting = os.path.join(os.path.dirname(src), "formatting.py")
+            shutil.copyfile(formatting, os.path.join(d, "ds_compute_formatting.py"))
             atexit.register(shutil.rmtree, d, True)
             self._shim = d
         return self._shim
