@@ -17,6 +17,8 @@ import requests
 from conftest import process_uid, server_processes, system_uid
 from hubtest import wait_for
 
+from jupyter_ds_compute.accounts import account_name
+
 REPO = Path(__file__).resolve().parent.parent
 SETUP = REPO / "tests" / "slurm" / "setup.sh"
 
@@ -45,10 +47,16 @@ def slurm():
     subprocess.run(["scancel", "--name=ds-compute-blocker"], check=False)
 
 
+def account(user):
+    """The system account hub user ``user``'s jobs run as (the embedded
+    default's ``jdc-<name>``)."""
+    return account_name(user, "prefixed")
+
+
 def jobs_of(user):
     """{job_id: {field: value}} of the user's jobs that Slurm still knows."""
     out = subprocess.run(
-        ["squeue", "--noheader", "--states=all", f"--user={user}", "--format=%i"],
+        ["squeue", "--noheader", "--states=all", f"--user={account(user)}", "--format=%i"],
         capture_output=True,
         text=True,
     ).stdout
@@ -138,7 +146,7 @@ def test_spawn_each_tier_as_a_job(hub, slug, partition, cpus, mem, gpus):
     assert job["MinMemoryNode"] == mem and f"mem={mem}" in job["TRES"]
     assert ("gres/gpu=1" in job["TRES"] or "gpu:1" in job.get("TresPerNode", "")) == bool(gpus), job
     assert job["TimeLimit"] == {"small": "08:00:00", "gpu": "04:00:00", "manycore": "08:00:00"}[slug]
-    assert job["UserId"].startswith(f"{user}(")
+    assert job["UserId"].startswith(f"{account(user)}(")
     # the server runs as the user, in the job, on the volume, with Slurm's GPU
     pid, env = main_server(user)
     assert process_uid(pid) == system_uid(user)
