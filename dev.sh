@@ -151,6 +151,10 @@ case "${1:-help}" in
         apt_packages chromium
         setup
         [ -x "$HERE/tests/slurm/setup.sh" ] && "$HERE/tests/slurm/setup.sh" install
+        if [ $# -eq 0 ]; then
+            log "TypeScript unit tests (node --test)"
+            npm run -s test:ts
+        fi
         log "running the test suite"
         exec "$PY" -m pytest "$@"
         ;;
