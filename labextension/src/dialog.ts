@@ -97,7 +97,9 @@ export class TierPicker extends Widget {
     this._message.textContent =
       'Choose the machine to run this server on. Your files and environments stay with you.';
     for (const tier of tiers) {
-      this._list.appendChild(this._createCard(tier, tier.slug === reply.current));
+      this._list.appendChild(
+        this._createCard(tier, tier.slug === reply.current)
+      );
     }
     this._updateNextButton();
   }
@@ -365,7 +367,10 @@ export async function switchMachine(options: ISwitchOptions): Promise<void> {
   if (how === 'cancel') {
     return;
   }
-  if (how === 'save-and-switch' && app.commands.hasCommand('docmanager:save-all')) {
+  if (
+    how === 'save-and-switch' &&
+    app.commands.hasCommand('docmanager:save-all')
+  ) {
     try {
       await app.commands.execute('docmanager:save-all');
     } catch (error) {

@@ -139,8 +139,7 @@ export const formatMemory = (bytes: number | null | undefined): string =>
   size(bytes);
 
 /** {@link cores}. */
-export const formatCPU = (cpu: number | null | undefined): string =>
-  cores(cpu);
+export const formatCPU = (cpu: number | null | undefined): string => cores(cpu);
 
 /** {@link gpus}. */
 export const formatGPU = (gpu: number | null | undefined): string => gpus(gpu);

@@ -145,7 +145,10 @@ const commandsPlugin: JupyterFrontEndPlugin<void> = {
     });
 
     if (palette) {
-      palette.addItem({ command: CommandIDs.switchMachine, category: CATEGORY });
+      palette.addItem({
+        command: CommandIDs.switchMachine,
+        category: CATEGORY
+      });
       palette.addItem({ command: CommandIDs.refresh, category: CATEGORY });
     }
   }
@@ -177,7 +180,8 @@ const menuPlugin: JupyterFrontEndPlugin<void> = {
  */
 const statusPlugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-ds-compute:status',
-  description: 'Shows the compute tier, its price and the volume in the status bar.',
+  description:
+    'Shows the compute tier, its price and the volume in the status bar.',
   autoStart: true,
   requires: [IDSComputeModel, IStatusBar],
   activate: (

@@ -10,7 +10,11 @@ import { ServerConnection } from '@jupyterlab/services';
  * with a 409), or `null`.
  */
 export class DSComputeError extends ServerConnection.ResponseError {
-  constructor(response: Response, message: string, readonly body: any) {
+  constructor(
+    response: Response,
+    message: string,
+    readonly body: any
+  ) {
     super(response, message);
     this.name = 'DSComputeError';
   }

@@ -154,12 +154,17 @@ export class ComputeStatusItem extends Widget {
 
     const lines: string[] = [];
     if (status.tier) {
-      lines.push(`Tier: ${tierName(status.tier)} — ${tierSummary(status.tier)}`);
+      lines.push(
+        `Tier: ${tierName(status.tier)} — ${tierSummary(status.tier)}`
+      );
       if (status.tier.description) {
         lines.push(status.tier.description);
       }
     }
-    if (status.seconds_on_tier !== null && status.seconds_on_tier !== undefined) {
+    if (
+      status.seconds_on_tier !== null &&
+      status.seconds_on_tier !== undefined
+    ) {
       let line = `On this tier for ${formatDuration(status.seconds_on_tier)}`;
       if (status.cost_so_far !== null && status.cost_so_far !== undefined) {
         line += `, ${formatDollars(status.cost_so_far)} so far`;
