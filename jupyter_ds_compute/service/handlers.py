@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import html
 import json
-import posixpath
 import re
 import traceback
 from http.client import responses
-from urllib.parse import quote, urlencode, urlparse
+from urllib.parse import urlencode
 
 from jupyterhub.services.auth import (
     HubOAuthCallbackHandler,
@@ -32,9 +31,10 @@ from tornado import web
 
 from .. import policy, tiers
 from . import authz
-from .hubapi import HubAPIError, server_label
-from .orchestrator import profile_of
-from .store import SwitchInFlight, isoformat, utcnow
+from .hubapi import HubAPIError
+from .orchestrator import SwitchRefused, token_server
+from .store import isoformat, utcnow
+from .urls import safe_next_url
 from .accounting import parse_time
 
 __all__ = ["default_handlers", "safe_next_url"]
@@ -46,35 +46,6 @@ class APIError(web.HTTPError):
         super().__init__(status, "%s", message)
         self.message = message
         self.extra = extra
-
-
-def safe_next_url(next_url, user: str, server_name: str, base_url: str = "/") -> str:
-    """Where to send the browser after a switch: ``next`` if it is safe, else Lab.
-
-    Safe means a plain path (no scheme, no host, no ``..``, no backslash or
-    control characters) under ``{base_url}user/<user>/`` or
-    ``{base_url}hub/user/<user>/``. Anything else (another user's server,
-    another site) gives ``{base_url}user/<user>/[<server>/]lab``.
-    """
-    user_prefix = f"{base_url}user/{quote(user, safe='')}/"
-    fallback = user_prefix + (f"{quote(server_name, safe='')}/" if server_name else "") + "lab"
-    if not isinstance(next_url, str) or not next_url or len(next_url) > 2000:
-        return fallback
-    if "\\" in next_url or any(ord(c) < 32 or ord(c) == 127 for c in next_url):
-        return fallback
-    parsed = urlparse(next_url)
-    if parsed.scheme or parsed.netloc or not parsed.path.startswith("/"):
-        return fallback
-    if next_url.startswith("//"):
-        return fallback
-    path = parsed.path
-    if "%2e" in path.lower() or "%2f" in path.lower():
-        return fallback
-    if ".." in path.split("/") or posixpath.normpath(path) + ("/" if path.endswith("/") else "") != path:
-        return fallback
-    if path.startswith(user_prefix) or path.startswith(f"{base_url}hub/user/{quote(user, safe='')}/"):
-        return next_url
-    return fallback
 
 
 #: deepest nesting of arrays/objects accepted in a JSON body (switch bodies are flat)
@@ -268,169 +239,24 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return record
 
     async def start_switch(self, caller: dict, body: dict) -> tuple[dict, str]:
-        """Check a switch request and record it (state ``pending``).
+        """Check a switch request and record it (:meth:`.Orchestrator.request_switch`).
 
         Returns ``(record, progress_url)``; the caller launches it. Refusals
-        are audited and raised as :class:`APIError` (policy refusals as
-        ``policy:<group|cap|budget>`` events).
+        (audited there) are raised as :class:`APIError` with the status, the
+        message and the field.
         """
-        actor = caller["name"]
-        target = {"user": None, "server_name": None, "profile": body.get("profile")}
-
-        def refuse(status, message, policy_name=None, **extra):
-            self.store.audit(
-                f"policy:{policy_name}" if policy_name else "request",
-                actor=actor,
-                user=target["user"],
-                server_name=target["server_name"],
-                to_profile=target["profile"] if isinstance(target["profile"], str) else None,
-                outcome="refused",
-                reason=f"{status}: {message}",
-            )
-            self.log.info(
-                "Refused switch of %s to %r by %s: %s",
-                server_label(target["user"] or "?", target["server_name"] or ""),
-                target["profile"],
-                actor,
-                message,
-            )
-            return APIError(status, message, **extra)
-
-        if caller.get("kind", "user") != "user":
-            raise refuse(403, "Only users (and their servers) may switch servers.")
-        is_admin = authz.is_admin(caller)  # tiers/policy take it, and do not lift limits with it
-        owner = body.pop("user", None) or caller["name"]
-        if not isinstance(owner, str):
-            raise refuse(400, "'user' must be a user name.", field="user")
-        target["user"] = owner
-        server_name = body.pop("server_name", None)
-        if server_name is None:
-            server_name = self._token_server(caller, owner)
-        if not isinstance(server_name, str):
-            raise refuse(
-                400, "'server_name' must be a string ('' for the default server).", field="server_name"
-            )
-        target["server_name"] = server_name
-        next_url = body.pop("next", None)
-        if next_url is not None and not isinstance(next_url, str):
-            raise refuse(400, "'next' must be a URL path.", field="next")
-        # by the token's scopes (never the admin flag); servers!group= needs the owner's groups first
-        refusal = authz.act_refusal(caller, owner, server_name)
-        if refusal and not (owner != caller["name"] and authz.group_filtered(caller)):
-            raise refuse(403, refusal)
-        if not isinstance(body.get("profile"), str) or not body.get("profile"):
-            raise refuse(400, "'profile' (the tier to switch to) is required.", field="profile")
-        label = server_label(owner, server_name)
-
         try:
-            owner_model = await self.hub.get_user(owner)
-        except HubAPIError as e:
-            self.log.error("Could not read user %s from the hub: %s", owner, e)
-            raise refuse(502, "Could not ask JupyterHub about the user; try again shortly.")
-        if owner_model is None:
-            raise refuse(403 if refusal else 404, refusal or f"No such user: {owner}.")
-        groups = owner_model.get("groups") or []
-        if refusal:
-            refusal = authz.act_refusal(caller, owner, server_name, groups)
-            if refusal:
-                raise refuse(403, refusal)
-
-        # tier and option checks before anything is stopped
-        try:
-            options = tiers.validate_user_options(self.profiles, body, groups, is_admin)
-        except tiers.TierOptionsError as e:
-            extra = {"field": e.field} if e.field else {}
-            raise refuse(e.status, e.message, policy_name="group" if e.status == 403 else None, **extra)
-
-        try:
-            server = await self.hub.get_server(owner, server_name)
-        except HubAPIError as e:
-            self.log.error("Could not read server %s from the hub: %s", label, e)
-            raise refuse(502, "Could not ask JupyterHub about the server; try again shortly.")
-        what = f"{owner}'s server {server_name!r}" if server_name else f"{owner}'s default server"
-        if server is None:
-            raise refuse(404, f"{what} does not exist.")
-        if server.get("pending"):
-            raise refuse(
-                409, f"{what} is busy ({server['pending']} pending); try again when it has finished."
+            record = await self.orchestrator.request_switch(
+                caller, body, profiles=self.profiles, live=self.live, base_url=self.base_url
             )
-        if not server.get("ready"):
-            raise refuse(
-                409,
-                f"{what} is not running. Start it from the hub's home page and pick the tier there.",
-            )
-        current = profile_of(server) or tiers.default_slug(self.profiles, groups)
-        from_options = dict(server.get("user_options") or {})
-        if current:
-            from_options["profile"] = current
-        if current == options["profile"]:
-            try:
-                same = tiers.validate_user_options(self.profiles, from_options, groups, is_admin) == options
-            except tiers.TierOptionsError:
-                same = False
-            if same:
-                tier = tiers.get_tier(self.profiles, current)
-                raise refuse(
-                    400, f"{what} is already on tier {tier.display_name} ({current}).", field="profile"
-                )
-
-        # caps (not counting this server) and budgets, from a fresh poll of the hub
-        try:
-            refusals, _ = await self.live.refusals(owner, groups, exclude=(owner, server_name))
-        except HubAPIError as e:
-            self.log.error("Could not check caps and budgets with the hub: %s", e)
-            raise refuse(502, "Could not ask JupyterHub what runs where; try again shortly.")
-        if options["profile"] in refusals:
-            kind, reason = refusals[options["profile"]]
-            raise refuse(403, reason, policy_name=kind)
-
-        tier = tiers.get_tier(self.profiles, options["profile"])
-        try:
-            record = self.store.create_switch(
-                user=owner,
-                server_name=server_name,
-                requested_by=actor,
-                from_profile=current,
-                to_profile=options["profile"],
-                from_options=from_options,
-                to_options=options,
-                next_url=safe_next_url(next_url, owner, server_name, self.base_url),
-                validate_message=f"{tier.display_name} allowed for {owner}",
-            )
-        except SwitchInFlight as e:
-            raise refuse(
-                409,
-                f"A switch of {what} is already in progress; follow it or wait until it ends.",
-                id=e.switch_id,
-            )
-        self.store.audit(
-            "request",
-            actor=actor,
-            user=owner,
-            server_name=server_name,
-            switch_id=record["id"],
-            from_profile=current,
-            to_profile=options["profile"],
-            outcome="accepted",
-        )
-        self.log.info(
-            "Accepted switch %s of %s from %s to %s (requested by %s)",
-            record["id"],
-            label,
-            current,
-            options["profile"],
-            actor,
-        )
+        except SwitchRefused as e:
+            raise APIError(e.status, e.message, **e.extra()) from None
         progress_url = f"{self.prefix}switches/{record['id']}"
-        if next_url:
+        if record["next"] and body.get("next"):
             progress_url += "?" + urlencode({"next": record["next"]})
         return record, progress_url
 
-    @staticmethod
-    def _token_server(caller: dict, owner: str) -> str:
-        """The server a server token belongs to (``access:servers!server=alice/``), else ""."""
-        bound = authz.token_servers(caller) if caller.get("name") == owner else None
-        return min(bound) if bound else ""
+    _token_server = staticmethod(token_server)
 
 
 class APIHandler(BaseHandler):

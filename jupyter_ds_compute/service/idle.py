@@ -28,7 +28,8 @@ import logging
 from .. import policy, tiers
 from .accounting import parse_time
 from .hubapi import HubAPIError, server_label
-from .store import SwitchInFlight, utcnow
+from .orchestrator import SwitchRefused
+from .store import utcnow
 
 __all__ = ["IdleWatcher", "describe_seconds"]
 
@@ -64,9 +65,6 @@ class IdleWatcher:
         """One pass; returns the decisions taken (``{"user", "server_name", "action", ...}``)."""
         servers = await self.live.refresh()
         now = utcnow() if now is None else now
-        counts = {}
-        for s in servers:
-            counts[s["profile"]] = counts.get(s["profile"], 0) + 1
         taken = []
         for s in servers:
             if not s["ready"] or s["pending"] or not s["profile"]:
@@ -99,7 +97,7 @@ class IdleWatcher:
             )
             try:
                 if decision[0] == "downshift":
-                    result = await self.downshift(s, tier, decision[1], reason, counts)
+                    result = await self.downshift(s, tier, decision[1], reason)
                 else:
                     result = await self.stop(s, tier, reason)
             except asyncio.CancelledError:
@@ -111,38 +109,24 @@ class IdleWatcher:
                 taken.append(result)
         return taken
 
-    async def downshift(self, s: dict, tier, target: str, reason: str, counts: dict) -> dict | None:
+    async def downshift(self, s: dict, tier, target: str, reason: str) -> dict | None:
+        """Switch ``s`` to ``target`` through :meth:`.Orchestrator.request_switch` (the
+        same checks as any switch, without scopes and budgets; refusals are
+        audited there as ``policy:idle``); None if refused."""
         user, name = s["user"], s["server_name"]
         target_tier = tiers.get_tier(self.profiles, target)
-        cap = policy.cap_refusal(target_tier.display_name, target_tier.max_servers, counts.get(target, 0))
-        if cap:
-            self.store.audit(
-                "policy:idle",
-                actor="policy:idle",
-                user=user,
-                server_name=name,
-                from_profile=s["profile"],
-                to_profile=target,
-                outcome="refused",
-                reason=f"{reason}; not moved: {cap}",
-            )
-            return None
-        to_options = tiers.validate_user_options(self.profiles, {"profile": target}, s["groups"])
-        from_options = dict(s["user_options"], profile=s["profile"])
         message = f"{reason}: moved to {target_tier.display_name}"
         try:
-            record = self.store.create_switch(
-                user=user,
-                server_name=name,
+            record = await self.orchestrator.request_switch(
+                None,
+                {"user": user, "server_name": name, "profile": target},
+                profiles=self.profiles,
+                live=self.live,
                 requested_by="policy:idle",
-                from_profile=s["profile"],
-                to_profile=target,
-                from_options=from_options,
-                to_options=to_options,
-                next_url=None,
-                validate_message=message,
+                reason=message,
             )
-        except SwitchInFlight:
+        except SwitchRefused as e:
+            self.log.info("Idle downshift of %s not done: %s", server_label(user, name), e.message)
             return None
         self.store.audit(
             "policy:idle",
@@ -150,14 +134,13 @@ class IdleWatcher:
             user=user,
             server_name=name,
             switch_id=record["id"],
-            from_profile=s["profile"],
+            from_profile=record["from_profile"],
             to_profile=target,
             outcome="downshift",
             reason=message,
         )
         self.log.info("Idle downshift of %s: %s (switch %s)", server_label(user, name), message, record["id"])
         self.orchestrator.launch(record["id"])
-        counts[target] = counts.get(target, 0) + 1
         return {"user": user, "server_name": name, "action": "downshift", "switch_id": record["id"]}
 
     async def stop(self, s: dict, tier, reason: str) -> dict | None:

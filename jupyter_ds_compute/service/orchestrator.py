@@ -39,10 +39,14 @@ import logging
 import sqlite3
 import time
 
+from .. import policy, tiers
+from . import authz
+from .accounting import running_counts
 from .hubapi import HubAPIError, HubUnavailable, server_label
-from .store import STEP_NAMES, Store
+from .store import STEP_NAMES, Store, SwitchInFlight
+from .urls import safe_next_url
 
-__all__ = ["HUB_UNAVAILABLE", "Orchestrator", "StepFailed", "profile_of"]
+__all__ = ["HUB_UNAVAILABLE", "Orchestrator", "StepFailed", "SwitchRefused", "profile_of", "token_server"]
 
 #: ``failure`` of a switch that ended because the hub did not answer (its outcome is unknown)
 HUB_UNAVAILABLE = "hub-unavailable"
@@ -58,6 +62,42 @@ class StepFailed(Exception):
         super().__init__(f"{step}: {reason}")
         self.step = step
         self.reason = reason
+
+
+class SwitchRefused(Exception):
+    """A switch request refused before anything was stopped (already audited).
+
+    ``status`` is the HTTP status the API answers (400 bad input, 403 not
+    allowed, 404 no such user/server, 409 busy, 502 the hub did not say);
+    ``message`` is what the requester sees; ``field`` names the bad request
+    field (400s); ``policy`` the rule that refused (``group``, ``cap``,
+    ``budget``); ``switch_id`` the switch already in flight (409).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        field: str | None = None,
+        policy: str | None = None,
+        switch_id: str | None = None,
+    ):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+        self.field = field
+        self.policy = policy
+        self.switch_id = switch_id
+
+    def extra(self) -> dict:
+        """The JSON fields an API answer carries besides ``message``."""
+        out = {}
+        if self.field:
+            out["field"] = self.field
+        if self.switch_id:
+            out["id"] = self.switch_id
+        return out
 
 
 def profile_of(model: dict | None) -> str | None:
@@ -120,6 +160,211 @@ class Orchestrator:
         self.tasks[switch_id] = task
         task.add_done_callback(lambda t: self._task_done(switch_id, t))
         return task
+
+    async def request_switch(
+        self,
+        caller: dict | None,
+        body: dict,
+        *,
+        profiles: list[dict],
+        live,
+        base_url: str = "/",
+        requested_by: str | None = None,
+        reason: str | None = None,
+    ) -> dict:
+        """Check a switch request and record it (state ``pending``); returns the record.
+
+        The one entry point of every switch: the API (``POST api/switches``),
+        the admin page and the idle policy call it, then :meth:`launch` the
+        record (the API only after answering: the caller may be a kernel on
+        that very server). ``body`` is the request: ``user`` (default: the
+        caller), ``server_name`` (default: the server a server token belongs
+        to, else ""), ``next`` (a URL path to go back to), ``profile`` and the
+        tier's options; it is not changed.
+
+        ``caller`` is the hub's model of the requester (a user, with its
+        token's scopes). ``caller=None`` is a policy of the service itself,
+        recorded as ``requested_by`` (e.g. ``policy:idle``, with ``reason``
+        saying why): no scope checks and no budget (a policy moves servers
+        to cheaper tiers), but the tier, its options and its cap are checked.
+
+        The checks, all before anything is stopped: who may switch what
+        (:mod:`.authz`), the tier and its options for the owner's groups, the
+        server exists and runs, the switch changes something, caps (not
+        counting this server, counting switches in flight to that tier) and
+        budgets from a fresh poll of the hub, and no other switch of that
+        server in flight. Each refusal is audited (``request``, or
+        ``policy:<group|cap|budget>``; a policy's refusals as
+        ``requested_by``) and raised as :class:`SwitchRefused`.
+        """
+        body = dict(body)
+        actor = caller["name"] if caller is not None else requested_by
+        if not actor:
+            raise ValueError("request_switch needs a caller or requested_by")
+        target = {"user": None, "server_name": None, "profile": body.get("profile")}
+
+        def refuse(status, message, policy_name=None, **kw):
+            event = requested_by if caller is None else f"policy:{policy_name}" if policy_name else "request"
+            audit_reason = f"{status}: {message}"
+            if caller is None and reason:
+                audit_reason = f"{reason}; not moved: {message}"
+            self.store.audit(
+                event,
+                actor=actor,
+                user=target["user"],
+                server_name=target["server_name"],
+                to_profile=target["profile"] if isinstance(target["profile"], str) else None,
+                outcome="refused",
+                reason=audit_reason,
+            )
+            self.log.info(
+                "Refused switch of %s to %r by %s: %s",
+                server_label(target["user"] or "?", target["server_name"] or ""),
+                target["profile"],
+                actor,
+                message,
+            )
+            return SwitchRefused(status, message, policy=policy_name, **kw)
+
+        if caller is not None and caller.get("kind", "user") != "user":
+            raise refuse(403, "Only users (and their servers) may switch servers.")
+        is_admin = authz.is_admin(caller)  # tiers/policy take it, and do not lift limits with it
+        owner = body.pop("user", None) or (caller["name"] if caller is not None else None)
+        if not isinstance(owner, str) or not owner:
+            raise refuse(400, "'user' must be a user name.", field="user")
+        target["user"] = owner
+        server_name = body.pop("server_name", None)
+        if server_name is None:
+            server_name = token_server(caller, owner)
+        if not isinstance(server_name, str):
+            raise refuse(
+                400, "'server_name' must be a string ('' for the default server).", field="server_name"
+            )
+        target["server_name"] = server_name
+        next_url = body.pop("next", None)
+        if next_url is not None and not isinstance(next_url, str):
+            raise refuse(400, "'next' must be a URL path.", field="next")
+        # by the token's scopes (never the admin flag); servers!group= needs the owner's groups first
+        refusal = authz.act_refusal(caller, owner, server_name) if caller is not None else None
+        if refusal and not (owner != caller["name"] and authz.group_filtered(caller)):
+            raise refuse(403, refusal)
+        if not isinstance(body.get("profile"), str) or not body.get("profile"):
+            raise refuse(400, "'profile' (the tier to switch to) is required.", field="profile")
+        label = server_label(owner, server_name)
+
+        try:
+            owner_model = await self.hub.get_user(owner)
+        except HubAPIError as e:
+            self.log.error("Could not read user %s from the hub: %s", owner, e)
+            raise refuse(502, "Could not ask JupyterHub about the user; try again shortly.")
+        if owner_model is None:
+            raise refuse(403 if refusal else 404, refusal or f"No such user: {owner}.")
+        groups = owner_model.get("groups") or []
+        if refusal:
+            refusal = authz.act_refusal(caller, owner, server_name, groups)
+            if refusal:
+                raise refuse(403, refusal)
+
+        # tier and option checks before anything is stopped
+        try:
+            options = tiers.validate_user_options(profiles, body, groups, is_admin)
+        except tiers.TierOptionsError as e:
+            raise refuse(e.status, e.message, policy_name="group" if e.status == 403 else None, field=e.field)
+
+        try:
+            server = await self.hub.get_server(owner, server_name)
+        except HubAPIError as e:
+            self.log.error("Could not read server %s from the hub: %s", label, e)
+            raise refuse(502, "Could not ask JupyterHub about the server; try again shortly.")
+        what = f"{owner}'s server {server_name!r}" if server_name else f"{owner}'s default server"
+        if server is None:
+            raise refuse(404, f"{what} does not exist.")
+        if server.get("pending"):
+            raise refuse(409, f"{what} is busy ({server['pending']} pending); try again when it has finished.")
+        if not server.get("ready"):
+            raise refuse(
+                409,
+                f"{what} is not running. Start it from the hub's home page and pick the tier there.",
+            )
+        current = profile_of(server) or tiers.default_slug(profiles, groups)
+        from_options = dict(server.get("user_options") or {})
+        if current:
+            from_options["profile"] = current
+        if current == options["profile"]:
+            try:
+                same = tiers.validate_user_options(profiles, from_options, groups, is_admin) == options
+            except tiers.TierOptionsError:
+                same = False
+            if same:
+                tier = tiers.get_tier(profiles, current)
+                raise refuse(400, f"{what} is already on tier {tier.display_name} ({current}).", field="profile")
+
+        # caps (not counting this server) and budgets, from a fresh poll of the hub
+        try:
+            refusals, _ = await live.refusals(owner, groups, exclude=(owner, server_name))
+        except HubAPIError as e:
+            self.log.error("Could not check caps and budgets with the hub: %s", e)
+            raise refuse(502, "Could not ask JupyterHub what runs where; try again shortly.")
+        tier = tiers.get_tier(profiles, options["profile"])
+        kind, why = refusals.get(options["profile"], (None, None))
+        if kind == "budget" and caller is None:
+            kind = why = None  # a policy moving a server down is never refused for money
+        if kind is None:
+            # servers already on their way to this tier count against its cap too
+            counts = running_counts(live.active, exclude=(owner, server_name))
+            arriving = sum(
+                1
+                for sw in self.store.unfinished_switches()
+                if sw["to_profile"] == tier.slug
+                and (sw["user"], sw["server_name"]) != (owner, server_name)
+                and not any(
+                    (s["user"], s["server_name"], s["profile"]) == (sw["user"], sw["server_name"], tier.slug)
+                    for s in live.active
+                )
+            )
+            why = policy.cap_refusal(tier.display_name, tier.max_servers, counts.get(tier.slug, 0) + arriving)
+            kind = "cap" if why else None
+        if kind is not None:
+            raise refuse(403, why, policy_name=kind)
+
+        try:
+            record = self.store.create_switch(
+                user=owner,
+                server_name=server_name,
+                requested_by=actor,
+                from_profile=current,
+                to_profile=options["profile"],
+                from_options=from_options,
+                to_options=options,
+                next_url=safe_next_url(next_url, owner, server_name, base_url) if caller is not None else None,
+                validate_message=reason or f"{tier.display_name} allowed for {owner}",
+            )
+        except SwitchInFlight as e:
+            raise refuse(
+                409,
+                f"A switch of {what} is already in progress; follow it or wait until it ends.",
+                switch_id=e.switch_id,
+            )
+        self.store.audit(
+            "request",
+            actor=actor,
+            user=owner,
+            server_name=server_name,
+            switch_id=record["id"],
+            from_profile=current,
+            to_profile=options["profile"],
+            outcome="accepted",
+            reason=reason,
+        )
+        self.log.info(
+            "Accepted switch %s of %s from %s to %s (requested by %s)",
+            record["id"],
+            label,
+            current,
+            options["profile"],
+            actor,
+        )
+        return record
 
     def _task_done(self, switch_id: str, task: asyncio.Task) -> None:
         if self.tasks.get(switch_id) is task:
@@ -619,6 +864,12 @@ class Orchestrator:
             duration=round(duration, 3),
             reason=message or None,
         )
+
+
+def token_server(caller: dict | None, owner: str) -> str:
+    """The server a server token belongs to (``access:servers!server=alice/``), else ""."""
+    bound = authz.token_servers(caller) if caller is not None and caller.get("name") == owner else None
+    return min(bound) if bound else ""
 
 
 def _short(options: dict) -> str:
