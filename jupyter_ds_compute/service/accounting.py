@@ -37,6 +37,7 @@ from collections.abc import Iterable
 
 from .. import policy, tiers
 from .hubapi import HubAPIError
+from .periodic import Periodic
 from .store import isoformat, utcnow
 
 __all__ = [
@@ -408,7 +409,7 @@ class LivePolicy:
         self.log = log or logging.getLogger(__name__)
         self.active: list[dict] = []
         self.last_poll: float | None = None
-        self._task = None
+        self._loop: Periodic | None = None
 
     async def refresh(self) -> list[dict]:
         """Poll the hub once: account and remember the active servers."""
@@ -419,31 +420,17 @@ class LivePolicy:
         self.active, self.last_poll = servers, now
         return servers
 
-    async def run(self) -> None:
-        """Poll every ``accounting_interval`` seconds until cancelled."""
-        import asyncio
-
-        while True:
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - keep accounting; the next poll retries
-                self.log.warning("Accounting poll failed: %s", e)
-            await asyncio.sleep(self.settings["accounting_interval"])
-
     def start(self) -> None:
-        import asyncio
-
-        self._task = asyncio.ensure_future(self.run())
+        """Poll every ``accounting_interval`` seconds (a failed poll is logged; the next one retries)."""
+        if self._loop is None:
+            self._loop = Periodic(
+                "accounting", lambda: self.settings["accounting_interval"], self.refresh, self.log
+            )
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except BaseException:  # noqa: BLE001 - cancelled
-                pass
+        if self._loop is not None:
+            await self._loop.stop()
 
     # checks
 

@@ -29,6 +29,7 @@ from .. import policy, tiers
 from .accounting import parse_time
 from .hubapi import HubAPIError, server_label
 from .orchestrator import SwitchRefused
+from .periodic import Periodic
 from .store import utcnow
 
 __all__ = ["IdleWatcher", "describe_seconds"]
@@ -56,7 +57,7 @@ class IdleWatcher:
         self.profiles = profiles
         self.settings = settings
         self.log = log or logging.getLogger(__name__)
-        self._task = None
+        self._loop: Periodic | None = None
 
     def enabled(self) -> bool:
         return any(t.idle_downshift_after is not None for t in tiers.tiers_of(self.profiles))
@@ -163,24 +164,14 @@ class IdleWatcher:
         self.log.info("Idle stop of %s: %s", server_label(user, name), message)
         return {"user": user, "server_name": name, "action": "stop"}
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - retried at the next interval
-                self.log.warning("Idle check failed: %s", e)
-            await asyncio.sleep(self.settings["idle_check_interval"])
-
     def start(self) -> None:
-        if self.enabled():
-            self._task = asyncio.ensure_future(self.run())
+        """Check every ``idle_check_interval`` seconds, if some tier has ``idle_downshift_after``."""
+        if not self.enabled():
+            return
+        if self._loop is None:
+            self._loop = Periodic("idle", lambda: self.settings["idle_check_interval"], self.check, self.log)
+        self._loop.start()
 
     async def stop_loop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except BaseException:  # noqa: BLE001 - cancelled
-                pass
+        if self._loop is not None:
+            await self._loop.stop()
