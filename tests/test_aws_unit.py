@@ -123,11 +123,16 @@ def test_user_data_quotes_values_and_round_trips():
 
 
 async def test_throttled_call_is_retried_with_jitter(moto):
+    """botocore's adaptive retries absorb the throttling; the caller hears of it."""
     moto.rate({"DescribeRegions": [1, 2]})
-    c = aws.client("ec2", "us-east-1", max_attempts=1)
-    results = await asyncio.gather(*(aws.call(c.describe_regions, throttle_timeout=30) for _ in range(6)))
+    c = aws.client("ec2", "us-east-1", max_attempts=10)
+    heard = []
+    results = await asyncio.gather(
+        *(aws.call(c.describe_regions, timeout=60, on_throttle=lambda *a: heard.append(a)) for _ in range(6))
+    )
     assert all(r["Regions"] for r in results)
     assert moto.stats()["faults"].get("RequestLimitExceeded", 0) > 0
+    assert heard and all(op == "DescribeRegions" for op, _ in heard)
 
 
 # -- EBS ------------------------------------------------------------------------------
@@ -186,7 +191,10 @@ async def test_ebs_attach_detach_and_start_stop(ec2, subnets):
 async def test_ebs_refuses_volume_attached_elsewhere(ec2, subnets):
     spawner, backend, volume = make("ebs-twice", subnets)
     first, _ = await start_host(spawner, backend, volume)
-    second_backend = EC2Backend(spawner)
+    # another server's instance (a second start of this very server would end
+    # the first as a leftover, see tests/test_leftovers_aws.py)
+    other = FakeSpawner("ebs-twice", "other", config=spawner.config, volume=volume)
+    second_backend = EC2Backend(other)
     second = await second_backend.prepare(tier("gpu"))
     with pytest.raises(VolumeError, match=f"attached to instance {first.id}"):
         await volume.attach(second)

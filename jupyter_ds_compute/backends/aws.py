@@ -3,22 +3,30 @@
 - boto3 is imported lazily: the hub needs it only in AWS mode, and a missing
   install says what to run.
 - One boto3 client per (service, region, endpoint) for the whole hub
-  process, with botocore's *standard* retry mode (exponential backoff with
-  full jitter, retries ``RequestLimitExceeded`` and other throttling) and
-  bounded timeouts; clients are thread-safe.
+  process, with botocore's *adaptive* retry mode (exponential backoff with
+  jitter, retries ``RequestLimitExceeded`` and other throttling, and a
+  client-side rate limiter that slows every caller of the client down once
+  AWS throttles, so a herd of switches queues up instead of failing) and
+  bounded timeouts; clients are thread-safe. There is no retry layer of our
+  own on top: botocore's is the only one.
+- Errors that are not worth retrying at once (``InsufficientInstanceCapacity``:
+  an HTTP 500 botocore would retry on the same subnet) are handed back on the
+  first answer; the EC2 backend tries the next subnet instead.
 - :func:`call` runs a (blocking) boto3 call in a thread pool sized for many
-  concurrent spawns, under ``asyncio.wait_for``, and adds our own jittered
-  retries for throttling that outlived botocore's (EC2's RunInstances bucket
-  is small: a burst of 5, refilled at 2/s), so a herd of switches queues up
-  instead of failing.
+  concurrent spawns, under ``asyncio.wait_for``; ``on_throttle`` hears of
+  each throttled attempt botocore retries (a progress message).
 - :func:`wait_until` is the async waiter: poll with backoff until a
   predicate holds, bounded by a deadline, with a message naming what we
   waited for.
+- :class:`AWS` is the configuration and the helpers every AWS plug-in
+  shares: owner tags and the filters that find things by them, the
+  refusal of something tagged for someone else, instance lookups.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import os
 import random
@@ -59,9 +67,54 @@ def boto3():
     return _boto3
 
 
-def client(service, region=None, endpoint_url=None, max_attempts=8, connect_timeout=5, read_timeout=30):
-    """A cached boto3 client with standard retries and bounded timeouts.
+#: per service: error codes botocore must not retry (we act on them at once)
+NO_RETRY_CODES = {
+    "ec2": frozenset({"InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientCapacity"}),
+}
 
+#: ``(loop, on_throttle)`` of the call running in this context (see :func:`call`)
+_throttle_listener: contextvars.ContextVar = contextvars.ContextVar("ds_compute_aws_throttle", default=None)
+
+
+def _response_code(response):
+    """The error code of a botocore ``needs-retry`` event's response (else '')."""
+    if not response:
+        return ""
+    parsed = response[1] if isinstance(response, tuple) and len(response) > 1 else {}
+    return ((parsed or {}).get("Error") or {}).get("Code", "") or ""
+
+
+def _make_no_retry(codes):
+    def no_retry(response=None, **kwargs):
+        # False (not None) as the first answer: botocore does not retry
+        if _response_code(response) in codes:
+            return False
+        return None
+
+    return no_retry
+
+
+def _on_needs_retry(response=None, operation=None, attempts=1, **kwargs):
+    """Counts throttled answers and tells the waiting caller (never retries by itself)."""
+    if _response_code(response) not in THROTTLING_CODES:
+        return None
+    stats.throttled += 1
+    listener = _throttle_listener.get()
+    if listener is not None:
+        loop, on_throttle = listener
+        op = getattr(operation, "name", "call")
+        try:
+            loop.call_soon_threadsafe(on_throttle, op, attempts)
+        except RuntimeError:  # the loop is closed
+            pass
+    return None
+
+
+def client(service, region=None, endpoint_url=None, max_attempts=8, connect_timeout=5, read_timeout=30):
+    """A cached boto3 client with adaptive retries and bounded timeouts.
+
+    ``max_attempts`` counts the first attempt too (botocore's
+    ``retries={"mode": "adaptive", "max_attempts": N}``).
     ``endpoint_url`` defaults to boto3's own resolution, which honours
     ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_<SERVICE>`` (a moto server in
     tests).
@@ -78,7 +131,7 @@ def client(service, region=None, endpoint_url=None, max_attempts=8, connect_time
 
             config = Config(
                 region_name=region or None,
-                retries={"mode": "standard", "total_max_attempts": max_attempts},
+                retries={"mode": "adaptive", "max_attempts": max(1, int(max_attempts))},
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
                 max_pool_connections=64,
@@ -86,7 +139,12 @@ def client(service, region=None, endpoint_url=None, max_attempts=8, connect_time
             kwargs = {"config": config}
             if endpoint_url:
                 kwargs["endpoint_url"] = endpoint_url
-            c = _clients[key] = b3.session.Session().client(service, **kwargs)
+            c = b3.session.Session().client(service, **kwargs)
+            event = c.meta.service_model.service_id.hyphenize()
+            if service in NO_RETRY_CODES:
+                c.meta.events.register_first(f"needs-retry.{event}", _make_no_retry(NO_RETRY_CODES[service]))
+            c.meta.events.register(f"needs-retry.{event}", _on_needs_retry)
+            _clients[key] = c
             for hook in client_hooks:
                 hook(c)
     return c
@@ -120,7 +178,10 @@ def is_throttling(exc):
 
 
 def backoff_delay(attempt, base=0.5, cap=20.0):
-    """Full-jitter exponential backoff (AWS architecture blog): U(0, min(cap, base*2^n))."""
+    """Full-jitter exponential backoff (AWS architecture blog): U(0, min(cap, base*2^n)).
+
+    For waits of our own that are not API retries (capacity errors, where the
+    next try goes to another subnet)."""
     return random.uniform(0, min(cap, base * 2**attempt))
 
 
@@ -142,43 +203,22 @@ class CallStats:
 stats = CallStats()
 
 
-async def call(
-    method,
-    /,
-    *,
-    timeout=60.0,
-    throttle_timeout=300.0,
-    on_throttle=None,
-    **kwargs,
-):
+async def call(method, /, *, timeout=60.0, on_throttle=None, **kwargs):
     """Run ``method(**kwargs)`` (a bound boto3 client method) in a thread.
 
-    Every attempt is bounded by ``timeout``. Throttling that survived
-    botocore's own retries is retried here with full-jitter backoff for up
-    to ``throttle_timeout`` seconds; ``on_throttle(delay)`` is called before
-    each such wait (for a progress message). Other errors are raised as is.
+    The whole call, botocore's own retries included, is bounded by
+    ``timeout``. ``on_throttle(operation, attempt)`` is called on the event
+    loop for each throttled answer botocore is about to retry (a progress
+    message). Errors are raised as botocore raised them.
     """
     loop = asyncio.get_running_loop()
-    op = getattr(method, "__name__", "call")
-    deadline = time.monotonic() + throttle_timeout
-    attempt = 0
-    while True:
-        stats.add(op)
-        try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(_pool(), functools.partial(method, **kwargs)), timeout=timeout
-            )
-        except Exception as e:
-            if not is_throttling(e):
-                raise
-            stats.throttled += 1
-            delay = backoff_delay(attempt, base=1.0, cap=10.0)
-            attempt += 1
-            if time.monotonic() + delay > deadline:
-                raise
-            if on_throttle is not None:
-                on_throttle(delay)
-            await asyncio.sleep(delay)
+    stats.add(getattr(method, "__name__", "call"))
+    ctx = contextvars.copy_context()
+    if on_throttle is not None:
+        ctx.run(_throttle_listener.set, (loop, on_throttle))
+    return await asyncio.wait_for(
+        loop.run_in_executor(_pool(), ctx.run, functools.partial(method, **kwargs)), timeout=timeout
+    )
 
 
 class WaitTimeout(Exception):
@@ -276,15 +316,32 @@ class AWS(LoggingConfigurable):
     ).tag(config=True)
 
     max_attempts = Integer(
-        8,
-        help="""botocore *standard* retry mode attempts per call (throttling, 5xx).""",
+        10,
+        help="""
+        Attempts per AWS call (the first one included) in botocore's
+        *adaptive* retry mode: throttling (``RequestLimitExceeded``) and
+        transient 5xx errors are retried with exponential backoff and jitter,
+        and once AWS throttles, the hub's client limits its own request rate.
+
+        Example::
+
+            c.AWS.max_attempts = 15
+
+        .. versionchanged:: 0.2
+           adaptive mode; our own retry layer on top of botocore's is gone.
+        """,
     ).tag(config=True)
 
-    call_timeout = Float(60.0, help="""Seconds for one AWS API call (each attempt).""").tag(config=True)
+    call_timeout = Float(60.0, help="""Seconds for one attempt of an AWS API call (read timeout).""").tag(
+        config=True
+    )
 
     throttle_timeout = Float(
         300.0,
-        help="""Seconds to keep retrying a throttled call (with jitter) before failing.""",
+        help="""
+        Seconds one AWS call may take in all, botocore's retries of a
+        throttled call included, before it fails.
+        """,
     ).tag(config=True)
 
     def aws_client(self, service, max_attempts=None):
@@ -296,10 +353,9 @@ class AWS(LoggingConfigurable):
             read_timeout=self.call_timeout,
         )
 
-    async def aws(self, service, op, _retries=None, **kwargs):
+    async def aws(self, service, op, **kwargs):
         """``await self.aws("ec2", "describe_volumes", VolumeIds=[...])``.
 
-        ``_retries`` overrides botocore's attempts for this call (1: only ours).
         Only calls listed in ``jupyter_ds_compute.aws.iam.HUB_ACTIONS`` (from
         which the hub's IAM policy is generated) may be made.
         """
@@ -308,18 +364,17 @@ class AWS(LoggingConfigurable):
                 f"AWS call {service}.{op} is not in jupyter_ds_compute.aws.iam.HUB_ACTIONS: "
                 "add it there, so the hub's generated IAM policy allows it"
             )
-        method = getattr(self.aws_client(service, _retries), op)
+        method = getattr(self.aws_client(service), op)
         on_throttle = None
         emit = getattr(self, "emit", None)
         if emit is not None:
 
-            def on_throttle(delay):
-                emit(f"AWS is throttling {op} (RequestLimitExceeded); retrying in {delay:.1f}s")
+            def on_throttle(operation, attempt):
+                emit(f"AWS is throttling {operation} (RequestLimitExceeded); retrying, attempt {attempt + 1}")
 
         return await call(
             method,
-            timeout=self.call_timeout,
-            throttle_timeout=self.throttle_timeout,
+            timeout=max(self.call_timeout, self.throttle_timeout),
             on_throttle=on_throttle,
             **kwargs,
         )
@@ -343,3 +398,63 @@ class AWS(LoggingConfigurable):
             and t.get("ds-compute:user") == spawner.user.name
             and t.get("ds-compute:server", "") == (spawner.name or "")
         )
+
+    def owner_filters(self, spawner):
+        """``describe_*`` filters for what carries ``spawner``'s owner tags."""
+        return [
+            {"Name": "tag:ds-compute:hub", "Values": [self.hub_id]},
+            {"Name": "tag:ds-compute:user", "Values": [spawner.user.name]},
+            {"Name": "tag:ds-compute:server", "Values": [spawner.name or ""]},
+        ]
+
+    def refuse_foreign(self, vid, tags, spawner):
+        """A volume our state names is tagged for another hub, user or server: never use it
+        (raises :class:`~jupyter_ds_compute.volumes.local.VolumeOwnedError`)."""
+        from ..volumes.local import VolumeOwnedError
+
+        t = tag_dict(tags) if isinstance(tags, list) or tags is None else tags
+        keys = ("ds-compute:hub", "ds-compute:user", "ds-compute:server")
+        whose = ", ".join(f"{k}={t.get(k, '')!r}" for k in keys)
+        log_name = spawner._log_name
+        raise VolumeOwnedError(
+            f"Volume {vid} belongs to someone else ({whose}), not to {log_name}: "
+            "nothing was changed; ask an admin.",
+            log_message=f"refused {getattr(self, 'name', 'aws')} volume {vid} to {log_name}: tags {t!r}",
+        )
+
+    async def describe_instance(self, instance_id):
+        """The instance's description, or None if AWS does not know it."""
+        try:
+            r = await self.aws("ec2", "describe_instances", InstanceIds=[instance_id])
+        except Exception as e:
+            if error_code(e) in ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"):
+                return None
+            raise
+        found = instances(r)
+        return found[0] if found else None
+
+    async def find_instances(self, filters):
+        """Every instance matching ``filters`` (one ``DescribeInstances``, all pages)."""
+        found, token = [], None
+        while True:
+            kwargs = {"Filters": filters}
+            if token:
+                kwargs["NextToken"] = token
+            r = await self.aws("ec2", "describe_instances", **kwargs)
+            found += instances(r)
+            token = r.get("NextToken")
+            if not token:
+                return found
+
+    async def hub_file_system(self):
+        """The id of the EFS file system tagged as this hub's, or ''."""
+        r = await self.aws("efs", "describe_file_systems")
+        for fs in r.get("FileSystems", []):
+            if tag_dict(fs.get("Tags")).get("ds-compute:hub") == self.hub_id:
+                return fs["FileSystemId"]
+        return ""
+
+
+def instances(response):
+    """The instances of a ``DescribeInstances`` answer, reservations flattened."""
+    return [i for res in response.get("Reservations", []) for i in res.get("Instances", [])]

@@ -32,7 +32,6 @@ from traitlets import Bool, Float, Integer, List, Unicode
 from ..backends import aws
 from ..names import safe_name
 from .base import VolumeDriver, VolumeError
-from .local import VolumeOwnedError
 
 
 class EBSVolume(VolumeDriver, aws.AWS):
@@ -141,17 +140,6 @@ class EBSVolume(VolumeDriver, aws.AWS):
         """The injective name of this user's server (Name tag, creation token, paths)."""
         return safe_name(self.spawner.user.name, self.spawner.name or "")
 
-    def _refuse_foreign(self, vid, tags):
-        """The volume in our state is tagged for another hub, user or server: never use it."""
-        t = aws.tag_dict(tags) if isinstance(tags, list) or tags is None else tags
-        keys = ("ds-compute:hub", "ds-compute:user", "ds-compute:server")
-        whose = ", ".join(f"{k}={t.get(k, '')!r}" for k in keys)
-        raise VolumeOwnedError(
-            f"Volume {vid} belongs to someone else ({whose}), not to {self.log_name}: "
-            "nothing was changed; ask an admin.",
-            log_message=f"refused {self.name} volume {vid} to {self.log_name}: tags {t!r}",
-        )
-
     def _tags(self):
         tags = self.owner_tags(self.spawner)
         tags["Name"] = f"ds-compute {self._key()}"
@@ -169,12 +157,7 @@ class EBSVolume(VolumeDriver, aws.AWS):
         return vols[0] if vols else None
 
     async def _find_by_tags(self):
-        filters = [
-            {"Name": "tag:ds-compute:hub", "Values": [self.hub_id]},
-            {"Name": "tag:ds-compute:user", "Values": [self.spawner.user.name]},
-            {"Name": "tag:ds-compute:server", "Values": [self.spawner.name or ""]},
-        ]
-        r = await self.aws("ec2", "describe_volumes", Filters=filters)
+        r = await self.aws("ec2", "describe_volumes", Filters=self.owner_filters(self.spawner))
         # instances' root volumes carry the owner tags too, and a tier tag
         vols = [
             v
@@ -188,7 +171,7 @@ class EBSVolume(VolumeDriver, aws.AWS):
     async def ensure(self):
         vol = await self._describe() if self.volume_id else None
         if vol is not None and not self.is_ours(vol.get("Tags"), self.spawner):
-            self._refuse_foreign(vol["VolumeId"], vol.get("Tags"))
+            self.refuse_foreign(vol["VolumeId"], vol.get("Tags"), self.spawner)
         if vol is None:
             if self.volume_id:
                 self.log.warning(
@@ -248,16 +231,15 @@ class EBSVolume(VolumeDriver, aws.AWS):
 
     async def _instance(self, instance_id):
         try:
-            r = await self.aws("ec2", "describe_instances", InstanceIds=[instance_id])
+            inst = await self.describe_instance(instance_id)
         except Exception as e:
             raise VolumeError(
                 f"Instance {instance_id} not found: {aws.error_message(e)}",
                 log_message=f"describe_instances {instance_id}: {e!r}",
             ) from None
-        for res in r.get("Reservations", []):
-            for inst in res.get("Instances", []):
-                return inst
-        raise VolumeError(f"Instance {instance_id} not found")
+        if inst is None:
+            raise VolumeError(f"Instance {instance_id} not found")
+        return inst
 
     def _refuse(self, message):
         raise VolumeError(f"{message} Nothing was changed.", log_message=f"{self.log_name}: {message}")
@@ -364,6 +346,13 @@ class EBSVolume(VolumeDriver, aws.AWS):
         if self.snapshot_interval and time.time() - self.last_snapshot > self.snapshot_interval:
             await self.snapshot(reason="scheduled")
 
+    async def detach_from(self, instance_id):
+        """Detach the volume from ``instance_id`` (stopped or terminated: the EC2
+        backend ending a leftover instance of this server) and wait until it is
+        ``available``; attachments to any other instance are left alone."""
+        self.attached_to = instance_id
+        await self._detach(force=False)
+
     async def _detach(self, force):
         vol = await self._describe()
         if vol is None:
@@ -451,12 +440,7 @@ class EBSVolume(VolumeDriver, aws.AWS):
             "ec2",
             "describe_snapshots",
             OwnerIds=["self"],
-            Filters=[
-                {"Name": "volume-id", "Values": [vid]},
-                {"Name": "tag:ds-compute:hub", "Values": [self.hub_id]},
-                {"Name": "tag:ds-compute:user", "Values": [self.spawner.user.name]},
-                {"Name": "tag:ds-compute:server", "Values": [self.spawner.name or ""]},
-            ],
+            Filters=[{"Name": "volume-id", "Values": [vid]}] + self.owner_filters(self.spawner),
         )
         for snap in r.get("Snapshots", []):
             sid = snap["SnapshotId"]

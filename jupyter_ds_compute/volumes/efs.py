@@ -22,14 +22,12 @@ from traitlets import Bool, Callable, Integer, List, Unicode
 from ..backends import aws
 from ..names import safe_name
 from .base import VolumeDriver, VolumeError
-from .local import VolumeOwnedError
 
 
 class EFSVolume(VolumeDriver, aws.AWS):
     """A per-user access point on the hub's EFS file system."""
 
     name = "efs"
-
 
     file_system_id = Unicode(
         "",
@@ -100,17 +98,6 @@ class EFSVolume(VolumeDriver, aws.AWS):
         """The injective name of this user's server (Name tag, creation token, paths)."""
         return safe_name(self.spawner.user.name, self.spawner.name or "")
 
-    def _refuse_foreign(self, vid, tags):
-        """The volume in our state is tagged for another hub, user or server: never use it."""
-        t = aws.tag_dict(tags) if isinstance(tags, list) or tags is None else tags
-        keys = ("ds-compute:hub", "ds-compute:user", "ds-compute:server")
-        whose = ", ".join(f"{k}={t.get(k, '')!r}" for k in keys)
-        raise VolumeOwnedError(
-            f"Volume {vid} belongs to someone else ({whose}), not to {self.log_name}: "
-            "nothing was changed; ask an admin.",
-            log_message=f"refused {self.name} volume {vid} to {self.log_name}: tags {t!r}",
-        )
-
     def _ids(self):
         if self.posix_ids is not None:
             uid, gid = self.posix_ids(self.spawner)
@@ -120,11 +107,7 @@ class EFSVolume(VolumeDriver, aws.AWS):
     async def ensure_file_system(self):
         """The hub's file system id (found or created) with its mount targets."""
         if not self.file_system_id:
-            r = await self.aws("efs", "describe_file_systems")
-            for fs in r.get("FileSystems", []):
-                if aws.tag_dict(fs.get("Tags")).get("ds-compute:hub") == self.hub_id:
-                    self.file_system_id = fs["FileSystemId"]
-                    break
+            self.file_system_id = await self.hub_file_system()
         if not self.file_system_id:
             tags = dict(self.tags, **{"ds-compute:hub": self.hub_id, "Name": f"ds-compute {self.hub_id}"})
             self.log.info("Creating the EFS file system of hub %s", self.hub_id)
@@ -170,7 +153,7 @@ class EFSVolume(VolumeDriver, aws.AWS):
                 if r.get("AccessPoints"):
                     ap = r["AccessPoints"][0]
                     if not self.is_ours(ap.get("Tags"), self.spawner):
-                        self._refuse_foreign(self.volume_id, ap.get("Tags"))
+                        self.refuse_foreign(self.volume_id, ap.get("Tags"), self.spawner)
                     return self.volume_id
             except Exception as e:
                 if aws.error_code(e) != "AccessPointNotFound":
@@ -260,22 +243,11 @@ class EFSVolume(VolumeDriver, aws.AWS):
                 f"EFS access point {apid} is not tagged as this server's (hub, user, server): "
                 "not deleting it."
             )
-        r = await self.aws(
-            "ec2",
-            "describe_instances",
-            Filters=[
-                {"Name": "tag:ds-compute:hub", "Values": [self.hub_id]},
-                {"Name": "tag:ds-compute:user", "Values": [self.spawner.user.name]},
-                {"Name": "tag:ds-compute:server", "Values": [self.spawner.name or ""]},
-                {
-                    "Name": "instance-state-name",
-                    "Values": ["pending", "running", "stopping", "shutting-down"],
-                },
-            ],
+        found = await self.find_instances(
+            self.owner_filters(self.spawner)
+            + [{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "shutting-down"]}]
         )
-        live = [
-            (i["InstanceId"], i["State"]["Name"]) for res in r.get("Reservations", []) for i in res["Instances"]
-        ]
+        live = [(i["InstanceId"], i["State"]["Name"]) for i in found]
         if live:
             iid, state = live[0]
             raise VolumeError(
@@ -313,12 +285,8 @@ class EFSVolume(VolumeDriver, aws.AWS):
                 if aws.error_code(e) != "AccessPointNotFound":
                     raise
         if not self.file_system_id:
-            r = await self.aws("efs", "describe_file_systems")
-            for fs in r.get("FileSystems", []):
-                if aws.tag_dict(fs.get("Tags")).get("ds-compute:hub") == self.hub_id:
-                    self.file_system_id = fs["FileSystemId"]
-                    break
-            else:
+            self.file_system_id = await self.hub_file_system()
+            if not self.file_system_id:
                 return None
         r = await self.aws("efs", "describe_access_points", FileSystemId=self.file_system_id)
         for ap in r.get("AccessPoints", []):
