@@ -26,6 +26,8 @@ from urllib.parse import quote, urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from .sse import SSEParser
+
 __all__ = ["HubAPI", "HubAPIError", "HubUnavailable", "UNAVAILABLE_STATUSES", "server_label"]
 
 log = logging.getLogger(__name__)
@@ -318,24 +320,20 @@ class HubAPI:
         after the POST.
         """
         path = _server_path(user, server_name) + "/progress"
-        buf = b""
+        parser = SSEParser()
 
         def on_chunk(chunk: bytes) -> None:
-            nonlocal buf
-            buf += chunk
-            while b"\n\n" in buf:
-                block, buf = buf.split(b"\n\n", 1)
-                for line in block.decode("utf8", "replace").splitlines():
-                    if not line.startswith("data:"):
-                        continue
-                    try:
-                        event = json.loads(line[5:].strip())
-                    except ValueError:
-                        continue
-                    if isinstance(event, dict):
-                        res = on_event(event)
-                        if asyncio.iscoroutine(res):
-                            asyncio.ensure_future(res)
+            for sse in parser.feed(chunk):
+                if sse.event != "message":
+                    continue
+                try:
+                    event = json.loads(sse.data)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    res = on_event(event)
+                    if asyncio.iscoroutine(res):
+                        asyncio.ensure_future(res)
 
         req = HTTPRequest(
             self.api_url + path,
