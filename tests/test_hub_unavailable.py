@@ -22,7 +22,7 @@ import textwrap
 import time
 
 import pytest
-from test_service_orchestrator import FakeHub, new_switch, statuses
+from fakes import FakeHub, new_switch, statuses
 
 from jupyter_ds_compute.service.app import ServiceLockError, lock_data_dir
 from jupyter_ds_compute.service.hubapi import HubAPI, HubAPIError, HubUnavailable

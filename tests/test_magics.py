@@ -6,11 +6,10 @@ import asyncio
 import json
 import time
 
+import fakes
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
-from jupyter_server.auth.identity import IdentityProvider, User
-from tornado import httpserver, netutil, web
 
 from jupyter_ds_compute import magics
 
@@ -163,38 +162,12 @@ def test_kernel_copy_formats_small_prices(tmp_path):
 
 
 # -- against a real server ------------------------------------------------------------
-class TokenUsers(IdentityProvider):
-    """Test double of JupyterHub's identity provider: each token is one user."""
-
-    users = {"alice-token": "alice", SERVER_TOKEN: "alice", "bob-token": "bob"}
-
-    async def get_user_token(self, handler):
-        name = self.users.get(self.get_token(handler) or "")
-        return User(username=name) if name else None
+class TokenUsers(fakes.TokenUsers):
+    users = dict(fakes.TokenUsers.users, **{SERVER_TOKEN: "alice"})
 
 
-class FakeService:
-    def __init__(self):
-        self.sockets = netutil.bind_sockets(0, "127.0.0.1")
-        self.url = f"http://127.0.0.1:{self.sockets[0].getsockname()[1]}/services/ds-compute/"
-        self.calls = []
-
-    async def start(self):
-        fake = self
-
-        class Handler(web.RequestHandler):
-            def get(self):
-                fake.calls.append(("GET", self.request.path, None))
-                self.finish({"tiers": TIERS})
-
-            def post(self):
-                body = json.loads(self.request.body)
-                fake.calls.append(("POST", self.request.path, body))
-                self.set_status(202)
-                self.finish({"id": "sw1", "progress_url": "/services/ds-compute/switches/sw1?next=" + body.get("next", "")})
-
-        self.server = httpserver.HTTPServer(web.Application([(r"/services/ds-compute/api/.*", Handler)]))
-        self.server.add_sockets(self.sockets)
+def switch_reply(body):
+    return 202, {"id": "sw1", "progress_url": "/services/ds-compute/switches/sw1?next=" + body.get("next", "")}
 
 
 @pytest.fixture
@@ -205,10 +178,10 @@ def run(jp_asyncio_loop):
 
 @pytest.fixture
 def fake_service(run):
-    fake = FakeService()
+    fake = fakes.FakeService(tiers_reply=(200, {"tiers": TIERS}), switch_reply=switch_reply)
     run(fake.start())
     yield fake
-    fake.server.stop()
+    fake.stop()
 
 
 @pytest.fixture
@@ -287,14 +260,14 @@ def test_tiers(magic, fake_service):
     out = magic("tiers")
     assert [line[0] for line in out.splitlines() if " small " in line] == ["*"]
     assert "not allowed: only for group hpc" in out
-    assert ("GET", "/services/ds-compute/api/tiers", None) in fake_service.calls
+    assert ("GET", "/services/ds-compute/api/tiers", None) in [(c["method"], c["path"], c["body"]) for c in fake_service.calls]
 
 
 def test_switch_yes(magic, fake_service, jp_base_url):
     out = magic("switch gpu --yes")
-    posts = [c for c in fake_service.calls if c[0] == "POST"]
+    posts = [c for c in fake_service.calls if c["method"] == "POST"]
     assert len(posts) == 1
-    _, path, body = posts[0]
+    path, body = posts[0]["path"], posts[0]["body"]
     assert path == "/services/ds-compute/api/switches"
     assert body == {"profile": "gpu", "next": jp_base_url.rstrip("/") + "/lab", "server_name": ""}
     assert "Switching to GPU (gpu)" in out
@@ -306,9 +279,9 @@ def test_switch_yes(magic, fake_service, jp_base_url):
 def test_switch_asks_first(magic, fake_service):
     assert magic("switch gpu", ask="n") == "Not switching."
     assert magic.prompts == ["The kernel will restart when the server moves. Switch to GPU? [y/N] "]
-    assert [c for c in fake_service.calls if c[0] == "POST"] == []
+    assert [c for c in fake_service.calls if c["method"] == "POST"] == []
     assert "Switching to GPU" in magic("switch gpu", ask="y")
-    assert len([c for c in fake_service.calls if c[0] == "POST"]) == 1
+    assert len([c for c in fake_service.calls if c["method"] == "POST"]) == 1
 
 
 def test_switch_refusals(magic, fake_service):
@@ -316,7 +289,7 @@ def test_switch_refusals(magic, fake_service):
         magic("switch huge --yes")
     assert "already runs on Small" in magic("switch small --yes")
     assert "cannot switch to Many cores: only for group hpc" in magic("switch big --yes")
-    assert [c for c in fake_service.calls if c[0] == "POST"] == []
+    assert [c for c in fake_service.calls if c["method"] == "POST"] == []
 
 
 def test_envs_empty(magic, jp_root_dir):

@@ -14,11 +14,12 @@ import inspect
 from importlib.metadata import entry_points
 
 import pytest
+from fakes import MemoryBackend, MemoryVolume, hub_db, make_spawner
 from jupyterhub.spawner import SpawnException
 
 from jupyter_ds_compute import plugins
 from jupyter_ds_compute.backends import base as backend_base
-from jupyter_ds_compute.backends.base import Backend, HostInfo
+from jupyter_ds_compute.backends.base import Backend
 from jupyter_ds_compute.spawner import DSComputeSpawner
 from jupyter_ds_compute.volumes import base as volume_base
 from jupyter_ds_compute.volumes.base import DESCRIBE_KEYS, VolumeDriver, description
@@ -105,71 +106,35 @@ def test_declared_defaults():
 # -- the spawner's lookup ------------------------------------------------------
 
 
-class FakeBackend(Backend):
-    name = "fake"
-
-    async def prepare(self, tier):
-        return HostInfo()
-
-    def bind(self):
-        return "127.0.0.1", 1
-
-    async def start(self, tier, cmd, env, volume_path, keep_root=False):
-        return "127.0.0.1", 1
-
-    async def poll(self):
-        return None
-
-    async def stop(self, now=False):
-        pass
-
-    def get_state(self):
-        return {"pid": 1}
-
-
-class FakeVolume(VolumeDriver):
-    name = "fake-volume"
-
-    async def ensure(self):
-        self.volume_id = "fake-1"
-        return self.volume_id
-
-    async def attach(self, host):
-        return "/tmp"
-
-    async def detach(self):
-        pass
-
-    async def delete(self):
-        return {"id": self.volume_id, "deleted": [], "kept": []}
-
-
 @pytest.mark.parametrize(
     "spec",
-    [f"{__name__}:FakeBackend", f"{__name__}.FakeBackend", FakeBackend],
+    ["fakes:MemoryBackend", "fakes.MemoryBackend", MemoryBackend],
     ids=["colon", "dotted", "class"],
 )
 def test_spawner_uses_backend_from_import_string_or_class(spec):
     sp = DSComputeSpawner(backend=spec)
     backend = sp._make_backend(sp.backend)
-    assert type(backend) is FakeBackend
+    assert type(backend) is MemoryBackend
+    backend.load_state({"server": "alice/"})
     state = sp.get_state()
-    name = f"{__name__}:FakeBackend" if spec is FakeBackend else spec
-    assert state["backend"] == {"name": name, "state": {"pid": 1}}
+    name = "fakes:MemoryBackend" if spec is MemoryBackend else spec
+    assert state["backend"] == {"name": name, "state": {"server": "alice/"}}
     again = DSComputeSpawner(backend="local")
     again.load_state(state)
-    assert type(again._backend) is FakeBackend
+    assert type(again._backend) is MemoryBackend
 
 
 def test_spawner_uses_volume_from_import_string_and_finds_it_in_state():
-    sp = DSComputeSpawner(volume_driver=f"{__name__}:FakeVolume")
-    assert type(sp.volume) is FakeVolume
+    db = hub_db()
+    sp = make_spawner(db, volume_driver="fakes:MemoryVolume")
+    assert type(sp.volume) is MemoryVolume
     asyncio.run(sp.volume.ensure())
     state = sp.get_state()
-    assert state["volume"] == {"driver": "fake-volume", "id": "fake-1"}
-    again = DSComputeSpawner(volume_driver=f"{__name__}:FakeVolume")
+    assert state["volume"] == {"driver": "memory", "id": "mem-alice"}
+    again = DSComputeSpawner(volume_driver="fakes:MemoryVolume")
     again.load_state(state)
-    assert type(again._volume) is FakeVolume and again._volume.volume_id == "fake-1"
+    assert type(again._volume) is MemoryVolume and again._volume.volume_id == "mem-alice"
+    db.close()
 
 
 def test_spawner_finds_entry_point_names():
@@ -191,7 +156,7 @@ def test_spawner_finds_entry_point_names():
             "nosuch.module:X",
             "Unknown backend 'nosuch.module:X' (c.DSComputeSpawner.backend): cannot import",
         ),
-        ("backend", f"{__name__}:FakeVolume", "is not a jupyter_ds_compute.backends.base.Backend subclass"),
+        ("backend", "fakes:MemoryVolume", "is not a jupyter_ds_compute.backends.base.Backend subclass"),
         (
             "volume_driver",
             "nfs",

@@ -4,15 +4,13 @@ A real jupyter server (pytest-jupyter), real HTTP, auth required; the hub
 service is a small tornado app on 127.0.0.1 started by the test.
 """
 
-import asyncio
 import json
 import os
 import socket
 import time
 
+import fakes
 import pytest
-from jupyter_server.auth.identity import IdentityProvider, User
-from tornado import httpserver, netutil, web
 from tornado.httpclient import HTTPClientError
 
 from jupyter_ds_compute.serverext.context import ServerContext
@@ -24,14 +22,7 @@ TIER_GPU = {"slug": "gpu", "display_name": "GPU", "description": "", "cpu": 8.0,
 ENV_TIERS = [dict(TIER_SMALL, allowed=True, reason=None, default=True), dict(TIER_GPU, allowed=True, reason=None, default=False)]
 
 
-class TokenUsers(IdentityProvider):
-    """Test double of JupyterHub's identity provider: each token is one user."""
-
-    users = {"alice-token": "alice", "bob-token": "bob"}
-
-    async def get_user_token(self, handler):
-        name = self.users.get(self.get_token(handler) or "")
-        return User(username=name) if name else None
+TokenUsers = fakes.TokenUsers
 
 
 BUDGET_WARN = {
@@ -44,54 +35,14 @@ NOTICE = {
 }
 
 
-class FakeService:
-    """The hub service's /api/tiers, /api/policy and /api/switches, recording calls."""
-
-    def __init__(self):
-        self.sockets = netutil.bind_sockets(0, "127.0.0.1")
-        port = self.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/services/ds-compute/"
-        self.calls = []
-        self.tiers_reply = (200, {"tiers": [dict(t, reason="live") for t in ENV_TIERS]})
-        self.policy_reply = (200, {"budget": BUDGET_WARN, "notices": [NOTICE]})
-        self.switch_reply = (202, {"id": "sw1", "progress_url": "/services/ds-compute/switches/sw1?next=/user/alice/lab"})
-        self.delay = 0.0
-        self.server = None
-
-    async def start(self):
-        fake = self
-
-        class Handler(web.RequestHandler):
-            async def handle(self):
-                fake.calls.append(
-                    {
-                        "method": self.request.method,
-                        "path": self.request.path,
-                        "auth": self.request.headers.get("Authorization"),
-                        "body": json.loads(self.request.body) if self.request.body else None,
-                    }
-                )
-                if fake.delay:
-                    await asyncio.sleep(fake.delay)
-                if self.request.path.endswith("/api/tiers"):
-                    code, body = fake.tiers_reply
-                elif self.request.path.endswith("/api/policy"):
-                    code, body = fake.policy_reply
-                else:
-                    code, body = fake.switch_reply
-                self.set_status(code)
-                self.finish(body if isinstance(body, (bytes, str)) else json.dumps(body))
-
-            get = post = handle
-
-        self.server = httpserver.HTTPServer(web.Application([(r"/services/ds-compute/api/.*", Handler)]))
-        self.server.add_sockets(self.sockets)
-
-    def stop(self):
-        if self.server:
-            self.server.stop()
-        for s in self.sockets:
-            s.close()
+def FakeService():
+    """The service's api/tiers (live reasons), api/policy (a warned budget and a
+    notice) and api/switches (202), recording calls."""
+    return fakes.FakeService(
+        tiers_reply=(200, {"tiers": [dict(t, reason="live") for t in ENV_TIERS]}),
+        policy_reply=(200, {"budget": BUDGET_WARN, "notices": [NOTICE]}),
+        switch_reply=(202, {"id": "sw1", "progress_url": "/services/ds-compute/switches/sw1?next=/user/alice/lab"}),
+    )
 
 
 def closed_port_url():

@@ -3,107 +3,10 @@
 import asyncio
 
 import pytest
+from fakes import FakeHub, new_switch, statuses
 
-from jupyter_ds_compute.service.hubapi import HubAPIError
 from jupyter_ds_compute.service.orchestrator import Orchestrator
 from jupyter_ds_compute.service.store import Store
-
-
-class FakeHub:
-    """The few hub API calls the orchestrator makes, on in-memory servers.
-
-    ``broken`` tiers fail to start (the server goes back to stopped and the
-    progress stream says why); ``fail_stop`` makes DELETE fail.
-    """
-
-    poll_interval = 0.001
-
-    def __init__(self):
-        self.servers = {}
-        self.broken = set()
-        self.crash_in_post = set()
-        self.fail_stop = False
-        self.calls = []
-        self.spawn_delay = 0.01
-
-    def add(self, user, name="", profile="small", ready=True):
-        self.servers[(user, name)] = {
-            "name": name,
-            "ready": ready,
-            "pending": None,
-            "stopped": not ready,
-            "user_options": {"profile": profile} if profile else {},
-        }
-
-    async def get_user(self, user):
-        return {"name": user, "groups": []}
-
-    async def get_server(self, user, name=""):
-        m = self.servers.get((user, name))
-        return None if m is None else dict(m)
-
-    async def stop_server(self, user, name=""):
-        self.calls.append(("DELETE", user, name))
-        if self.fail_stop:
-            raise HubAPIError(500, "stop exploded", method="DELETE", path="/x")
-        m = self.servers[(user, name)]
-        m.update(ready=False, pending=None, stopped=True)
-        return 204
-
-    async def patch_user_options(self, user, name, options):
-        self.calls.append(("PATCH", user, name, dict(options)))
-        m = self.servers[(user, name)]
-        if not m["stopped"]:
-            raise HubAPIError(400, "is active", method="PATCH", path="/x")
-        m["user_options"] = dict(options)
-        return dict(m)
-
-    async def start_server(self, user, name, options):
-        self.calls.append(("POST", user, name, dict(options)))
-        m = self.servers[(user, name)]
-        if options.get("profile") in self.crash_in_post:
-            # the hub's bare 500 when the server dies while the POST waits
-            raise HubAPIError(500, "Internal Server Error", method="POST", path="/x")
-        if m["ready"]:
-            return "already-running"
-        m.update(pending="spawn", stopped=False, user_options=dict(options))
-        asyncio.get_running_loop().call_later(self.spawn_delay, self._spawned, m, options)
-        return "pending"
-
-    def _spawned(self, m, options):
-        if options.get("profile") in self.broken:
-            m.update(pending=None, ready=False, stopped=True)
-        else:
-            m.update(pending=None, ready=True, stopped=False)
-
-    async def wait_for(self, user, name, done, timeout, what):
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            model = await self.get_server(user, name)
-            if done(model):
-                return model
-            if loop.time() > deadline:
-                raise asyncio.TimeoutError(f"{user}:{name} not {what} after {timeout:g}s")
-            await asyncio.sleep(self.poll_interval)
-
-    async def wait_stopped(self, user, name, timeout):
-        return await self.wait_for(
-            user, name, lambda m: m is None or (m["stopped"] and not m["pending"]), timeout, "stopped"
-        )
-
-    async def progress(self, user, name, on_event, timeout):
-        m = self.servers[(user, name)]
-        if m["stopped"] and not m["pending"]:
-            on_event({"progress": 100, "failed": True, "message": "Spawn failed: exit status 3"})
-            return
-        on_event({"progress": 50, "message": "Launching on the fake backend"})
-        while m["pending"]:
-            await asyncio.sleep(0.001)
-        if m["ready"]:
-            on_event({"progress": 100, "ready": True, "message": "Server ready"})
-        else:
-            on_event({"progress": 100, "failed": True, "message": "Spawn failed: tier is broken"})
 
 
 @pytest.fixture
@@ -120,26 +23,10 @@ def hub():
     return h
 
 
-def new_switch(store, to="gpu", user="alice", name=""):
-    return store.create_switch(
-        user=user,
-        server_name=name,
-        requested_by=user,
-        from_profile="small",
-        to_profile=to,
-        from_options={"profile": "small"},
-        to_options={"profile": to},
-    )
-
-
 def orch(hub, store, **kw):
     kw.setdefault("stop_timeout", 5)
     kw.setdefault("start_timeout", 5)
     return Orchestrator(hub, store, **kw)
-
-
-def statuses(rec):
-    return {s["name"]: s["status"] for s in rec["steps"]}
 
 
 async def test_switch_succeeds(hub, store):

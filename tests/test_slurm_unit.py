@@ -11,10 +11,10 @@ import stat
 import subprocess
 import sys
 import textwrap
-from types import SimpleNamespace
 
 import pytest
-from traitlets.config import Config, LoggingConfigurable
+from fakes import FakeSpawner
+from traitlets.config import Config
 
 from jupyter_ds_compute import tiers
 from jupyter_ds_compute.backends.base import BackendError
@@ -35,20 +35,11 @@ PROFILES = tiers.normalize_profile_list(
 CMD = ["/venv/bin/jupyterhub-singleuser", "--debug"]
 
 
-class FakeSpawner(LoggingConfigurable):
-    def __init__(self, user="alice", user_options=None, config=None):
-        super().__init__(config=config or Config())
-        self.user = SimpleNamespace(name=user)
-        self.name = ""
-        self._log_name = user
-        self.user_options = user_options or {}
-
-
 def backend(user_options=None, config=None, user="alice"):
     cfg = config or Config()
     cfg.SlurmBackend.run_as = "hub"
     cfg.SlurmBackend.python = "/venv/bin/python"
-    return SlurmBackend(FakeSpawner(user, user_options, cfg))
+    return SlurmBackend(FakeSpawner(user, config=cfg, user_options=user_options))
 
 
 def tier(slug):

@@ -6,7 +6,7 @@ nothing was stopped (no DELETE reached the hub).
 """
 
 import pytest
-from test_service_orchestrator import FakeHub
+from fakes import FakeHub
 
 from jupyter_ds_compute import tiers
 from jupyter_ds_compute.service import authz

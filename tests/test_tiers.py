@@ -11,8 +11,9 @@ from pathlib import Path
 import jinja2
 import pasted_profiles as pasted
 import pytest
+from fakes import TraitsSpawner
 from jupyterhub.traitlets import ByteSpecification
-from traitlets import Dict, Float, HasTraits, Integer, List, Unicode, default
+from traitlets import Dict, Float, HasTraits, Unicode
 
 from jupyter_ds_compute import tiers as t
 from jupyter_ds_compute.form import form_context
@@ -36,25 +37,6 @@ from jupyter_ds_compute.tiers import (
 GiB = 1024**3
 MiB = 1024**2
 TEMPLATES = Path(t.__file__).parent / "templates"
-
-
-class FakeSpawner(HasTraits):
-    """The few traits the override tests need, and a logger."""
-
-    image = Unicode("base-image")
-    environment = Dict()
-    cmd = List(["jupyterhub-singleuser"])
-    mem_limit = Integer(None, allow_none=True)
-    notebook_dir = Unicode()
-    plain_attribute = "plain"
-
-    @default("notebook_dir")
-    def _notebook_dir_default(self):
-        return "/home/" + self.image
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.log = logging.getLogger("test-fake-spawner")
 
 
 def tier(display_name, **kw):
@@ -486,7 +468,7 @@ def test_normalize_error_is_a_value_error():
 
 
 async def test_load_profile_list_list_and_dict():
-    spawner = FakeSpawner()
+    spawner = TraitsSpawner()
     assert await load_profile_list(profiles(), spawner) == normalize_profile_list(profiles())
     as_dict = {p.pop("slug"): p for p in profiles()}
     loaded = await load_profile_list(as_dict, spawner)
@@ -494,7 +476,7 @@ async def test_load_profile_list_list_and_dict():
 
 
 async def test_load_profile_list_sync_callable_gets_spawner():
-    spawner = FakeSpawner(image="sync")
+    spawner = TraitsSpawner(image="sync")
     seen = []
 
     def make(s):
@@ -507,7 +489,7 @@ async def test_load_profile_list_sync_callable_gets_spawner():
 
 
 async def test_load_profile_list_async_callable_gets_spawner():
-    spawner = FakeSpawner(image="async")
+    spawner = TraitsSpawner(image="async")
 
     async def make(s):
         return {"only": tier(f"For {s.image}")}
@@ -518,7 +500,7 @@ async def test_load_profile_list_async_callable_gets_spawner():
 
 async def test_load_profile_list_callable_result_is_validated():
     with pytest.raises(TierConfigError, match="no tiers configured"):
-        await load_profile_list(lambda s: [], FakeSpawner())
+        await load_profile_list(lambda s: [], TraitsSpawner())
 
 
 # ---------------------------------------------------------------------------
@@ -1035,7 +1017,7 @@ def test_resolve_overrides_does_not_alias_config():
 
 
 def test_apply_overrides_sets_and_merges_dicts():
-    spawner = FakeSpawner(environment={"KEEP": "1", "DROP": "1", "NESTED": "x"})
+    spawner = TraitsSpawner(environment={"KEEP": "1", "DROP": "1", "NESTED": "x"})
     apply_overrides(
         spawner,
         {
@@ -1055,14 +1037,14 @@ def test_apply_overrides_sets_and_merges_dicts():
 
 
 def test_apply_overrides_nested_none_deletes_in_nested_dict():
-    spawner = FakeSpawner(environment={"DEEP": {"a": 1, "b": 2}})
+    spawner = TraitsSpawner(environment={"DEEP": {"a": 1, "b": 2}})
     apply_overrides(spawner, {"environment": {"DEEP": {"b": None}}})
     assert spawner.environment == {"DEEP": {"a": 1}}
 
 
 def test_apply_overrides_does_not_mutate_existing_dict_or_overrides():
     env = {"A": "1"}
-    spawner = FakeSpawner(environment=env)
+    spawner = TraitsSpawner(environment=env)
     before = spawner.environment
     overrides = {"environment": {"B": "2"}}
     apply_overrides(spawner, overrides)
@@ -1071,7 +1053,7 @@ def test_apply_overrides_does_not_mutate_existing_dict_or_overrides():
 
 
 def test_apply_overrides_top_level_none_resets_to_default():
-    spawner = FakeSpawner(image="custom", cmd=["other"], environment={"A": "1"}, notebook_dir="/x")
+    spawner = TraitsSpawner(image="custom", cmd=["other"], environment={"A": "1"}, notebook_dir="/x")
     apply_overrides(spawner, {"cmd": None, "environment": None, "notebook_dir": None})
     assert spawner.cmd == ["jupyterhub-singleuser"]
     assert spawner.environment == {}
@@ -1080,14 +1062,14 @@ def test_apply_overrides_top_level_none_resets_to_default():
 
 
 def test_apply_overrides_none_deletes_plain_attribute():
-    spawner = FakeSpawner()
+    spawner = TraitsSpawner()
     spawner.plain_attribute = "instance value"
     apply_overrides(spawner, {"plain_attribute": None})
     assert spawner.plain_attribute == "plain"
 
 
 def test_apply_overrides_callables_get_the_spawner():
-    spawner = FakeSpawner(image="base")
+    spawner = TraitsSpawner(image="base")
     seen = []
 
     def image_for(s):
@@ -1113,38 +1095,38 @@ def test_apply_overrides_refuses_async_callable():
         return "x"
 
     with pytest.raises(TierConfigError, match="'image'.*must be synchronous"):
-        apply_overrides(FakeSpawner(), {"image": image})
+        apply_overrides(TraitsSpawner(), {"image": image})
 
 
 def test_apply_overrides_unknown_setting_is_ignored_with_a_warning(caplog):
-    caplog.set_level(logging.DEBUG, logger="test-fake-spawner")
-    spawner = FakeSpawner()
+    caplog.set_level(logging.DEBUG, logger="test-traits-spawner")
+    spawner = TraitsSpawner()
     called = []
     apply_overrides(spawner, {"imgae": "typo", "later": lambda s: called.append(s), "image": "ok"})
     assert spawner.image == "ok" and not hasattr(spawner, "imgae")
     assert called == []  # the callable of a skipped setting is never run
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
-        "override 'imgae' ignored for FakeSpawner: FakeSpawner has no setting 'imgae'",
-        "override 'later' ignored for FakeSpawner: FakeSpawner has no setting 'later'",
+        "override 'imgae' ignored for TraitsSpawner: TraitsSpawner has no setting 'imgae'",
+        "override 'later' ignored for TraitsSpawner: TraitsSpawner has no setting 'later'",
     ]
 
 
 def test_apply_overrides_bad_value_names_setting():
     with pytest.raises(TierConfigError, match="spawner override 'mem_limit'"):
-        apply_overrides(FakeSpawner(), {"mem_limit": "lots"})
+        apply_overrides(TraitsSpawner(), {"mem_limit": "lots"})
 
 
 def test_apply_overrides_logs_each_override(caplog):
-    caplog.set_level(logging.DEBUG, logger="test-fake-spawner")
-    apply_overrides(FakeSpawner(), {"image": "a", "cmd": lambda s: ["b"]})
+    caplog.set_level(logging.DEBUG, logger="test-traits-spawner")
+    apply_overrides(TraitsSpawner(), {"image": "a", "cmd": lambda s: ["b"]})
     messages = [r.getMessage() for r in caplog.records]
     assert "Override image='a'" in messages
     assert "Override cmd=['b'] (callable result)" in messages
 
 
 def test_resolve_then_apply_end_to_end():
-    spawner = FakeSpawner(environment={"BASE": "1"})
+    spawner = TraitsSpawner(environment={"BASE": "1"})
     user_options = validate_user_options(
         profiles(),
         {"profile": "gpu", "image--unlisted-choice": "jupyter/scipy:1"},
