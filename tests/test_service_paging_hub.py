@@ -85,7 +85,7 @@ def test_admin_page_lists_users_on_every_page(hub, users, admin):
         # accounting sees the page-3 server: its cost this period grows on the admin page
         def cost():
             row = admin_rows(admin.get(f"{hub.url}/services/ds-compute/admin?user={late}").text)[(late, "")]
-            return float(re.search(r'class="ds-cost">([0-9.]+)<', row).group(1))
+            return float(re.search(r'class="ds-cost" data-cost="([0-9.e-]+)"', row).group(1))
 
         wait_for(lambda: cost() > 0, timeout=60, interval=1, message=f"cost of {late} accounted")
         # filters still see every page

@@ -26,12 +26,11 @@ from urllib.parse import urlencode
 
 from tornado import web
 
-from .. import policy, tiers
+from .. import formatting, policy, tiers
 from . import authz
 from .accounting import parse_time
 from .handlers import APIError, PageHandler
 from .hubapi import HubAPIError
-from .idle import describe_seconds
 from .store import isoformat, utcnow
 
 __all__ = ["admin_handlers"]
@@ -156,14 +155,14 @@ class AdminHandler(AdminBase):
             "switch_id": switch["id"] if switch else None,
             "volume": volume,
             "volume_as_of": (
-                describe_seconds(max(0.0, time.time() - volume["as_of"])) + " ago"
+                formatting.duration(max(0.0, time.time() - volume["as_of"])) + " ago"
                 if volume and volume.get("as_of")
                 else ""
             ),
-            "time_on_tier": describe_seconds(now - on_tier_since) if on_tier_since else "",
+            "time_on_tier": formatting.duration(now - on_tier_since) if on_tier_since else "",
             "cost": costs.get((user, name), 0.0),
             "last_activity": isoformat(last) if last else None,
-            "last_activity_ago": describe_seconds(now - last) + " ago" if last else "never",
+            "last_activity_ago": formatting.duration(now - last) + " ago" if last else "never",
         }
 
 

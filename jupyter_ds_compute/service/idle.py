@@ -25,25 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .. import policy, tiers
+from .. import formatting, policy, tiers
 from .accounting import parse_time
 from .hubapi import HubAPIError, server_label
 from .orchestrator import SwitchRefused
 from .periodic import Periodic
 from .store import utcnow
 
-__all__ = ["IdleWatcher", "describe_seconds"]
-
-
-def describe_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    minutes, sec = divmod(seconds, 60)
-    if minutes < 120:
-        return f"{minutes}min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}"
+__all__ = ["IdleWatcher"]
 
 
 class IdleWatcher:
@@ -93,8 +82,8 @@ class IdleWatcher:
             if decision is None:
                 continue
             reason = (
-                f"idle for {describe_seconds(idle)} on tier {tier.display_name}"
-                f" (limit {describe_seconds(tier.idle_downshift_after)})"
+                f"idle for {formatting.duration(idle)} on tier {tier.display_name}"
+                f" (limit {formatting.duration(tier.idle_downshift_after)})"
             )
             try:
                 if decision[0] == "downshift":
