@@ -29,7 +29,7 @@ from jupyterhub.services.auth import (
 )
 from tornado import web
 
-from .. import policy, tiers
+from .. import formatting, policy, tiers
 from . import authz
 from .hubapi import HubAPIError
 from .orchestrator import SwitchRefused, token_server
@@ -510,6 +510,7 @@ class PageHandler(BaseHandler):
         ns.setdefault("base_url", self.base_url)
         ns.setdefault("prefix", self.prefix)
         ns.setdefault("hub_static", f"{self.base_url}hub/static/")
+        ns.setdefault("fmt", formatting)  # {{ fmt.duration(s) }}, fmt.money, fmt.price, fmt.size
         token = self.xsrf_token
         ns.setdefault("xsrf_token", token.decode() if isinstance(token, bytes) else token)
         self.finish(env.get_template(name).render(**ns))
