@@ -27,6 +27,7 @@ import errno
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -35,6 +36,7 @@ from urllib.parse import urlparse
 
 from traitlets.config import Config
 
+from . import catalogue
 from .tiers import TierConfigError, normalize_profile_list
 
 SERVICE_NAME = "ds-compute"
@@ -97,7 +99,10 @@ def configure(c: Config, *, banner=None, proxy_search: list[str] | None = None) 
     layered with ``load_subconfig`` and the command line all count.
     """
     services = [s for s in c.JupyterHub.get("services", []) if s.get("name") != SERVICE_NAME]
-    services.append(_service_entry(c))
+    # the spawner's budget calls to the service (api/hub/*): one token per hub start
+    if not c.DSComputeSpawner.get("service_api_token"):
+        c.DSComputeSpawner.service_api_token = secrets.token_hex(32)
+    services.append(_service_entry(c, c.DSComputeSpawner.service_api_token))
     c.JupyterHub.services = services
 
     roles = [r for r in c.JupyterHub.get("load_roles", []) if r.get("name") != f"{SERVICE_NAME}-service"]
@@ -145,15 +150,15 @@ def _admin_role(roles, admin_users):
     role["users"] = sorted(set(role.get("users") or ()) | set(admin_users or ()))
 
 
-def _service_entry(c):
+def _service_entry(c, spawner_token):
     url = c.DSComputeService.get("service_url") or f"http://127.0.0.1:{free_port()}"
     return {
         "name": SERVICE_NAME,
         "url": url,
         "command": [sys.executable, "-m", "jupyter_ds_compute.service"],
-        # DS_COMPUTE_PROFILE_LIST and DS_COMPUTE_SERVICE_CONFIG are added by
+        # DS_COMPUTE_SERVICE_CONFIG (the service's whole config) is added by
         # _finish() from the config the hub finally runs with
-        "environment": {},
+        "environment": {"DS_COMPUTE_SPAWNER_TOKEN": spawner_token},
         "oauth_no_confirm": True,
         "oauth_client_allowed_scopes": list(OAUTH_SCOPES),
         "display": True,
@@ -161,19 +166,48 @@ def _service_entry(c):
 
 
 def service_environment(config):
-    """What the service learns from the hub's final config: the tiers and
-    its ``c.DSComputeService`` section (JSON in its environment)."""
-    profile_list = config.DSComputeSpawner.get("profile_list")
-    env = {"DS_COMPUTE_SERVICE_CONFIG": _service_section(config)}
-    if profile_list is not None and not callable(profile_list):
-        env["DS_COMPUTE_PROFILE_LIST"] = json.dumps(profile_list)
-    return env
+    """What the service learns from the hub's final config, as one variable:
+    ``DS_COMPUTE_SERVICE_CONFIG``, a traitlets config as JSON
+    (``{"DSComputeService": {...}, "PolicySettings": {...}}``).
 
-
-def _service_section(config):
+    ``DSComputeService.profile_list`` is the static fallback tier list (for
+    servers whose spawner state has no catalogue yet): the catalogue of a
+    list or dict ``c.DSComputeSpawner.profile_list`` (JSON-safe, overrides
+    left out, so callable overrides are fine); none for a callable
+    ``profile_list``, whose tiers the service only learns from each server's
+    spawner state.
+    """
     section = dict(config.DSComputeService)
     section.pop("service_url", None)  # the hub tells the service where it listens
-    return json.dumps(section)
+    profile_list = config.DSComputeSpawner.get("profile_list")
+    if "profile_list" not in section and profile_list is not None and not callable(profile_list):
+        section["profile_list"] = catalogue.catalogue(profile_list)["profiles"]
+    full = {"DSComputeService": section}
+    if "PolicySettings" in config:
+        full["PolicySettings"] = dict(config.PolicySettings)
+    try:
+        text = json.dumps(full, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"the c.DSComputeService settings must be JSON values: {e}") from None
+    return {"DS_COMPUTE_SERVICE_CONFIG": text}
+
+
+def internal_service_url():
+    """The service's own address with its prefix, as the hub reaches it
+    (``http://127.0.0.1:<port><base_url>services/ds-compute/``), or "" outside
+    a hub or without the service entry."""
+    try:
+        from jupyterhub.app import JupyterHub
+    except ImportError:  # pragma: no cover
+        return ""
+    if not JupyterHub.initialized():
+        return ""
+    app = JupyterHub.instance()
+    spec = next((s for s in app.services if s.get("name") == SERVICE_NAME), None)
+    if not spec or not spec.get("url"):
+        return ""
+    base = app.base_url if app.base_url.endswith("/") else app.base_url + "/"
+    return f"{spec['url'].rstrip('/')}{base}services/{SERVICE_NAME}/"
 
 
 def free_port(host="127.0.0.1"):
@@ -254,6 +288,8 @@ def check_config(config):
         except TierConfigError as e:
             raise ConfigError(f"bad c.DSComputeSpawner.profile_list: {e}") from None
     check_service_config(config.DSComputeService)
+    if "PolicySettings" in config:
+        check_policy_config(config.PolicySettings)
     _check_proxy(config)
     for service in config.JupyterHub.get("services", []):
         if service.get("name") == SERVICE_NAME and service.get("url"):
@@ -280,12 +316,25 @@ def check_service_config(section):
             DSComputeService(config=Config({"DSComputeService": {key: value}}))
         except (TraitError, ValueError, TypeError) as e:
             raise ConfigError(f"bad c.DSComputeService.{key} = {value!r}: {_short(e)}") from None
-    from .service.accounting import policy_settings
 
-    try:
-        policy_settings(section)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"bad c.DSComputeService setting: {_short(e)}") from None
+
+
+def check_policy_config(section):
+    """Every key of a ``c.PolicySettings`` section is a policy setting with a valid value."""
+    from traitlets import TraitError
+
+    from .policy import PolicySettings
+
+    known = PolicySettings.class_traits(config=True)
+    for key, value in dict(section).items():
+        if key not in known:
+            raise ConfigError(
+                f"c.PolicySettings.{key} is not a setting; known: {', '.join(sorted(known))}"
+            )
+        try:
+            PolicySettings(config=Config({"PolicySettings": {key: value}}))
+        except (TraitError, ValueError, TypeError) as e:
+            raise ConfigError(f"bad c.PolicySettings.{key} = {value!r}: {_short(e)}") from None
 
 
 def _short(e):

@@ -11,6 +11,12 @@ The rules, each used at spawn (hub side) and at switch (service side):
   :func:`budget_refusal`: spending limits per user and per group over a
   period, warned at a fraction, refusing expensive tiers when spent;
 - :func:`idle_action`: what to do with a server idle on an expensive tier.
+
+:class:`PolicySettings` declares the settings of these rules (budgets, the
+period, the warn fraction, the polling and idle intervals) once, as traits:
+the service's application inherits them (``c.DSComputeService.budgets``, also
+``c.PolicySettings.budgets``), and the hub checks an operator's values with
+the same traits (``hubconfig.check_config``).
 """
 
 from __future__ import annotations
@@ -18,10 +24,15 @@ from __future__ import annotations
 import calendar
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
+from textwrap import dedent
+
+from traitlets import CaselessStrEnum, Dict, Float, validate
+from traitlets.config import Configurable
 
 __all__ = [
     "BUDGET_PERIODS",
     "IDLE_ACTIONS",
+    "PolicySettings",
     "applicable_budgets",
     "budget_refusal",
     "budget_state",
@@ -237,3 +248,112 @@ def idle_action(
     if not default_profile:
         return None
     return ("downshift", default_profile)
+
+
+class PolicySettings(Configurable):
+    """The settings of the policy rules, shared by the service and the hub.
+
+    The service's application (``DSComputeService``) is a subclass, so
+    operators write ``c.DSComputeService.budgets = ...`` as before (or
+    ``c.PolicySettings.budgets``); ``jupyter-ds-compute-service --help-all``
+    lists them. :meth:`settings` is the plain dict the rules and the
+    accounting take.
+    """
+
+    budgets = Dict(
+        help=dedent("""
+            Spending limits per budget period, in the unit of the tiers'
+            ``hourly_cost`` (cost = hourly_cost x running time, accounted by
+            the service). ``users``: a user's own spending; ``groups``: the
+            total of the group's members (a shared pool); ``default``: the
+            limit of users without an entry in ``users`` (None: unlimited).
+            At ``budget_warn_fraction`` Lab warns; when a budget is spent,
+            tiers dearer than the user's default tier are refused at start
+            and switch. Running servers are never stopped for a budget.
+
+            Example (``jupyterhub_config.py``)::
+
+                c.DSComputeService.budgets = {
+                    "users": {"alice": 10.0},
+                    "groups": {"students": 5.0},
+                    "default": None,
+                }
+
+            .. versionadded:: 0.1
+            """).strip(),
+    ).tag(config=True)
+
+    @validate("budgets")
+    def _validate_budgets(self, proposal):
+        return validate_budgets(proposal["value"])
+
+    budget_period = CaselessStrEnum(
+        list(BUDGET_PERIODS),
+        default_value="month",
+        help=dedent("""
+            Budget period (UTC): ``day``, ``week`` (from Monday) or ``month``::
+
+                c.DSComputeService.budget_period = "week"
+            """).strip(),
+    ).tag(config=True)
+
+    budget_warn_fraction = Float(
+        0.8,
+        help=dedent("""
+            Fraction of a budget spent at which Lab's status bar warns
+            (``budget.state == 'warn'``)::
+
+                c.DSComputeService.budget_warn_fraction = 0.9
+            """).strip(),
+    ).tag(config=True)
+
+    @validate("budget_warn_fraction")
+    def _validate_warn_fraction(self, proposal):
+        value = proposal["value"]
+        if not 0 <= value <= 1:
+            raise ValueError(f"budget_warn_fraction must be from 0 to 1, got {value!r}")
+        return value
+
+    accounting_interval = Float(
+        10.0,
+        help="Seconds between two polls of the hub's active servers (accounting, running counts).",
+    ).tag(config=True)
+
+    idle_check_interval = Float(
+        60.0,
+        help="Seconds between two idle checks (only if some tier has ``idle_downshift_after``).",
+    ).tag(config=True)
+
+    @validate("accounting_interval", "idle_check_interval")
+    def _validate_interval(self, proposal):
+        if proposal["value"] <= 0:
+            raise ValueError(f"{proposal['trait'].name} must be a number of seconds > 0, got {proposal['value']!r}")
+        return proposal["value"]
+
+    idle_action = CaselessStrEnum(
+        list(IDLE_ACTIONS),
+        default_value="downshift",
+        help=dedent("""
+            What happens to a server idle longer than its tier's
+            ``idle_downshift_after``: ``downshift`` (switch to the default
+            tier, through the normal switch) or ``stop``.
+            """).strip(),
+    ).tag(config=True)
+
+    #: the names of the policy settings (the keys of :meth:`settings`)
+    SETTINGS = (
+        "budgets",
+        "budget_period",
+        "budget_warn_fraction",
+        "accounting_interval",
+        "idle_check_interval",
+        "idle_action",
+    )
+
+    def settings(self) -> dict:
+        """``{name: value}`` of the policy settings (budgets normalized)."""
+        out = {name: getattr(self, name) for name in self.SETTINGS}
+        out["budgets"] = validate_budgets(out["budgets"])
+        out["budget_period"] = out["budget_period"].lower()
+        out["idle_action"] = out["idle_action"].lower()
+        return out

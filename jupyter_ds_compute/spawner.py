@@ -26,12 +26,11 @@ from jupyterhub.spawner import Spawner, SpawnException
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Callable, Dict, Float, List, Type, Unicode, Union, default, validate
 
-from . import form, plugins, policy, tiers
+from . import catalogue, form, plugins, policy, spawnpolicy, tiers
 from .backends.base import Backend, BackendError
 from .errors import DSComputeError
-from .hubconfig import SERVICE_NAME, public_hub_url
+from .hubconfig import SERVICE_NAME, internal_service_url, public_hub_url
 from .backends.local import default_singleuser_cmd
-from .service.accounting import spawn_refusal
 from .volumes.base import VolumeDriver, description
 
 LAB_DEFAULTS = os.path.join(os.path.dirname(__file__), "lab-defaults")
@@ -214,6 +213,56 @@ class DSComputeSpawner(Spawner):
         base = public_hub_url()
         return f"{base}services/{SERVICE_NAME}/" if base else ""
 
+    service_api_url = Unicode(
+        help="""
+        The ``ds-compute`` service's own address with its prefix, as the hub
+        reaches it, e.g. ``http://127.0.0.1:10101/services/ds-compute/``: the
+        spawner asks it for a user's budget before a start (see
+        :attr:`budget_cache_seconds`). Default: the service entry's ``url``
+        that ``configure(c)`` added, plus ``c.JupyterHub.base_url`` and
+        ``services/ds-compute/``.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    @default("service_api_url")
+    def _default_service_api_url(self):
+        return internal_service_url()
+
+    service_api_token = Unicode(
+        help="""
+        The token the spawner sends to the ``ds-compute`` service's hub-only
+        calls (``api/hub/*``); ``configure(c)`` makes one per hub start and
+        gives the service the same one. Empty: budgets are not checked at
+        spawn (caps still are).
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    budget_cache_seconds = Float(
+        10.0,
+        help="""
+        Seconds the spawner reuses a user's budget from the service before
+        asking again (starts in a row do not each ask).
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    service_timeout = Float(
+        5.0,
+        help="""
+        Seconds a start waits for the ``ds-compute`` service's budget answer.
+        A service that does not answer in time (or is down) does not block
+        the start: budgets are then not enforced for it, and the hub log
+        says so; caps (counted in the hub's database) still are.
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
     environments_on_volume = Bool(
         True,
         help="""
@@ -288,6 +337,8 @@ class DSComputeSpawner(Spawner):
     volume_info = None
     _backend_name = ""
     _last_good_options = None
+    #: the JSON-safe tier catalogue of the last start (:mod:`.catalogue`), in the state
+    _catalogue = None
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -331,6 +382,9 @@ class DSComputeSpawner(Spawner):
         field; the stored options go back to the last ones that worked, so a
         refused request changes nothing.
         """
+        # a new start: progress() waits for it (the budget check below awaits the service)
+        self._start_future = None
+        self._events = []
         profiles = await self.load_profiles()
         try:
             options = tiers.validate_user_options(
@@ -344,15 +398,23 @@ class DSComputeSpawner(Spawner):
             self._restore_options()
             raise SpawnException(e.message, reason="user_options", status_code=e.status) from None
         tier = tiers.get_tier(profiles, options["profile"])
-        # caps and budgets (policy.py rules; inputs from the hub DB and the
-        # service's accounts); no await between this count and storing the
-        # options below, so two concurrent starts cannot both take the last slot
-        refusal = spawn_refusal(self, tier, profiles)
+        # budgets first (the service's accounts, asked over its API: an await),
+        # then caps (policy.py rules on the hub DB's count): no await between
+        # this count and storing the options below, so two concurrent starts
+        # cannot both take the last slot
+        refusal, kind = await self._budget_refusal(tier, profiles), "budget"
+        if refusal is None:
+            running = spawnpolicy.running_on_tier(
+                self.db, tier.slug, self.orm_spawner.id if self.orm_spawner is not None else None
+            ) if tier.max_servers is not None and self.db is not None else 0
+            refusal, kind = policy.cap_refusal(tier.display_name, tier.max_servers, running), "cap"
         if refusal:
             self.log.warning("Refused start of %s on tier %s: %s", self._log_name, tier.slug, refusal)
             self._restore_options()
+            self._record_refusal(tier, kind, refusal)
             raise SpawnException(refusal, reason="policy", status_code=403)
         self._profiles = profiles
+        self._catalogue = catalogue.catalogue(profiles)
         overrides = tiers.resolve_overrides(profiles, options)
         self._reset_overrides(overrides)
         tiers.apply_overrides(self, overrides)
@@ -362,6 +424,44 @@ class DSComputeSpawner(Spawner):
             self.orm_spawner.user_options = options
         self.tier = tier
         self._applied_options = options
+
+    def _budget_client(self):
+        if not (self.service_api_url and self.service_api_token):
+            return None
+        return spawnpolicy.BudgetClient.for_settings(
+            self.service_api_url, self.service_api_token, self.budget_cache_seconds, self.service_timeout
+        )
+
+    async def _budget_refusal(self, tier, profiles):
+        """Why the user's budget refuses ``tier`` (the service decides what is
+        spent), or None; a service that does not answer refuses nothing."""
+        client = self._budget_client()
+        if client is None or not tier.cost_per_hour:
+            return None
+        groups = self._user_groups()
+        try:
+            budget = await client.budget(self.user.name, groups)
+        except spawnpolicy.ServiceUnavailable as e:
+            self.log.warning("Budgets not checked for the start of %s on tier %s: %s", self._log_name, tier.slug, e)
+            return None
+        default = tiers.default_slug(profiles, groups)
+        free_below = tiers.get_tier(profiles, default).cost_per_hour if default else 0.0
+        return policy.budget_refusal(budget, tier.display_name, tier.cost_per_hour, free_below)
+
+    def _record_refusal(self, tier, kind, reason):
+        """The service's audit log gets the refusal (in the background, best effort)."""
+        client = self._budget_client()
+        if client is None:
+            return
+        asyncio.ensure_future(
+            client.record_refusal(
+                user=self.user.name,
+                server_name=self.name,
+                to_profile=tier.slug,
+                policy=kind,
+                reason=f"spawn refused: {reason}",
+            )
+        )
 
     def _reset_overrides(self, overrides):
         """Undo the previous tier's overrides before applying the next.
@@ -563,6 +663,9 @@ class DSComputeSpawner(Spawner):
 
     async def progress(self):
         sent = 0
+        # options are still being applied (the hub calls start() after that)
+        while self._start_future is None and self._spawn_pending:
+            await asyncio.sleep(0.1)
         while True:
             while sent < len(self._events):
                 yield self._events[sent]
@@ -671,6 +774,10 @@ class DSComputeSpawner(Spawner):
             state["last_options"] = self._last_good_options
         if self.volume_info:
             state["volume_info"] = self.volume_info
+        if self._catalogue:
+            # the tiers this user may use, as evaluated at the last start: the
+            # ds-compute service validates switches against it (admin:server_state)
+            state["tiers"] = self._catalogue
         if self._backend is not None:
             backend_state = self._backend.get_state()
             if backend_state:
@@ -686,6 +793,7 @@ class DSComputeSpawner(Spawner):
             self._volume.load_state(state["volume"])
         self._last_good_options = state.get("last_options") or self._last_good_options
         self.volume_info = state.get("volume_info") or self.volume_info
+        self._catalogue = state.get("tiers") or self._catalogue
         if state.get("backend"):
             backend = self._make_backend(state["backend"]["name"], "spawner state")
             backend.load_state(state["backend"]["state"])

@@ -2,10 +2,10 @@
 configurable-http-proxy, real single-user servers and the service started by
 the hub as a managed service.
 
-The hub here is small and self-contained (SimpleLocalProcessSpawner; the
+The hub here runs its own small config (SimpleLocalProcessSpawner; the
 "broken" tier gets a command that exits at once through a pre_spawn_hook) so
-these tests do not depend on the spawner; ``svc_hub`` can be swapped for the
-shared harness once that carries the same tiers.
+these tests do not depend on the spawner; it runs in the shared harness
+(``hubtest.Hub`` with ``config_file``).
 """
 
 from __future__ import annotations
@@ -13,22 +13,18 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
-import socket
-import subprocess
-import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import requests
+from conftest import ARTIFACTS, hub_workdir
+from hubtest import REPO, VENV_BIN, Hub, wait_for
 
 pytestmark = pytest.mark.hub
-
-REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
 
 TIERS = [
     {"display_name": "Small", "slug": "small", "default": True, "cpu": 1, "mem": "1G", "hourly_cost": 0.05},
@@ -48,10 +44,10 @@ CONFIG = """
 import json, os, sys
 c = get_config()
 E = os.environ
-c.JupyterHub.bind_url = E["T_URL"]
+c.JupyterHub.bind_url = E["DS_COMPUTE_BIND_URL"]
 c.JupyterHub.hub_ip = "127.0.0.1"
-c.JupyterHub.hub_port = int(E["T_HUB_PORT"])
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:" + E["T_PROXY_API_PORT"]
+c.JupyterHub.hub_port = int(E["DS_COMPUTE_HUB_PORT"])
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:" + E["DS_COMPUTE_PROXY_API_PORT"]
 c.ConfigurableHTTPProxy.command = [E["T_PROXY"]]
 c.JupyterHub.db_url = "sqlite:///jupyterhub.sqlite"
 c.JupyterHub.authenticator_class = "dummy"
@@ -75,17 +71,20 @@ def pre_spawn_hook(spawner):
 c.Spawner.pre_spawn_hook = pre_spawn_hook
 
 c.JupyterHub.services = [
-    {"name": "test-admin", "api_token": E["T_ADMIN_TOKEN"]},
+    {"name": "test-admin", "api_token": E["DS_COMPUTE_TEST_ADMIN_TOKEN"]},
     {
         "name": "ds-compute",
-        "url": "http://127.0.0.1:" + E["T_SERVICE_PORT"],
+        "url": "http://127.0.0.1:" + E["DS_COMPUTE_SERVICE_PORT"],
         "command": [sys.executable, "-m", "jupyter_ds_compute.service"],
         "oauth_no_confirm": True,
         "environment": {
-            "DS_COMPUTE_PROFILE_LIST": E["T_TIERS"],
-            "DS_COMPUTE_DATA_DIR": os.path.abspath("ds-compute"),
-            "DS_COMPUTE_STOP_TIMEOUT": "60",
-            "DS_COMPUTE_START_TIMEOUT": "90",
+            # the service's one config channel (hubconfig.service_environment writes the same)
+            "DS_COMPUTE_SERVICE_CONFIG": json.dumps({"DSComputeService": {
+                "profile_list": json.loads(E["T_TIERS"]),
+                "data_dir": os.path.abspath("ds-compute"),
+                "stop_timeout": 60,
+                "start_timeout": 90,
+            }}),
         },
     },
 ]
@@ -101,182 +100,40 @@ c.Spawner.server_token_scopes = [
 """
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout=60, interval=0.2, message="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as e:  # noqa: BLE001 - keep polling, report at the end
-            last = e
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {message} (last error: {last!r})")
-
-
-class SvcHub:
-    """One hub process with the ds-compute service; REST helpers."""
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.service_port = _free_port()
-        self.admin_token = secrets.token_hex(16)
-        self.log_path = workdir / "hub.log"
-        (workdir / "jupyterhub_config.py").write_text(textwrap.dedent(CONFIG))
-        self.env = dict(
-            os.environ,
-            T_URL=self.url,
-            T_HUB_PORT=str(_free_port()),
-            T_PROXY_API_PORT=str(_free_port()),
-            # JupyterHub's proxy: ./dev.sh installs it into the checkout's node_modules
-            T_PROXY=str(
-                next(
-                    (
-                        p
-                        for p in (REPO / "node_modules" / ".bin", VENV_BIN)
-                        if (p / "configurable-http-proxy").exists()
-                    ),
-                    VENV_BIN,
-                )
-                / "configurable-http-proxy"
-            ),
-            T_SERVICE_PORT=str(self.service_port),
-            T_ADMIN_TOKEN=self.admin_token,
-            T_TIERS=json.dumps(TIERS),
-            PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
-            CONFIGPROXY_AUTH_TOKEN=secrets.token_hex(16),
-        )
-        self.proc = None
-
-    def start(self):
-        with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(
-                [str(VENV_BIN / "jupyterhub"), "-f", "jupyterhub_config.py"],
-                cwd=self.workdir,
-                env=self.env,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            wait_for(lambda: requests.get(f"{self.url}/hub/health", timeout=2).ok, 60, message="hub")
-            wait_for(lambda: self.service_health(), 60, message="ds-compute service")
-        except Exception:
-            print(self.log_tail(200), file=sys.stderr)
-            self.stop()
-            raise
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.proc = None
-
-    def log_tail(self, n=80):
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    # hub REST API
-    def api(self, method, path, token=None, **kw):
-        kw.setdefault("timeout", 30)
-        headers = {"Authorization": f"token {token or self.admin_token}"}
-        return requests.request(method, f"{self.url}/hub/api{path}", headers=headers, **kw)
-
-    def create_user(self, name, groups=()):
-        r = self.api("POST", f"/users/{name}")
-        assert r.status_code in (201, 409), r.text
-        for g in groups:
-            self.api("POST", f"/groups/{g}")
-            self.api("POST", f"/groups/{g}/users", json={"users": [name]}).raise_for_status()
-        return name
-
-    def token(self, name):
-        r = self.api("POST", f"/users/{name}/tokens", json={"note": "test"})
-        r.raise_for_status()
-        return r.json()["token"]
-
-    def server(self, user):
-        r = self.api("GET", f"/users/{user}/server")
-        return None if r.status_code == 404 else r.json()
-
-    def start_server(self, user, profile):
-        r = self.api("POST", f"/users/{user}/server", json={"user_options": {"profile": profile}})
-        assert r.status_code in (201, 202), r.text
-        return wait_for(lambda: (self.server(user) or {}).get("ready") and self.server(user), 90, message="ready")
-
-    # the service
-    def service(self, method, path, token, **kw):
-        kw.setdefault("timeout", 30)
-        return requests.request(
-            method,
-            f"{self.url}/services/ds-compute/{path}",
-            headers={"Authorization": f"token {token}"},
-            **kw,
-        )
-
-    def service_health(self):
-        return requests.get(f"{self.url}/services/ds-compute/api/health", timeout=2).json() == {"ok": True}
-
-    def wait_switch(self, switch_id, token, timeout=150):
-        def final():
-            rec = self.service("GET", f"api/switches/{switch_id}", token).json()
-            return rec if rec.get("state") in ("succeeded", "rolled_back", "failed") else None
-
-        return wait_for(final, timeout, interval=0.3, message=f"switch {switch_id} final")
-
-    def service_pid(self):
-        """The pid of the running ds-compute service process of this hub."""
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-                if b"jupyter_ds_compute.service" not in cmd:
-                    continue
-                env = Path(f"/proc/{entry}/environ").read_bytes()
-            except OSError:
-                continue
-            if f"JUPYTERHUB_SERVICE_URL=http://127.0.0.1:{self.service_port}\0".encode() in env:
-                return int(entry)
-        return None
+def _proxy():
+    """JupyterHub's proxy: ./dev.sh installs it into the checkout's node_modules."""
+    for where in (REPO / "node_modules" / ".bin", VENV_BIN):
+        if (where / "configurable-http-proxy").exists():
+            return str(where / "configurable-http-proxy")
+    return str(VENV_BIN / "configurable-http-proxy")
 
 
 @pytest.fixture(scope="module")
-def svc_hub(tmp_path_factory):
-    h = SvcHub(tmp_path_factory.mktemp("svc-hub"))
+def svc_hub():
+    workdir = Path(hub_workdir("test_service_hub"))
+    (workdir / "jupyterhub_config.py").write_text(textwrap.dedent(CONFIG))
+    env = dict(
+        T_PROXY=_proxy(),
+        T_TIERS=json.dumps(TIERS),
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+        CONFIGPROXY_AUTH_TOKEN=secrets.token_hex(16),
+    )
+    h = Hub(workdir, env=env, config_file=workdir / "jupyterhub_config.py")
     h.start()
     yield h
-    for u in h.api("GET", "/users").json():
-        if u.get("servers"):
-            h.api("DELETE", f"/users/{u['name']}/server")
     h.stop()
-    artifacts = os.environ.get("DS_COMPUTE_TEST_ARTIFACTS")
-    if artifacts:
-        import shutil
+    shutil.copy(h.log_path, ARTIFACTS / "test_service_hub-hub.log")
 
-        shutil.copy(h.log_path, os.path.join(artifacts, "test_service_hub-hub.log"))
+
+def start_server(hub, user, profile):
+    """The user's default server on ``profile``, once ready."""
+    return hub.spawn(user, {"user_options": {"profile": profile}}, timeout=90)
 
 
 def test_switch_with_user_token(svc_hub):
     user = svc_hub.create_user("sw-alice")
-    token = svc_hub.token(user)
-    svc_hub.start_server(user, "small")
+    token = svc_hub.user_token(user)
+    start_server(svc_hub, user, "small")
     r = svc_hub.service(
         "POST", "api/switches", token, json={"profile": "gpu", "next": f"/user/{user}/lab/tree/a.ipynb"}
     )
@@ -288,7 +145,7 @@ def test_switch_with_user_token(svc_hub):
     assert [s["status"] for s in rec["steps"]] == ["done"] * 6
     assert rec["from_profile"] == "small" and rec["to_profile"] == "gpu"
     assert rec["next"] == f"/user/{user}/lab/tree/a.ipynb"
-    model = svc_hub.server(user)
+    model = svc_hub.server_model(user)
     assert model["ready"] and model["user_options"]["profile"] == "gpu"
     # the record is listed for its owner, and the audit trail is complete
     listed = svc_hub.service("GET", "api/switches", token).json()["switches"]
@@ -296,13 +153,13 @@ def test_switch_with_user_token(svc_hub):
     # switching to the tier it is on is refused, nothing stopped
     r = svc_hub.service("POST", "api/switches", token, json={"profile": "gpu"})
     assert r.status_code == 400 and "already on tier GPU" in r.json()["message"]
-    assert svc_hub.server(user)["ready"]
+    assert svc_hub.server_model(user)["ready"]
 
 
 def test_server_token_and_tiers(svc_hub):
     """A kernel's own $JUPYTERHUB_API_TOKEN reaches the service (server token scopes)."""
     user = svc_hub.create_user("sw-kernel")
-    svc_hub.start_server(user, "small")
+    start_server(svc_hub, user, "small")
     # read the server's token from its process environment, like a kernel would
     pid = wait_for(lambda: _server_pid(user), 30, message="server process")
     env = dict(
@@ -321,7 +178,7 @@ def test_server_token_and_tiers(svc_hub):
     assert r.status_code == 403, r.text
     r = svc_hub.service("POST", "api/switches", token, json={"profile": "gpu"})
     assert r.status_code == 202, r.text
-    rec = svc_hub.wait_switch(r.json()["id"], svc_hub.token(user))
+    rec = svc_hub.wait_switch(r.json()["id"], svc_hub.user_token(user))
     assert rec["state"] == "succeeded", rec
 
 
@@ -342,9 +199,9 @@ def _server_pid(user):
 def test_refusals_leave_the_server_running(svc_hub):
     alice = svc_hub.create_user("sw-owner")
     bob = svc_hub.create_user("sw-other")
-    svc_hub.start_server(alice, "small")
-    bob_token = svc_hub.token(bob)
-    alice_token = svc_hub.token(alice)
+    start_server(svc_hub, alice, "small")
+    bob_token = svc_hub.user_token(bob)
+    alice_token = svc_hub.user_token(alice)
     # not the owner
     r = svc_hub.service("POST", "api/switches", bob_token, json={"user": alice, "profile": "gpu"})
     assert r.status_code == 403, r.text
@@ -358,14 +215,14 @@ def test_refusals_leave_the_server_running(svc_hub):
     # bob has no server
     r = svc_hub.service("POST", "api/switches", bob_token, json={"profile": "gpu"})
     assert r.status_code in (404, 409), r.text
-    assert svc_hub.server(alice)["ready"]
-    assert svc_hub.server(alice)["user_options"]["profile"] == "small"
+    assert svc_hub.server_model(alice)["ready"]
+    assert svc_hub.server_model(alice)["user_options"]["profile"] == "small"
 
 
 def test_concurrent_switches_one_409(svc_hub):
     user = svc_hub.create_user("sw-race")
-    svc_hub.start_server(user, "small")
-    token = svc_hub.token(user)
+    start_server(svc_hub, user, "small")
+    token = svc_hub.user_token(user)
     results = []
     barrier = threading.Barrier(2)
 
@@ -390,8 +247,8 @@ def test_concurrent_switches_one_409(svc_hub):
 
 def test_failed_start_rolls_back(svc_hub):
     user = svc_hub.create_user("sw-broken")
-    svc_hub.start_server(user, "small")
-    token = svc_hub.token(user)
+    start_server(svc_hub, user, "small")
+    token = svc_hub.user_token(user)
     r = svc_hub.service("POST", "api/switches", token, json={"profile": "broken"})
     assert r.status_code == 202, r.text
     rec = svc_hub.wait_switch(r.json()["id"], token)
@@ -400,15 +257,15 @@ def test_failed_start_rolls_back(svc_hub):
     assert "previous tier small" in rec["error"]
     steps = {s["name"]: s for s in rec["steps"]}
     assert steps["rollback"]["status"] == "done"
-    model = svc_hub.server(user)
+    model = svc_hub.server_model(user)
     assert model["ready"] and model["user_options"]["profile"] == "small"
 
 
 def test_progress_page_through_oauth(svc_hub):
     user = svc_hub.create_user("sw-browser")
     other = svc_hub.create_user("sw-snoop")
-    svc_hub.start_server(user, "small")
-    token = svc_hub.token(user)
+    start_server(svc_hub, user, "small")
+    token = svc_hub.user_token(user)
     r = svc_hub.service(
         "POST", "api/switches", token, json={"profile": "gpu", "next": "https://evil.example/x"}
     )
@@ -444,8 +301,8 @@ def _browser(hub, user):
 
 def test_service_killed_mid_switch_reconciles(svc_hub):
     user = svc_hub.create_user("sw-killed")
-    svc_hub.start_server(user, "small")
-    token = svc_hub.token(user)
+    start_server(svc_hub, user, "small")
+    token = svc_hub.user_token(user)
     pid = svc_hub.service_pid()
     assert pid
     r = svc_hub.service("POST", "api/switches", token, json={"profile": "gpu"})
@@ -453,7 +310,7 @@ def test_service_killed_mid_switch_reconciles(svc_hub):
     switch_id = r.json()["id"]
     # kill it as soon as the stop is under way
     wait_for(
-        lambda: (lambda m: m is None or m["pending"] == "stop" or m["stopped"])(svc_hub.server(user)),
+        lambda: (lambda m: m is None or m["pending"] == "stop" or m["stopped"])(svc_hub.server_model(user)),
         30,
         interval=0.02,
         message="stop under way",
@@ -469,7 +326,7 @@ def test_service_killed_mid_switch_reconciles(svc_hub):
     assert new_pid != pid
     rec = svc_hub.wait_switch(switch_id, token)
     assert rec["state"] == "succeeded", rec
-    model = svc_hub.server(user)
+    model = svc_hub.server_model(user)
     assert model["ready"] and model["user_options"]["profile"] == "gpu"
     # the new service process picked the switch up (the killed one cannot have finished it)
     assert f"Reconciling switch {switch_id}" in svc_hub.log_path.read_text(errors="replace")

@@ -1,8 +1,10 @@
 """Cost accounting and the policy checks that need live data.
 
 The service *accounts* (it is the one process that sees every server over
-time); the hub's spawner *reads* the accounts at spawn. Both sides share
-the service's SQLite file:
+time); the hub's spawner *asks* it for a user's budget at spawn over its
+REST API (``api/hub/budget``, :mod:`.hubside`; the client is
+:mod:`jupyter_ds_compute.spawnpolicy`). Only the service opens its SQLite
+file:
 
 ``usage``
     one row per (server, start): who, which tier, the tier's hourly cost
@@ -19,46 +21,30 @@ the service's SQLite file:
 Budgets and caps are decided by the pure rules of :mod:`jupyter_ds_compute.policy`;
 this module only gathers their inputs.
 
-Hub side (:func:`spawn_refusal`, called by the spawner when it applies
-``user_options``): caps count the hub's own database (servers that run or
-are starting with ``user_options["profile"] == slug``, excluding the server
-being started); budgets read the ``usage`` table. The settings come from
-``c.DSComputeService.*`` in ``jupyterhub_config.py`` (``self.config`` of the
-spawner), the same section the service is configured with, so both sides
-always agree.
+The settings are the service's :class:`jupyter_ds_compute.policy.PolicySettings`
+(``c.DSComputeService.budgets``, ...): the hub never reads them itself, so
+the two sides cannot disagree.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from collections.abc import Iterable
 
-from .. import policy, tiers
+from .. import catalogue, policy, tiers
 from .hubapi import HubAPIError
 from .periodic import Periodic
 from .store import isoformat, utcnow
 
 __all__ = [
-    "DEFAULTS",
     "Accounting",
+    "LivePolicy",
+    "budget_status",
     "parse_time",
-    "policy_settings",
-    "spawn_refusal",
 ]
 
 log = logging.getLogger(__name__)
-
-#: defaults of the policy settings (``c.DSComputeService.<name>``)
-DEFAULTS = {
-    "budgets": {},
-    "budget_period": "month",
-    "budget_warn_fraction": 0.8,
-    "accounting_interval": 10.0,
-    "idle_check_interval": 60.0,
-    "idle_action": "downshift",
-}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -94,18 +80,6 @@ def parse_time(value) -> float | None:
     return dt.timestamp()
 
 
-def policy_settings(section) -> dict:
-    """The policy settings from a ``c.DSComputeService`` config section (or dict)."""
-    out = dict(DEFAULTS)
-    for key in DEFAULTS:
-        if section is not None and key in section:
-            out[key] = section[key]
-    out["budgets"] = policy.validate_budgets(out["budgets"])
-    if out["budget_period"] not in policy.BUDGET_PERIODS:
-        raise ValueError(f"budget_period must be one of {', '.join(policy.BUDGET_PERIODS)}")
-    return out
-
-
 class Accounting:
     """The ``usage`` table on an sqlite3 connection (the service's store)."""
 
@@ -125,6 +99,7 @@ class Accounting:
         now = utcnow() if now is None else now
         # a tier without a price (hourly_cost None) costs nothing
         costs = {t.slug: t.cost_per_hour for t in tiers.tiers_of(profiles)} if profiles else {}
+        # a server's own catalogue (its spawner's tiers for its user) knows its price best
         accrued: dict[str, float] = {}
         seen = set()
         self.db.execute("BEGIN IMMEDIATE")
@@ -148,7 +123,7 @@ class Accounting:
                     self.db.execute("UPDATE usage SET open = 0 WHERE id = ?", (row["id"],))
                     # a new start of the same server: the old run ended before it
                     start = max(start, row["end"])
-                cost = costs.get(s["profile"], 0.0)
+                cost = s["hourly_cost"] if s.get("hourly_cost") is not None else costs.get(s["profile"], 0.0)
                 self.db.execute(
                     'INSERT INTO usage (user, server_name, profile, hourly_cost, started_key, start, "end")'
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -238,119 +213,10 @@ def budget_status(db, user: str, groups: Iterable[str], members: dict, settings:
 def free_below(profiles, groups) -> float:
     """Tiers at most this price per hour start even when a budget is spent
     (the user's default tier's price)."""
+    if not profiles:
+        return 0.0
     slug = tiers.default_slug(profiles, groups)
     return tiers.get_tier(profiles, slug).cost_per_hour if slug else 0.0
-
-
-# -- hub side --------------------------------------------------------------------
-
-
-def _db_path(section) -> str | None:
-    db_url = section.get("db_url") if section is not None else None
-    if not db_url:
-        data_dir = section.get("data_dir") if section is not None else None
-        if not data_dir:
-            return None
-        return os.path.join(data_dir, "ds-compute.sqlite")
-    return db_url[len("sqlite:///") :] if db_url.startswith("sqlite:///") else None
-
-
-def running_on_tier(db, slug: str, exclude_spawner_id=None) -> int:
-    """Servers running or starting with ``user_options.profile == slug`` (hub DB)."""
-    from jupyterhub import orm
-
-    count = 0
-    for row in db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None)):
-        if row.id == exclude_spawner_id:
-            continue
-        if (row.user_options or {}).get("profile") == slug:
-            count += 1
-    return count
-
-
-def spawn_refusal(spawner, tier, profiles) -> str | None:
-    """Cap and budget check of a start, run by the spawner in the hub.
-
-    Returns the reason to refuse (the spawner raises a 403), or None. A
-    refusal is also appended to the service's audit log (best effort).
-    """
-    try:
-        section = spawner.config.get("DSComputeService") if spawner.config is not None else None
-    except Exception:  # noqa: BLE001 - no config: defaults
-        section = None
-    settings = policy_settings(section)
-    own_id = spawner.orm_spawner.id if spawner.orm_spawner is not None else None
-    reason = None
-    kind = None
-    if tier.max_servers is not None and spawner.db is not None:
-        running = running_on_tier(spawner.db, tier.slug, own_id)
-        reason = policy.cap_refusal(tier.display_name, tier.max_servers, running)
-        kind = "cap"
-    path = _db_path(section)
-    budgeted = (
-        settings["budgets"]["users"]
-        or settings["budgets"]["groups"]
-        or settings["budgets"]["default"] is not None
-    )
-    if reason is None and budgeted and path and os.path.exists(path):
-        user_groups = list(getattr(spawner.user, "groups", []) or [])
-        names = [g.name for g in user_groups]
-        members = {g.name: [u.name for u in g.users] for g in user_groups}
-        try:
-            db = sqlite3.connect(path, timeout=5)
-            try:
-                db.row_factory = sqlite3.Row
-                state = budget_status(db, spawner.user.name, names, members, settings)
-            finally:
-                db.close()
-        except sqlite3.Error as e:
-            spawner.log.warning("Could not read the ds-compute accounts at %s: %s", path, e)
-        else:
-            reason = policy.budget_refusal(
-                state, tier.display_name, tier.cost_per_hour, free_below(profiles, names)
-            )
-            kind = "budget"
-    if reason and path:
-        record_policy_event(
-            path,
-            actor=spawner.user.name,
-            user=spawner.user.name,
-            server_name=spawner.name,
-            to_profile=tier.slug,
-            outcome="refused",
-            policy_name=kind,
-            reason=f"spawn refused: {reason}",
-        )
-    return reason
-
-
-def record_policy_event(
-    path, *, actor, user, server_name, to_profile, outcome, policy_name, reason, from_profile=None
-):
-    """Append a ``policy:<name>`` audit event to the service's database (best effort)."""
-    try:
-        db = sqlite3.connect(path, timeout=5)
-        try:
-            db.execute(
-                "INSERT INTO audit (ts, actor, user, server_name, event, from_profile, to_profile, outcome, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    utcnow(),
-                    actor,
-                    user,
-                    server_name,
-                    f"policy:{policy_name}",
-                    from_profile,
-                    to_profile,
-                    outcome,
-                    reason,
-                ),
-            )
-            db.commit()
-        finally:
-            db.close()
-    except sqlite3.Error as e:
-        log.warning("Could not record a policy event in %s: %s", path, e)
 
 
 # -- service side ------------------------------------------------------------------
@@ -360,8 +226,10 @@ def active_servers(users: Iterable[dict], profiles) -> list[dict]:
     """Flatten ``GET /users?state=active`` into one dict per active server.
 
     ``{"user", "server_name", "profile", "started", "last_activity", "ready",
-    "pending", "user_options", "groups", "admin"}``; a server without
-    ``user_options.profile`` runs on the owner's default tier.
+    "pending", "user_options", "groups", "admin", "hourly_cost"}``; a server
+    without ``user_options.profile`` runs on the owner's default tier. Its
+    tiers are its spawner's catalogue (``state["tiers"]``), else ``profiles``;
+    ``hourly_cost`` is its tier's price there (None: not known).
     """
     out = []
     for u in users:
@@ -370,11 +238,19 @@ def active_servers(users: Iterable[dict], profiles) -> list[dict]:
             if srv.get("stopped") and not srv.get("pending"):
                 continue
             options = srv.get("user_options") or {}
+            own = catalogue.from_state(srv.get("state")) or profiles
+            profile = options.get("profile") or (tiers.default_slug(own, groups) if own else None)
+            cost = None
+            for p in own or ():
+                if p["slug"] == profile:
+                    cost = tiers.Tier.from_profile(p).cost_per_hour
             out.append(
                 {
                     "user": u["name"],
                     "server_name": name,
-                    "profile": options.get("profile") or tiers.default_slug(profiles, groups),
+                    "hourly_cost": cost,
+                    "catalogue": own,
+                    "profile": profile,
                     "started": srv.get("started"),
                     "last_activity": srv.get("last_activity"),
                     "ready": bool(srv.get("ready")),
@@ -400,8 +276,9 @@ def running_counts(servers: Iterable[dict], exclude: tuple[str, str] | None = No
 class LivePolicy:
     """The service's view of what runs: polls the hub, accounts, checks caps and budgets."""
 
-    def __init__(self, hub, store, profiles, settings: dict, log=None):
+    def __init__(self, hub, store, profiles, settings: dict, log=None, tier_source=None):
         self.hub = hub
+        self.tier_source = tier_source
         self.store = store
         self.accounting = Accounting(store.db)
         self.profiles = profiles
@@ -415,6 +292,10 @@ class LivePolicy:
         """Poll the hub once: account and remember the active servers."""
         users = await self.hub.list_users(state="active")
         servers = active_servers(users, self.profiles)
+        if self.tier_source is not None:
+            for s in servers:
+                if s["catalogue"] is not self.profiles:
+                    self.tier_source.observe(s["catalogue"])
         now = utcnow()
         self.accounting.observe([s for s in servers if s["started"]], now, self.profiles)
         self.active, self.last_poll = servers, now
@@ -452,12 +333,14 @@ class LivePolicy:
         members = await self.members(groups) if self.budgeted() else {}
         return budget_status(self.store.db, user, groups, members, self.settings)
 
-    async def refusals(self, user: str, groups, exclude=None, fresh=True) -> tuple[dict, dict]:
+    async def refusals(self, user: str, groups, exclude=None, fresh=True, profiles=None) -> tuple[dict, dict]:
         """``({slug: (policy, reason)}, budget)`` of the cap and budget rules for ``user``.
 
         ``exclude`` (user, server_name) is not counted against caps (the
-        server being switched). ``fresh`` polls the hub first.
+        server being switched). ``fresh`` polls the hub first. ``profiles``:
+        the tiers of the user's server (default: every tier known).
         """
+        profiles = profiles or self.profiles
         try:
             servers = await self.refresh() if fresh or self.last_poll is None else self.active
         except HubAPIError as e:
@@ -469,9 +352,9 @@ class LivePolicy:
         counts = running_counts(servers, exclude)
         groups = list(groups or ())
         budget = await self.budget(user, groups)
-        cheap = free_below(self.profiles, groups)
+        cheap = free_below(profiles, groups)
         out = {}
-        for tier in tiers.tiers_of(self.profiles):
+        for tier in tiers.tiers_of(profiles) if profiles else ():
             reason = policy.cap_refusal(tier.display_name, tier.max_servers, counts.get(tier.slug, 0))
             if reason:
                 out[tier.slug] = ("cap", reason)

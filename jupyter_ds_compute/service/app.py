@@ -6,7 +6,13 @@ requests of the server extension (with the server's own token) and of users
 the server and starts it again with the new ``user_options`` through the hub
 REST API, recording every step and outcome in SQLite.
 
-Hub configuration (``jupyterhub_config.py``)::
+Configured one way: ``c.DSComputeService.*`` (and ``c.PolicySettings.*``).
+``hubconfig.configure(c)`` hands the hub's final config to the service as
+one JSON traitlets config in ``$DS_COMPUTE_SERVICE_CONFIG``; run by hand,
+the command line (``--data-dir``, ...) and ``--config <file.py>`` work, and
+the command line wins. ``--help-all`` lists every setting.
+
+Hub configuration without ``configure(c)`` (``jupyterhub_config.py``)::
 
     import json, sys
     c.JupyterHub.services = [{
@@ -15,8 +21,10 @@ Hub configuration (``jupyterhub_config.py``)::
         "command": [sys.executable, "-m", "jupyter_ds_compute.service"],
         "oauth_no_confirm": True,                   # no "Authorize access" page
         "environment": {
-            "DS_COMPUTE_PROFILE_LIST": json.dumps(profile_list),
-            "DS_COMPUTE_DATA_DIR": "/srv/jupyterhub/ds-compute",
+            "DS_COMPUTE_SERVICE_CONFIG": json.dumps({"DSComputeService": {
+                "profile_list": profile_list,
+                "data_dir": "/srv/jupyterhub/ds-compute",
+            }}),
         },
     }]
     # the minimum: `servers` = read/start/delete (and PATCH user_options of)
@@ -36,13 +44,12 @@ Hub configuration (``jupyterhub_config.py``)::
         "access:services!service=ds-compute",
     ]
 
-Environment read (all set by the hub except the ``DS_COMPUTE_*`` ones):
-``JUPYTERHUB_API_URL``, ``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_SERVICE_URL``,
+Environment read: JupyterHub's own (``JUPYTERHUB_API_URL``,
+``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_SERVICE_URL``,
 ``JUPYTERHUB_SERVICE_PREFIX``, ``JUPYTERHUB_BASE_URL``,
-``JUPYTERHUB_CLIENT_ID`` and friends (HubOAuth), ``DS_COMPUTE_PROFILE_LIST``
-(JSON list or dict of tiers, the spawner's ``profile_list``),
-``DS_COMPUTE_DATA_DIR`` (database and cookie secret),
-``DS_COMPUTE_STOP_TIMEOUT``, ``DS_COMPUTE_START_TIMEOUT``.
+``JUPYTERHUB_CLIENT_ID`` and friends), ``DS_COMPUTE_SERVICE_CONFIG`` (the
+config) and ``DS_COMPUTE_SPAWNER_TOKEN`` (the secret of the spawner's
+``api/hub/*`` calls).
 
 One instance per store: the service holds an exclusive lock
 (``fcntl.flock``) on ``<data_dir>/service.lock`` while it runs (see
@@ -72,14 +79,17 @@ import jinja2
 from jupyterhub.services.auth import HubOAuth
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Any, Bool, CaselessStrEnum, Dict, Float, Unicode, default, validate
+from traitlets import Any, Bool, Float, Unicode, default, validate
 from traitlets.config import Application, Config
 
-from .. import policy, tiers
+from .. import tiers
 from .._version import __version__
-from .accounting import DEFAULTS, LivePolicy, policy_settings
+from ..policy import PolicySettings
+from .accounting import LivePolicy
 from .admin import admin_handlers
 from .handlers import default_handlers
+from .hubside import hub_handlers
+from .tiersource import TierSource
 from .hubapi import HubAPI
 from .idle import IdleWatcher
 from .metrics import make_registry
@@ -94,16 +104,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SERVICE_MODULE = "jupyter_ds_compute.service"
 
 
-def _env_float(name: str, fallback: float) -> float:
-    value = os.environ.get(name, "")
-    try:
-        return float(value) if value else fallback
-    except ValueError:
-        raise ValueError(f"${name} must be a number of seconds, got {value!r}") from None
-
-
-class DSComputeService(Application):
-    """The ds-compute JupyterHub service."""
+class DSComputeService(Application, PolicySettings):
+    """The ds-compute JupyterHub service (its policy settings: :class:`.PolicySettings`)."""
 
     name = "jupyter-ds-compute-service"
     version = __version__
@@ -121,8 +123,10 @@ class DSComputeService(Application):
 
     config_file = Unicode(
         "",
-        help="A Python config file (``c.DSComputeService.x = ...``) to load, if any.",
+        help="A Python config file (``c.DSComputeService.x = ...``) to load, if any (run by hand).",
     ).tag(config=True)
+
+    classes = [PolicySettings]
 
     hub_api_url = Unicode(help=dedent("""
             The hub's REST API, e.g. ``http://127.0.0.1:8081/hub/api``.
@@ -176,21 +180,18 @@ class DSComputeService(Application):
         return value
 
     data_dir = Unicode(help=dedent("""
-            Directory of the service's database and cookie secret. Created if absent.
-            Default: ``$DS_COMPUTE_DATA_DIR`` (or ``$DS_COMPUTE_SERVICE_DATA``),
-            else ``./ds-compute-service``
-            (relative to the hub's working directory).
+            Directory of the service's database, lock and cookie secret.
+            Created if absent. Only the service opens it (the hub asks the
+            service over its API), so it may be anywhere the service's user
+            can write. Default: ``./ds-compute-service`` (relative to the
+            hub's working directory).
 
             Example: ``c.DSComputeService.data_dir = "/srv/jupyterhub/ds-compute"``
             """).strip()).tag(config=True)
 
     @default("data_dir")
     def _default_data_dir(self):
-        return (
-            os.environ.get("DS_COMPUTE_DATA_DIR")
-            or os.environ.get("DS_COMPUTE_SERVICE_DATA")
-            or os.path.abspath("ds-compute-service")
-        )
+        return os.path.abspath("ds-compute-service")
 
     db_url = Unicode(help=dedent("""
             SQLite URL of the switch records and audit log.
@@ -201,45 +202,42 @@ class DSComputeService(Application):
     def _default_db_url(self):
         return "sqlite:///" + os.path.join(self.data_dir, "ds-compute.sqlite")
 
-    profile_list = Any(help=dedent("""
-            The tiers: the spawner's ``profile_list`` (list, or dict keyed by slug).
-            A callable profile list cannot reach the service; give the service
-            the evaluated list. Validated with ``tiers.normalize_profile_list``.
-            Default: JSON from ``$DS_COMPUTE_PROFILE_LIST``.
+    profile_list = Any(
+        None,
+        allow_none=True,
+        help=dedent("""
+            The static fallback tiers (list, or dict keyed by slug): used for
+            a server whose spawner state has no tier catalogue yet. The tiers
+            of a server come from its spawner (``state["tiers"]``, evaluated
+            for its user at its last start, callables included; see
+            docs/internals.md). ``configure(c)`` sets this from a list or dict
+            ``c.DSComputeSpawner.profile_list`` (none for a callable one).
+            """).strip(),
+    ).tag(config=True)
 
-            Example (hub config)::
+    spawner_token = Unicode(
+        help=dedent("""
+            The secret of the spawner's calls (``api/hub/budget``,
+            ``api/hub/events``); ``configure(c)`` makes one per hub start.
+            Empty: those calls are refused. Default: ``$DS_COMPUTE_SPAWNER_TOKEN``.
+            """).strip()
+    ).tag(config=True)
 
-                "environment": {"DS_COMPUTE_PROFILE_LIST": json.dumps(c.DSComputeSpawner.profile_list)}
-            """).strip()).tag(config=True)
+    @default("spawner_token")
+    def _default_spawner_token(self):
+        return os.environ.get("DS_COMPUTE_SPAWNER_TOKEN", "")
 
-    @default("profile_list")
-    def _default_profile_list(self):
-        raw = os.environ.get("DS_COMPUTE_PROFILE_LIST", "")
-        if not raw:
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError as e:
-            raise ValueError(f"$DS_COMPUTE_PROFILE_LIST is not valid JSON: {e}") from None
+    stop_timeout = Float(
+        300, help="Seconds to wait for a server to stop (DELETE until ``stopped``)."
+    ).tag(config=True)
 
-    stop_timeout = Float(help=dedent("""
-            Seconds to wait for a server to stop (DELETE until ``stopped``).
-            Default: ``$DS_COMPUTE_STOP_TIMEOUT`` or 300.
-            """).strip()).tag(config=True)
-
-    @default("stop_timeout")
-    def _default_stop_timeout(self):
-        return _env_float("DS_COMPUTE_STOP_TIMEOUT", 300)
-
-    start_timeout = Float(help=dedent("""
+    start_timeout = Float(
+        600,
+        help=dedent("""
             Seconds to wait for a server to be ready after the start request
             (also bounds waiting for a pending start or stop at reconcile).
-            Default: ``$DS_COMPUTE_START_TIMEOUT`` or 600.
-            """).strip()).tag(config=True)
-
-    @default("start_timeout")
-    def _default_start_timeout(self):
-        return _env_float("DS_COMPUTE_START_TIMEOUT", 600)
+            """).strip(),
+    ).tag(config=True)
 
     request_timeout = Float(30, help="Seconds to wait for one answer of the hub API.").tag(config=True)
 
@@ -301,65 +299,6 @@ class DSComputeService(Application):
             f.write(secret.hex())
         return secret
 
-    # -- policies (also read by the spawner in the hub from c.DSComputeService) ----
-
-    budgets = Dict(
-        default_value=DEFAULTS["budgets"],
-        help=dedent("""
-            Spending limits per budget period, in the unit of the tiers'
-            ``hourly_cost`` (cost = hourly_cost x running time, accounted by
-            the service). ``users``: a user's own spending; ``groups``: the
-            total of the group's members (a shared pool); ``default``: the
-            limit of users without an entry in ``users`` (None: unlimited).
-            At ``budget_warn_fraction`` Lab warns; when a budget is spent,
-            tiers dearer than the user's default tier are refused at start
-            and switch. Running servers are never stopped for a budget.
-
-            Example (``jupyterhub_config.py``)::
-
-                c.DSComputeService.budgets = {
-                    "users": {"alice": 10.0},
-                    "groups": {"students": 5.0},
-                    "default": None,
-                }
-            """).strip(),
-    ).tag(config=True)
-
-    @validate("budgets")
-    def _validate_budgets(self, proposal):
-        return policy.validate_budgets(proposal["value"])
-
-    budget_period = CaselessStrEnum(
-        list(policy.BUDGET_PERIODS),
-        default_value=DEFAULTS["budget_period"],
-        help="Budget period (UTC): ``day``, ``week`` (from Monday) or ``month``.",
-    ).tag(config=True)
-
-    budget_warn_fraction = Float(
-        DEFAULTS["budget_warn_fraction"],
-        help="Fraction of a budget spent at which Lab's status bar warns (``budget.state == 'warn'``).",
-    ).tag(config=True)
-
-    accounting_interval = Float(
-        DEFAULTS["accounting_interval"],
-        help="Seconds between two polls of the hub's active servers (accounting, running counts).",
-    ).tag(config=True)
-
-    idle_check_interval = Float(
-        DEFAULTS["idle_check_interval"],
-        help="Seconds between two idle checks (only if some tier has ``idle_downshift_after``).",
-    ).tag(config=True)
-
-    idle_action = CaselessStrEnum(
-        list(policy.IDLE_ACTIONS),
-        default_value=DEFAULTS["idle_action"],
-        help=dedent("""
-            What happens to a server idle longer than its tier's
-            ``idle_downshift_after``: ``downshift`` (switch to the default
-            tier, through the normal switch) or ``stop``.
-            """).strip(),
-    ).tag(config=True)
-
     volume_root = Unicode(
         "",
         help="``c.LocalVolume.root``: lets the admin page show where each local volume is attached.",
@@ -383,7 +322,7 @@ class DSComputeService(Application):
     ).tag(config=True)
 
     def policy_settings(self) -> dict:
-        return policy_settings({k: getattr(self, k) for k in DEFAULTS})
+        return self.settings()
 
     @default("log_level")
     def _default_log_level(self):
@@ -399,33 +338,40 @@ class DSComputeService(Application):
         super().initialize(argv)
         raw = os.environ.get("DS_COMPUTE_SERVICE_CONFIG", "")
         if raw:
-            # c.DSComputeService.* from jupyterhub_config.py (the hub passes it as JSON);
+            # the hub's final config (hubconfig.service_environment), as JSON;
             # the command line still wins
             try:
-                section = json.loads(raw)
+                loaded = json.loads(raw)
             except ValueError as e:
                 self.log.critical("$DS_COMPUTE_SERVICE_CONFIG is not valid JSON: %s", e)
                 self.exit(1)
-            self.update_config(Config({"DSComputeService": section}))
+            if not isinstance(loaded, dict):
+                self.log.critical("$DS_COMPUTE_SERVICE_CONFIG must be a JSON object")
+                self.exit(1)
+            if not any(k in loaded for k in ("DSComputeService", "PolicySettings")):
+                loaded = {"DSComputeService": loaded}  # a bare c.DSComputeService section
+            self.update_config(Config(loaded))
             self.update_config(self.cli_config)
         if self.config_file:
             self.load_config_file(self.config_file)
+            self.update_config(self.cli_config)
         # tornado's and the hub auth's loggers go where ours go
         for name in ("tornado.access", "tornado.application", "tornado.general", "jupyterhub"):
             logger = logging.getLogger(name)
             logger.parent = self.log
             logger.setLevel(self.log.level)
+        self.profiles = None
         if self.profile_list is None:
-            self.log.critical(
-                "No tiers configured: set $DS_COMPUTE_PROFILE_LIST (JSON) in the service's"
-                " environment or c.DSComputeService.profile_list."
+            self.log.info(
+                "No static tier list (c.DSComputeSpawner.profile_list is a callable): each server's "
+                "tiers come from its spawner state; idle downshift needs a static list"
             )
-            self.exit(1)
-        try:
-            self.profiles = tiers.normalize_profile_list(self.profile_list)
-        except tiers.TierConfigError as e:
-            self.log.critical("Bad tier configuration: %s", e)
-            self.exit(1)
+        else:
+            try:
+                self.profiles = tiers.normalize_profile_list(self.profile_list)
+            except tiers.TierConfigError as e:
+                self.log.critical("Bad tier configuration: %s", e)
+                self.exit(1)
         if not self.api_token:
             self.log.critical("No hub API token: run as a JupyterHub service or set $JUPYTERHUB_API_TOKEN.")
             self.exit(1)
@@ -446,17 +392,22 @@ class DSComputeService(Application):
             start_timeout=self.start_timeout,
             log=self.log,
         )
-        self.live = LivePolicy(self.hub_api, self.store, self.profiles, self.policy_settings(), log=self.log)
+        self.tier_source = TierSource(self.hub_api, self.profiles, log=self.log)
+        # one list, updated in place with the tiers seen in servers' catalogues
+        known = self.tier_source.known
+        self.live = LivePolicy(
+            self.hub_api, self.store, known, self.policy_settings(), log=self.log, tier_source=self.tier_source
+        )
         self.idle = IdleWatcher(
             self.live,
             self.store,
             self.orchestrator,
             self.hub_api,
-            self.profiles,
+            known,
             self.policy_settings(),
             log=self.log,
         )
-        self.metrics_registry = make_registry(self.store, self.live, self.profiles)
+        self.metrics_registry = make_registry(self.store, self.live, known)
         self.web_app = create_application(self)
         return self.web_app
 
@@ -467,16 +418,17 @@ class DSComputeService(Application):
         server = HTTPServer(self.web_app, xheaders=True)
         server.listen(url.port or (443 if url.scheme == "https" else 80), url.hostname or "127.0.0.1")
         self.log.info(
-            "ds-compute service %s listening on %s (prefix %s), %d tiers: %s",
+            "ds-compute service %s listening on %s (prefix %s), data in %s, static tiers: %s",
             __version__,
             self.service_url,
             self.service_prefix,
-            len(self.profiles),
-            ", ".join(p["slug"] for p in self.profiles),
+            self.data_dir,
+            ", ".join(p["slug"] for p in self.profiles) if self.profiles else "none (from each server's spawner)",
         )
         await self.orchestrator.reconcile()
         self.live.start()
-        self.idle.start()
+        if self.profiles:
+            self.idle.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -648,7 +600,9 @@ def create_application(service: DSComputeService) -> web.Application:
         store=service.store,
         hub_api=service.hub_api,
         orchestrator=service.orchestrator,
-        profiles=service.profiles,
+        profiles=service.tier_source.known,
+        tier_source=service.tier_source,
+        spawner_token=service.spawner_token,
         base_url=service.base_url,
         service_prefix=prefix,
         hub_auth=hub_auth,
@@ -659,7 +613,7 @@ def create_application(service: DSComputeService) -> web.Application:
         metrics_require_auth=service.metrics_require_auth,
         volume_root=service.volume_root,
     )
-    return web.Application(admin_handlers(prefix) + default_handlers(prefix), **settings)
+    return web.Application(hub_handlers(prefix) + admin_handlers(prefix) + default_handlers(prefix), **settings)
 
 
 def _log_request(log):

@@ -1,0 +1,96 @@
+"""The service's calls for the hub's spawner (``api/hub/*``), not for users.
+
+The spawner asks the service for a user's budget before a start and
+reports spawn refusals for the audit log, so that only the service opens its
+database (docs/internals.md, "The boundary between hub and service"). They
+are authenticated by the shared token ``configure(c)`` makes at each hub
+start (``c.DSComputeSpawner.service_api_token`` = the service's
+``spawner_token``), compared in constant time; not by HubOAuth.
+
+- ``GET api/hub/budget?user=<name>&group=<g>...`` -> ``{"budget": <budget_status>}``
+- ``POST api/hub/events {"user","server_name","to_profile","policy","reason"}`` -> 204
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from tornado import web
+
+from .hubapi import HubAPIError
+
+__all__ = ["hub_handlers"]
+
+POLICY_KINDS = ("cap", "budget")
+
+
+class HubSideHandler(web.RequestHandler):
+    def set_default_headers(self):
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+
+    def prepare(self):
+        expected = self.settings.get("spawner_token") or ""
+        header = self.request.headers.get("Authorization", "")
+        given = header[len("token ") :] if header.startswith("token ") else ""
+        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+            raise web.HTTPError(403, "api/hub/* is for the hub's spawner (its service_api_token)")
+
+    def fail(self, status, message, field=None):
+        self.set_status(status)
+        self.finish(json.dumps({"message": message, **({"field": field} if field else {})}))
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else "error"
+        if status_code >= 500:
+            message = "Internal error in the ds-compute service; see its log."
+        self.finish(json.dumps({"message": message}))
+
+
+class BudgetHandler(HubSideHandler):
+    async def get(self):
+        user = self.get_argument("user", "")
+        if not user:
+            return self.fail(400, "'user' is required.", "user")
+        groups = self.get_arguments("group")
+        try:
+            budget = await self.settings["live_policy"].budget(user, groups)
+        except HubAPIError as e:
+            self.settings["log"].warning("Budget of %s for the spawner: hub not asked (%s)", user, e)
+            return self.fail(502, "Could not ask JupyterHub about the user's groups.")
+        self.finish(json.dumps({"budget": budget}))
+
+
+class EventsHandler(HubSideHandler):
+    def post(self):
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            return self.fail(400, "The request body is not valid JSON.")
+        if not isinstance(body, dict):
+            return self.fail(400, "The request body must be a JSON object.")
+        for key in ("user", "server_name", "to_profile", "reason"):
+            if not isinstance(body.get(key), str):
+                return self.fail(400, f"'{key}' must be a string.", key)
+        if body.get("policy") not in POLICY_KINDS:
+            return self.fail(400, f"'policy' must be one of {', '.join(POLICY_KINDS)}.", "policy")
+        self.settings["store"].audit(
+            f"policy:{body['policy']}",
+            actor=body["user"],
+            user=body["user"],
+            server_name=body["server_name"],
+            to_profile=body["to_profile"],
+            outcome="refused",
+            reason=body["reason"][:1000],
+        )
+        self.set_status(204)
+        self.finish()
+
+
+def hub_handlers(prefix: str) -> list[tuple]:
+    return [
+        (prefix + "api/hub/budget", BudgetHandler),
+        (prefix + "api/hub/events", EventsHandler),
+    ]
