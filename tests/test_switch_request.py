@@ -8,9 +8,9 @@ nothing was stopped (no DELETE reached the hub).
 import pytest
 from fakes import FakeHub
 
-from jupyter_ds_compute import tiers
+from jupyter_ds_compute import policy, tiers
 from jupyter_ds_compute.service import authz
-from jupyter_ds_compute.service.accounting import LivePolicy, policy_settings
+from jupyter_ds_compute.service.accounting import LivePolicy
 from jupyter_ds_compute.service.idle import IdleWatcher
 from jupyter_ds_compute.service.orchestrator import Orchestrator, SwitchRefused
 from jupyter_ds_compute.service.store import Store
@@ -23,6 +23,21 @@ PROFILES = tiers.normalize_profile_list(
         {"display_name": "Team", "slug": "team", "cpu": 1, "mem": "1G", "allowed_groups": ["team"]},
     ]
 )
+
+
+def policy_settings(overrides=None) -> dict:
+    """The policy settings dict LivePolicy and IdleWatcher read (defaults + ``overrides``)."""
+    out = {
+        "budgets": {},
+        "budget_period": "month",
+        "budget_warn_fraction": 0.8,
+        "accounting_interval": 10.0,
+        "idle_check_interval": 60.0,
+        "idle_action": "downshift",
+    }
+    out.update(overrides or {})
+    out["budgets"] = policy.validate_budgets(out["budgets"])
+    return out
 
 
 def user_model(name, *scopes):

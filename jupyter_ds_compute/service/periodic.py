@@ -6,6 +6,8 @@ ended) from :meth:`Periodic.start` until :meth:`Periodic.stop`:
 
 - a call that raises is logged with its traceback, naming the loop, and the
   loop goes on at the next interval (one bad poll must not end accounting);
+  the same error again in the next runs is one warning line each (with the
+  count), so a lasting refusal (a missing scope) does not flood the log;
 - if the loop itself ends other than by :meth:`stop` (a bug here, or a
   ``BaseException`` from ``fn``), that is logged as an error with its
   traceback when it happens, and again by :meth:`stop`: nothing hides a
@@ -54,14 +56,31 @@ class Periodic:
 
     async def run(self) -> None:
         """The loop: call, log a failure, wait, forever."""
+        same = 0  # failures in a row with the same error as the last one
+        last = None
         while True:
             try:
                 await self.fn()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as e:
                 self.failures += 1
-                self.log.exception("The %s loop's run failed; trying again in %gs", self.name, self._interval())
+                what = (type(e), str(e))
+                if what == last:
+                    # the traceback was logged at the first one: one line per repeat
+                    same += 1
+                    self.log.warning(
+                        "The %s loop's run failed again (%d times in a row): %s", self.name, same + 1, e
+                    )
+                else:
+                    same, last = 0, what
+                    self.log.exception(
+                        "The %s loop's run failed; trying again in %gs", self.name, self._interval()
+                    )
+            else:
+                if last is not None:
+                    self.log.info("The %s loop's run works again", self.name)
+                same, last = 0, None
             await asyncio.sleep(self._interval())
 
     def start(self) -> None:
