@@ -24,11 +24,13 @@ instance is kept for reuse.
 
 Failures real AWS gives: ``InsufficientInstanceCapacity`` (retried with
 jitter across the allowed subnets, then a clear error), throttling
-(``RequestLimitExceeded``: botocore standard retries plus our own jittered
-retries, see :mod:`.aws`), launches that die before ``running``. Any failure
+(``RequestLimitExceeded``: botocore's adaptive retries, see :mod:`.aws`),
+launches that die before ``running``. Any failure
 after the launch request tears the instance down again through the
 spawner's cleanup path (stop/detach/release), and a launch whose answer got
 lost is found by its launch-token tag and terminated: nothing leaks.
+Before launching, instances of this server that an earlier start left
+running unseen (a hub killed mid-launch) are ended (:meth:`EC2Backend._end_leftovers`).
 """
 
 from __future__ import annotations
@@ -290,16 +292,7 @@ class EC2Backend(Backend, aws.AWS):
         return (tier.extra or {}).get(key) or table.get(tier.slug) or fallback
 
     async def _describe_instance(self, instance_id=None):
-        try:
-            r = await self.aws("ec2", "describe_instances", InstanceIds=[instance_id or self.instance_id])
-        except Exception as e:
-            if aws.error_code(e) in ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"):
-                return None
-            raise
-        for res in r.get("Reservations", []):
-            for inst in res.get("Instances", []):
-                return inst
-        return None
+        return await self.describe_instance(instance_id or self.instance_id)
 
     async def _subnets(self, zone):
         """``[(subnet_id, az)]`` allowed for a volume in ``zone`` (None: any)."""
@@ -336,6 +329,7 @@ class EC2Backend(Backend, aws.AWS):
         self.tier_slug = tier.slug
         zone = self.spawner.volume.zone()
         subnets = await self._subnets(zone)
+        await self._end_leftovers()
         inst = None
         if self.reuse_stopped:
             inst = await self._restart_stopped(tier, {az for _, az in subnets})
@@ -393,9 +387,9 @@ class EC2Backend(Backend, aws.AWS):
                     kwargs["KeyName"] = self.key_name
                 self.emit(f"Launching a {self.instance_type} in {az}")
                 try:
-                    # no botocore retries: capacity errors are 5xx, and we
-                    # retry them (and throttling) ourselves, with messages
-                    r = await self.aws("ec2", "run_instances", _retries=1, **kwargs)
+                    # botocore retries throttling (adaptive mode) but hands
+                    # capacity errors back at once: we try the next subnet
+                    r = await self.aws("ec2", "run_instances", **kwargs)
                 except Exception as e:
                     code = aws.error_code(e)
                     if code in ICE_CODES:
@@ -439,14 +433,9 @@ class EC2Backend(Backend, aws.AWS):
     async def _terminate_launch(self, token):
         """Terminate whatever a launch with ``token`` created (lost answers)."""
         try:
-            r = await self.aws(
-                "ec2", "describe_instances", Filters=[{"Name": "tag:ds-compute:launch", "Values": [token]}]
-            )
+            found = await self.find_instances([{"Name": "tag:ds-compute:launch", "Values": [token]}])
             ids = [
-                i["InstanceId"]
-                for res in r.get("Reservations", [])
-                for i in res["Instances"]
-                if i["State"]["Name"] not in ("terminated", "shutting-down")
+                i["InstanceId"] for i in found if i["State"]["Name"] not in ("terminated", "shutting-down")
             ]
             if ids:
                 self.log.warning("Terminating %s launched by a failed request for %s", ids, self.log_name)
@@ -455,31 +444,77 @@ class EC2Backend(Backend, aws.AWS):
             self.log.exception("Could not check for instances of launch %s (%s)", token, self.log_name)
 
     async def _restart_stopped(self, tier, zones):
-        filters = [
-            {"Name": "tag:ds-compute:hub", "Values": [self.hub_id]},
-            {"Name": "tag:ds-compute:user", "Values": [self.spawner.user.name]},
-            {"Name": "tag:ds-compute:server", "Values": [self.spawner.name or ""]},
+        filters = self.owner_filters(self.spawner) + [
             {"Name": "tag:ds-compute:tier", "Values": [tier.slug]},
             {"Name": "instance-state-name", "Values": ["stopped"]},
         ]
-        r = await self.aws("ec2", "describe_instances", Filters=filters)
-        for res in r.get("Reservations", []):
-            for inst in res["Instances"]:
-                if inst["Placement"]["AvailabilityZone"] not in zones:
-                    continue
-                if inst.get("InstanceType") != self.instance_type:
-                    continue
-                self.launch_token = aws.tag_dict(inst.get("Tags")).get("ds-compute:launch", "")
-                self.emit(f"Restarting your stopped {self.instance_type} {inst['InstanceId']}")
-                try:
-                    await self.aws("ec2", "start_instances", InstanceIds=[inst["InstanceId"]])
-                except Exception as e:
-                    if aws.error_code(e) in ICE_CODES:
-                        self.emit(f"No capacity to restart {inst['InstanceId']}; launching a new one")
-                        return None
-                    raise
-                return inst
+        for inst in await self.find_instances(filters):
+            if inst["Placement"]["AvailabilityZone"] not in zones:
+                continue
+            if inst.get("InstanceType") != self.instance_type:
+                continue
+            self.launch_token = aws.tag_dict(inst.get("Tags")).get("ds-compute:launch", "")
+            self.emit(f"Restarting your stopped {self.instance_type} {inst['InstanceId']}")
+            try:
+                await self.aws("ec2", "start_instances", InstanceIds=[inst["InstanceId"]])
+            except Exception as e:
+                if aws.error_code(e) in ICE_CODES:
+                    self.emit(f"No capacity to restart {inst['InstanceId']}; launching a new one")
+                    return None
+                raise
+            return inst
         return None
+
+    # -- leftovers of a start the hub lost --------------------------------------------
+
+    async def _end_leftovers(self):
+        """End instances of this server that an earlier start left running unseen.
+
+        A hub killed during a launch (or whose state was lost) never learned
+        the instance it asked for: it is tagged as this server's (hub, user,
+        server) but not named by the state. The hub calls ``start`` only for a
+        server it believes stopped, so every pending or running instance of
+        this server but the state's own is such a leftover; one
+        ``DescribeInstances`` finds them all. One holding this server's EBS
+        volume is stopped first (a clean shutdown unmounts the file system;
+        detaching a mounted volume can hang ``busy``), the volume driver
+        detaches the volume, then the instance is terminated; the others are
+        terminated at once (EFS is network storage, the shutdown unmounts it).
+        """
+        filters = self.owner_filters(self.spawner) + [
+            {"Name": "instance-state-name", "Values": ["pending", "running"]}
+        ]
+        found = [
+            i
+            for i in await self.find_instances(filters)
+            if i["InstanceId"] != self.instance_id and self.is_ours(i.get("Tags"), self.spawner)
+        ]
+        if not found:
+            return
+        ids = sorted(i["InstanceId"] for i in found)
+        self.log.warning(
+            "Ending instances %s of %s that an earlier start left running without the hub knowing "
+            "(the hub was stopped while launching); one server per user and volume",
+            ids,
+            self.log_name,
+        )
+        self.emit(f"Ending {len(ids)} instance(s) of {self.log_name} left running by an interrupted start")
+        volume = self.spawner.volume
+        volume_id = getattr(volume, "volume_id", "")
+        holding = [
+            i["InstanceId"]
+            for i in found
+            if volume_id
+            and any(
+                (m.get("Ebs") or {}).get("VolumeId") == volume_id for m in i.get("BlockDeviceMappings") or []
+            )
+        ]
+        if holding:
+            await self.aws("ec2", "stop_instances", InstanceIds=holding)
+            for iid in holding:
+                await self._wait_state({"stopped", "terminated"}, iid)
+                await volume.detach_from(iid)
+        await self.aws("ec2", "terminate_instances", InstanceIds=ids)
 
     async def _wait_running(self):
         started = time.monotonic()
@@ -652,19 +687,21 @@ class EC2Backend(Backend, aws.AWS):
             await self._wait_state({"terminated"})
         await self._delete_parameters()
 
-    async def _wait_state(self, states):
+    async def _wait_state(self, states, instance_id=None):
+        instance_id = instance_id or self.instance_id
+
         async def probe():
-            inst = await self._describe_instance()
+            inst = await self._describe_instance(instance_id)
             return inst is None or inst["State"]["Name"] in states
 
         try:
             await aws.wait_until(
                 probe,
-                what=f"instance {self.instance_id} to be {'/'.join(sorted(states))}",
+                what=f"instance {instance_id} to be {'/'.join(sorted(states))}",
                 timeout=self.stop_timeout,
             )
         except aws.WaitTimeout as e:
-            self._fail(f"Instance {self.instance_id} did not stop in time.", log_message=str(e))
+            self._fail(f"Instance {instance_id} did not stop in time.", log_message=str(e))
 
     async def release(self):
         if not self.instance_id:
