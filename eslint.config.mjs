@@ -59,7 +59,6 @@ export default defineConfig([
       '@typescript-eslint/no-explicit-any': 'off',
       '@typescript-eslint/no-namespace': 'off',
       '@typescript-eslint/no-use-before-define': 'off',
-      curly: ['error', 'all'],
       eqeqeq: 'error',
       'prefer-arrow-callback': 'error'
     }
@@ -71,5 +70,12 @@ export default defineConfig([
       globals: { ...globals.node }
     }
   },
-  prettierRecommended
+  prettierRecommended,
+  {
+    // After prettierRecommended, which turns `curly` off (eslint-config-prettier).
+    files: ['**/*.ts', '**/*.tsx'],
+    rules: {
+      curly: ['error', 'all']
+    }
+  }
 ]);

@@ -193,11 +193,11 @@ def _scenario(browser, lab):
         page.goto(f"{lab.url}/lab?token={lab.token}")
         page.locator("#jp-main-statusbar").wait_for(timeout=90_000)
         page.wait_for_function(
-            "window.jupyterapp && window.jupyterapp.commands.hasCommand('ds-compute:switch')"
+            "window.jupyterapp && window.jupyterapp.commands.hasCommand('jupyter-ds-compute:switch-machine')"
         )
         # the first status answer has come back (the menu label changes on it)
         page.wait_for_function(
-            "window.jupyterapp.commands.label('ds-compute:switch').includes('not running under JupyterHub')",
+            "window.jupyterapp.commands.label('jupyter-ds-compute:switch-machine').includes('not running under JupyterHub')",
             timeout=30_000,
         )
         time.sleep(QUIET_SECONDS)
@@ -215,7 +215,7 @@ def _scenario(browser, lab):
         page.screenshot(path=str(ARTIFACTS / "plain-lab.png"))
 
         page.locator(".lm-MenuBar-item", has_text="Compute").click()
-        entry = page.locator("li[data-command='ds-compute:switch']")
+        entry = page.locator("li[data-command='jupyter-ds-compute:switch-machine']")
         entry.wait_for(timeout=10_000)
         menu_entry = entry.inner_text()
         menu_entry_disabled = "lm-mod-disabled" in (entry.get_attribute("class") or "") or (
@@ -231,7 +231,7 @@ def _scenario(browser, lab):
         page.wait_for_timeout(300)
 
         # the command run anyway (palette, keyboard shortcut, another extension)
-        page.evaluate("void window.jupyterapp.commands.execute('ds-compute:switch')")
+        page.evaluate("void window.jupyterapp.commands.execute('jupyter-ds-compute:switch-machine')")
         message = page.locator("[data-testid=ds-compute-no-hub]")
         message.wait_for(timeout=10_000)
         dialog_text = message.inner_text()

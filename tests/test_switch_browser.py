@@ -36,7 +36,7 @@ def _switch_in_browser(hub, browser, user):
         assert page.get_by_text("official Jupyter news").count() == 0
 
         page.locator(".lm-MenuBar-item", has_text="Compute").click()
-        page.locator("li[data-command='ds-compute:switch']").click()
+        page.locator("li[data-command='jupyter-ds-compute:switch-machine']").click()
         page.locator("[data-testid=ds-compute-tier-gpu]").wait_for(timeout=15_000)
         assert "jp-mod-current" in page.locator("[data-testid=ds-compute-tier-small]").get_attribute("class")
         page.locator("[data-testid=ds-compute-tier-gpu]").click()

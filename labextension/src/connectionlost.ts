@@ -6,8 +6,10 @@ import {
   JupyterLab
 } from '@jupyterlab/application';
 import { Dialog, showDialog } from '@jupyterlab/apputils';
+import { ITranslator } from '@jupyterlab/translation';
 
 import { IDSComputeModel } from './model';
+import { loadTranslations } from './trans';
 
 /**
  * Keep JupyterLab quiet about the lost connection while a switch runs.
@@ -53,14 +55,16 @@ export const connectionLostPlugin: JupyterFrontEndPlugin<IConnectionLost> = {
     'Provides IConnectionLost: silent while a machine switch is in progress, JupyterLab’s dialog otherwise.',
   autoStart: true,
   requires: [IDSComputeModel, JupyterFrontEnd.IPaths],
-  optional: [JupyterLab.IInfo],
+  optional: [JupyterLab.IInfo, ITranslator],
   provides: IConnectionLost,
   activate: (
     app: JupyterFrontEnd,
     model: IDSComputeModel,
     paths: JupyterFrontEnd.IPaths,
-    info: JupyterLab.IInfo | null
+    info: JupyterLab.IInfo | null,
+    translator: ITranslator | null
   ): IConnectionLost => {
+    const trans = loadTranslations(translator);
     window.addEventListener('beforeunload', event => {
       if (model.switching) {
         event.stopImmediatePropagation();
@@ -89,11 +93,14 @@ export const connectionLostPlugin: JupyterFrontEndPlugin<IConnectionLost> = {
       }
       try {
         const result = await showDialog({
-          title: 'Server unavailable or unreachable',
-          body: `Your server at ${paths.urls.base} is not running.\nWould you like to restart it?`,
+          title: trans.__('Server unavailable or unreachable'),
+          body: trans.__(
+            'Your server at %1 is not running.\nWould you like to restart it?',
+            paths.urls.base
+          ),
           buttons: [
-            Dialog.okButton({ label: 'Restart' }),
-            Dialog.cancelButton({ label: 'Dismiss' })
+            Dialog.okButton({ label: trans.__('Restart') }),
+            Dialog.cancelButton({ label: trans.__('Dismiss') })
           ]
         });
         if (info) {

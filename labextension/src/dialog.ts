@@ -1,16 +1,17 @@
 import { JupyterFrontEnd } from '@jupyterlab/application';
 import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import { TranslationBundle } from '@jupyterlab/translation';
 import { Widget } from '@lumino/widgets';
 
 import {
   formatCPU,
   formatGPU,
-  formatHourly,
   formatMemory,
+  price,
   tierName,
   tierSummary
 } from './format';
-import { IDSComputeModel, NOT_UNDER_HUB } from './model';
+import { IDSComputeModel, notUnderHub } from './model';
 import { requestAPI } from './request';
 import { ISwitchReply, ITier, ITiersReply } from './types';
 
@@ -48,17 +49,18 @@ const renderer = new Renderer();
  * are greyed and show the reason. `getValue()` is the chosen tier or null.
  */
 export class TierPicker extends Widget {
-  constructor() {
+  constructor(trans: TranslationBundle) {
     super();
+    this._trans = trans;
     this.addClass('jp-DSCompute-picker');
     this.node.dataset.testid = 'ds-compute-picker';
     this._message = document.createElement('p');
     this._message.className = 'jp-DSCompute-pickerMessage';
-    this._message.textContent = 'Loading tiers…';
+    this._message.textContent = trans.__('Loading tiers…');
     this._list = document.createElement('div');
     this._list.className = 'jp-DSCompute-tierList';
     this._list.setAttribute('role', 'radiogroup');
-    this._list.setAttribute('aria-label', 'Compute tiers');
+    this._list.setAttribute('aria-label', trans.__('Compute tiers'));
     this.node.append(this._message, this._list);
     this._ready = this._load();
   }
@@ -78,24 +80,27 @@ export class TierPicker extends Widget {
   }
 
   private async _load(): Promise<void> {
+    const trans = this._trans;
     let reply: ITiersReply;
     try {
       reply = await requestAPI<ITiersReply>('tiers');
     } catch (error) {
-      this._message.textContent = `Compute tiers are not available: ${
+      this._message.textContent = trans.__(
+        'Compute tiers are not available: %1',
         (error as Error).message
-      }`;
+      );
       this._message.classList.add('jp-DSCompute-error');
       this._message.dataset.testid = 'ds-compute-error';
       return;
     }
     const tiers = reply?.tiers ?? [];
     if (tiers.length === 0) {
-      this._message.textContent = 'No compute tiers are configured.';
+      this._message.textContent = trans.__('No compute tiers are configured.');
       return;
     }
-    this._message.textContent =
-      'Choose the machine to run this server on. Your files and environments stay with you.';
+    this._message.textContent = trans.__(
+      'Choose the machine to run this server on. Your files and environments stay with you.'
+    );
     for (const tier of tiers) {
       this._list.appendChild(
         this._createCard(tier, tier.slug === reply.current)
@@ -105,6 +110,7 @@ export class TierPicker extends Widget {
   }
 
   private _createCard(tier: ITier, current: boolean): HTMLElement {
+    const trans = this._trans;
     const card = document.createElement('div');
     card.className = 'jp-DSCompute-tierCard';
     card.dataset.slug = tier.slug;
@@ -134,16 +140,18 @@ export class TierPicker extends Widget {
     name.textContent = tierName(tier);
     header.appendChild(name);
     if (current) {
-      header.appendChild(badge('current', 'jp-DSCompute-badge-current'));
+      header.appendChild(
+        badge(trans.__('current'), 'jp-DSCompute-badge-current')
+      );
     } else if (!tier.allowed) {
       header.appendChild(
-        badge(refusedBadge(tier.policy), 'jp-DSCompute-badge-refused')
+        badge(refusedBadge(tier.policy, trans), 'jp-DSCompute-badge-refused')
       );
     }
-    const price = document.createElement('span');
-    price.className = 'jp-DSCompute-tierPrice';
-    price.textContent = formatHourly(tier.hourly_cost);
-    header.appendChild(price);
+    const priceNode = document.createElement('span');
+    priceNode.className = 'jp-DSCompute-tierPrice';
+    priceNode.textContent = hourlyPrice(tier, trans);
+    header.appendChild(priceNode);
     card.appendChild(header);
 
     if (tier.description) {
@@ -214,6 +222,7 @@ export class TierPicker extends Widget {
     }
   }
 
+  private _trans: TranslationBundle;
   private _message: HTMLElement;
   private _list: HTMLElement;
   private _selected: ITier | null = null;
@@ -221,15 +230,25 @@ export class TierPicker extends Widget {
 }
 
 /** The badge of a refused tier, by the rule that refuses it. */
-function refusedBadge(policy: string | null | undefined): string {
+function refusedBadge(
+  policy: string | null | undefined,
+  trans: TranslationBundle
+): string {
   switch (policy) {
     case 'cap':
-      return 'full';
+      return trans.__('full');
     case 'budget':
-      return 'over budget';
+      return trans.__('over budget');
     default:
-      return 'not available';
+      return trans.__('not available');
   }
+}
+
+/** `$0.05/h`, or `no price` for a tier without one (as formatting.py says). */
+function hourlyPrice(tier: ITier, trans: TranslationBundle): string {
+  return tier.hourly_cost === null || tier.hourly_cost === undefined
+    ? trans.__('no price')
+    : price(tier.hourly_cost);
 }
 
 function badge(text: string, className: string): HTMLElement {
@@ -243,18 +262,18 @@ function badge(text: string, className: string): HTMLElement {
  * A plain JupyterLab (no JupyterHub): say so, offer nothing to switch to.
  * The command is disabled then, but it can still be run programmatically.
  */
-async function showNotUnderHub(): Promise<void> {
+async function showNotUnderHub(trans: TranslationBundle): Promise<void> {
   const body = document.createElement('p');
   body.className = 'jp-DSCompute-pickerMessage';
   body.dataset.testid = 'ds-compute-no-hub';
-  body.textContent = NOT_UNDER_HUB;
+  body.textContent = notUnderHub(trans);
   await showDialog({
-    title: 'Switch machine',
+    title: trans.__('Switch machine'),
     body: new Widget({ node: body }),
     renderer,
     buttons: [
       Dialog.okButton({
-        label: 'Close',
+        label: trans.__('Close'),
         className: 'jp-DSCompute-closeButton'
       })
     ]
@@ -266,18 +285,22 @@ type Confirmation = 'cancel' | 'switch' | 'save-and-switch';
 
 async function confirmSwitch(
   tier: ITier,
-  hasUnsaved: boolean
+  hasUnsaved: boolean,
+  trans: TranslationBundle
 ): Promise<Confirmation> {
   const body = document.createElement('div');
   body.className = 'jp-DSCompute-confirm';
   body.dataset.testid = 'ds-compute-confirm';
   const lines = [
-    `Your server will stop and start again on ${tierName(
-      tier
-    )} (${tierSummary(tier)}).`,
-    'Running kernels will be shut down and their variables lost; they restart on the new machine. ' +
-      'Your files and environments move with you.',
-    'This page reloads when the new machine is ready.'
+    trans.__(
+      'Your server will stop and start again on %1 (%2).',
+      tierName(tier),
+      tierSummary(tier)
+    ),
+    trans.__(
+      'Running kernels will be shut down and their variables lost; they restart on the new machine. Your files and environments move with you.'
+    ),
+    trans.__('This page reloads when the new machine is ready.')
   ];
   for (const line of lines) {
     const p = document.createElement('p');
@@ -288,27 +311,28 @@ async function confirmSwitch(
     const warning = document.createElement('p');
     warning.className = 'jp-DSCompute-warning';
     warning.dataset.testid = 'ds-compute-unsaved-warning';
-    warning.textContent =
-      'You have unsaved changes. Choose “Save all and switch” to keep them.';
+    warning.textContent = trans.__(
+      'You have unsaved changes. Choose “Save all and switch” to keep them.'
+    );
     body.appendChild(warning);
   }
 
   const result = await showDialog({
-    title: `Switch to ${tierName(tier)}?`,
+    title: trans.__('Switch to %1?', tierName(tier)),
     body: new Widget({ node: body }),
     renderer,
     buttons: [
       Dialog.cancelButton({
-        label: 'Cancel',
+        label: trans.__('Cancel'),
         className: 'jp-DSCompute-cancelButton'
       }),
       Dialog.warnButton({
-        label: 'Switch',
+        label: trans.__('Switch'),
         className: 'jp-DSCompute-switchButton',
         actions: ['switch']
       }),
       Dialog.okButton({
-        label: 'Save all and switch',
+        label: trans.__('Save all and switch'),
         className: 'jp-DSCompute-saveAndSwitchButton',
         actions: ['save-and-switch']
       })
@@ -325,6 +349,8 @@ async function confirmSwitch(
 export interface ISwitchOptions {
   app: JupyterFrontEnd;
   model: IDSComputeModel;
+  /** This extension's strings (`translator.load('jupyter-ds-compute')`). */
+  trans: TranslationBundle;
   /** Whether open documents have unsaved changes (ILabStatus.isDirty). */
   isDirty: () => boolean;
 }
@@ -334,26 +360,26 @@ export interface ISwitchOptions {
  * all, ask the server extension to switch, and go to the progress page.
  */
 export async function switchMachine(options: ISwitchOptions): Promise<void> {
-  const { app, model, isDirty } = options;
+  const { app, model, trans, isDirty } = options;
   if (model.underHub === null) {
     await model.refresh(); // opened before the first status answer
   }
   if (model.underHub === false) {
-    await showNotUnderHub();
+    await showNotUnderHub(trans);
     return;
   }
-  const picker = new TierPicker();
+  const picker = new TierPicker(trans);
   const picked = await showDialog<ITier | null>({
-    title: 'Switch machine',
+    title: trans.__('Switch machine'),
     body: picker,
     renderer,
     buttons: [
       Dialog.cancelButton({
-        label: 'Cancel',
+        label: trans.__('Cancel'),
         className: 'jp-DSCompute-cancelButton'
       }),
       Dialog.okButton({
-        label: 'Switch…',
+        label: trans.__('Switch…'),
         className: 'jp-DSCompute-nextButton'
       })
     ]
@@ -363,7 +389,7 @@ export async function switchMachine(options: ISwitchOptions): Promise<void> {
     return;
   }
 
-  const how = await confirmSwitch(tier, isDirty());
+  const how = await confirmSwitch(tier, isDirty(), trans);
   if (how === 'cancel') {
     return;
   }
@@ -375,8 +401,11 @@ export async function switchMachine(options: ISwitchOptions): Promise<void> {
       await app.commands.execute('docmanager:save-all');
     } catch (error) {
       await showErrorMessage(
-        'Could not save all documents',
-        `${(error as Error).message || error}. The machine was not switched.`
+        trans.__('Could not save all documents'),
+        trans.__(
+          '%1. The machine was not switched.',
+          (error as Error).message || String(error)
+        )
       );
       return;
     }
@@ -395,12 +424,17 @@ export async function switchMachine(options: ISwitchOptions): Promise<void> {
       })
     });
     if (!reply || typeof reply.progress_url !== 'string') {
-      throw new Error('The server did not say where to follow the switch.');
+      throw new Error(
+        trans.__('The server did not say where to follow the switch.')
+      );
     }
   } catch (error) {
     model.switching = false;
     const message = (error as Error).message || String(error);
-    await showErrorMessage(`Could not switch to ${tierName(tier)}`, message);
+    await showErrorMessage(
+      trans.__('Could not switch to %1', tierName(tier)),
+      message
+    );
     void model.refresh();
     return;
   }

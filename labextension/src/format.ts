@@ -1,3 +1,6 @@
+// Types only: the unit tests run this module alone (labextension/test/).
+import type { TranslationBundle } from '@jupyterlab/translation';
+
 import { IBudget, ITierInfo } from './types';
 
 /*
@@ -180,59 +183,85 @@ export const formatPercent = (fraction: number | null | undefined): string =>
  * The status-bar text of a budget that needs attention: `⚠ budget 85% used`,
  * `⚠ budget spent`; empty while there is nothing to say (`ok`, `unlimited`).
  */
-export function budgetLabel(budget: IBudget | null | undefined): string {
+export function budgetLabel(
+  budget: IBudget | null | undefined,
+  trans: TranslationBundle
+): string {
   if (!budget) {
     return '';
   }
   if (budget.state === 'spent') {
-    return '⚠ budget spent';
+    return trans.__('⚠ budget spent');
   }
   if (budget.state === 'warn') {
     const percent = formatPercent(budget.fraction);
-    return percent ? `⚠ budget ${percent} used` : '⚠ budget almost spent';
+    return percent
+      ? trans.__('⚠ budget %1 used', percent)
+      : trans.__('⚠ budget almost spent');
   }
   return '';
 }
 
 /** Tooltip lines about a budget (none when unlimited or unknown). */
-export function budgetDetails(budget: IBudget | null | undefined): string[] {
+export function budgetDetails(
+  budget: IBudget | null | undefined,
+  trans: TranslationBundle
+): string[] {
   if (!budget || budget.state === 'unlimited' || budget.budget === null) {
     return [];
   }
-  const period = budget.period ? `this ${budget.period}` : 'this period';
-  const whose =
-    budget.kind === 'group' && budget.name
-      ? `Budget of group ${budget.name}`
-      : 'Budget';
+  const spent = formatDollars(budget.spent);
+  const total = formatDollars(budget.budget);
+  const period = budget.period
+    ? trans.__('this %1', budget.period)
+    : trans.__('this period');
   const percent = formatPercent(budget.fraction);
-  const lines = [
-    `${whose}: ${formatDollars(budget.spent)} of ${formatDollars(
-      budget.budget
-    )} spent ${period}${percent ? ` (${percent})` : ''}`
-  ];
+  let line =
+    budget.kind === 'group' && budget.name
+      ? trans.__(
+          'Budget of group %1: %2 of %3 spent %4',
+          budget.name,
+          spent,
+          total,
+          period
+        )
+      : trans.__('Budget: %1 of %2 spent %3', spent, total, period);
+  if (percent) {
+    line = trans.__('%1 (%2)', line, percent);
+  }
+  const lines = [line];
   if (
     budget.kind === 'group' &&
     budget.user_spent !== undefined &&
     budget.user_spent !== null
   ) {
-    lines.push(`You spent ${formatDollars(budget.user_spent)} of it.`);
+    lines.push(
+      trans.__('You spent %1 of it.', formatDollars(budget.user_spent))
+    );
   }
   if (budget.period_start) {
     const start = new Date(budget.period_start);
     if (!isNaN(start.getTime())) {
-      lines.push(`Period started ${start.toLocaleDateString()}.`);
+      lines.push(trans.__('Period started %1.', start.toLocaleDateString()));
     }
   }
   if (budget.state === 'spent') {
     lines.push(
-      '⚠ The budget is spent: tiers above your default one are not available until the next period. ' +
-        'This server keeps running.'
+      trans.__(
+        '⚠ The budget is spent: tiers above your default one are not available until the next period. This server keeps running.'
+      )
     );
   } else if (budget.state === 'warn') {
     const threshold = formatPercent(budget.warn_fraction);
     lines.push(
-      `⚠ ${threshold ? `Over ${threshold} of` : 'Most of'} the budget is used; ` +
-        'when it is spent, only your default tier is available.'
+      threshold
+        ? trans.__(
+            '⚠ Over %1 of the budget is used; when it is spent, only your default tier is available.',
+            threshold
+          )
+        : trans.__(
+            '⚠ Most of the budget is used; when it is spent, only your default tier is available.'
+          )
     );
   }
   return lines;

@@ -4,33 +4,39 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
-import { IMainMenu } from '@jupyterlab/mainmenu';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
-import { RankedMenu } from '@jupyterlab/ui-components';
+import { ITranslator } from '@jupyterlab/translation';
 
 import { connectionLostPlugin } from './connectionlost';
-import { switchMachine } from './dialog';
+// The menu's label callbacks and the status-bar item need these at once.
+// eslint-disable-next-line jupyter/prefer-lazy-imports
 import { tierName, tierSummary } from './format';
-import { DSComputeModel, IDSComputeModel, NOT_UNDER_HUB } from './model';
-import { NoticeWatcher } from './notices';
+import { DSComputeModel, IDSComputeModel, notUnderHub } from './model';
+// eslint-disable-next-line jupyter/prefer-lazy-imports
 import { ComputeStatusItem } from './status';
+import { loadTranslations } from './trans';
 
 export { IDSComputeModel } from './model';
 export { requestAPI, DSComputeError } from './request';
 export * from './types';
 
-/** Command ids. */
+/**
+ * Command ids, in the extension's own namespace (as its plugin ids). The
+ * *Compute* menu that shows them is declared in `labextension/schema/commands.json`
+ * (`jupyter.lab.menus`).
+ */
 export namespace CommandIDs {
   /** Open the *Switch machine…* dialog. */
-  export const switchMachine = 'ds-compute:switch';
+  export const switchMachine = 'jupyter-ds-compute:switch-machine';
   /** Informational, always disabled: "Current: Small — 1 CPU, 2 GiB, $0.05/h". */
-  export const currentTier = 'ds-compute:current-tier';
+  export const currentTier = 'jupyter-ds-compute:current-tier';
   /** Fetch the status again now. */
-  export const refresh = 'ds-compute:refresh';
+  export const refresh = 'jupyter-ds-compute:refresh';
 }
 
-const CATEGORY = 'Compute';
+/** The commands take no arguments. */
+const NO_ARGS = { args: { type: 'object' as const, properties: {} } };
 
 /**
  * The shared model: polls `GET status`; settings: `refreshInterval`.
@@ -69,41 +75,51 @@ const modelPlugin: JupyterFrontEndPlugin<IDSComputeModel> = {
 
 /**
  * Commands: *Switch machine…*, the current tier (informational), refresh;
- * the first and last also in the command palette.
+ * the first and last also in the command palette. The first two make the
+ * *Compute* menu, which the settings schema of this plugin declares
+ * (`jupyter.lab.menus`); their labels follow the model
+ * (`notifyCommandChanged` on every change).
  */
 const commandsPlugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-ds-compute:commands',
-  description: 'Adds the ds-compute commands (switch machine, current tier).',
+  description:
+    'Adds the ds-compute commands (switch machine, current tier) and the Compute menu.',
   autoStart: true,
   requires: [IDSComputeModel],
-  optional: [ICommandPalette, ILabStatus],
+  optional: [ICommandPalette, ILabStatus, ITranslator],
   activate: (
     app: JupyterFrontEnd,
     model: IDSComputeModel,
     palette: ICommandPalette | null,
-    labStatus: ILabStatus | null
+    labStatus: ILabStatus | null,
+    translator: ITranslator | null
   ): void => {
     const { commands } = app;
+    const trans = loadTranslations(translator);
     let dialogOpen = false;
 
     commands.addCommand(CommandIDs.switchMachine, {
       label: () =>
         model.underHub === false
-          ? 'Switch machine… (not running under JupyterHub)'
-          : 'Switch machine…',
+          ? trans.__('Switch machine… (not running under JupyterHub)')
+          : trans.__('Switch machine…'),
       caption: () =>
         model.underHub === false
-          ? NOT_UNDER_HUB
-          : 'Run this server on another compute tier',
+          ? notUnderHub(trans)
+          : trans.__('Run this server on another compute tier'),
+      describedBy: NO_ARGS,
       isEnabled: () =>
         model.underHub !== false && !model.switching && !dialogOpen,
       execute: async () => {
         dialogOpen = true;
         commands.notifyCommandChanged(CommandIDs.switchMachine);
         try {
+          // the dialog's code loads when it is first opened
+          const { switchMachine } = await import('./dialog');
           await switchMachine({
             app,
             model,
+            trans,
             isDirty: () => labStatus?.isDirty ?? false
           });
         } finally {
@@ -116,26 +132,35 @@ const commandsPlugin: JupyterFrontEndPlugin<void> = {
     commands.addCommand(CommandIDs.currentTier, {
       label: () => {
         if (model.switching) {
-          return 'Current: switching…';
+          return trans.__('Current: switching…');
         }
         if (model.underHub === false) {
-          return 'Current: not running under JupyterHub';
+          return trans.__('Current: not running under JupyterHub');
         }
         const tier = model.status?.tier;
         if (tier) {
-          return `Current: ${tierName(tier)} — ${tierSummary(tier)}`;
+          return trans.__(
+            'Current: %1 — %2',
+            tierName(tier),
+            tierSummary(tier)
+          );
         }
         return model.available === false
-          ? 'Current: not available'
-          : 'Current: …';
+          ? trans.__('Current: not available')
+          : trans.__('Current: …');
       },
-      caption: 'The compute tier this server runs on',
+      caption: trans.__('The compute tier this server runs on'),
+      describedBy: NO_ARGS,
       isEnabled: () => false,
       execute: () => undefined
     });
 
     commands.addCommand(CommandIDs.refresh, {
-      label: 'Refresh compute status',
+      label: trans.__('Refresh compute status'),
+      caption: trans.__(
+        'Ask the server for the current tier, cost and volume now'
+      ),
+      describedBy: NO_ARGS,
       execute: () => model.refresh()
     });
 
@@ -145,32 +170,10 @@ const commandsPlugin: JupyterFrontEndPlugin<void> = {
     });
 
     if (palette) {
-      palette.addItem({
-        command: CommandIDs.switchMachine,
-        category: CATEGORY
-      });
-      palette.addItem({ command: CommandIDs.refresh, category: CATEGORY });
+      const category = trans.__('Compute');
+      palette.addItem({ command: CommandIDs.switchMachine, category });
+      palette.addItem({ command: CommandIDs.refresh, category });
     }
-  }
-};
-
-/**
- * The *Compute* main-menu entry.
- */
-const menuPlugin: JupyterFrontEndPlugin<void> = {
-  id: 'jupyter-ds-compute:menu',
-  description: 'Adds the Compute menu to the main menu.',
-  autoStart: true,
-  requires: [IMainMenu],
-  activate: (app: JupyterFrontEnd, mainMenu: IMainMenu): void => {
-    const menu = new RankedMenu({ commands: app.commands, rank: 1000 });
-    menu.id = 'jp-mainmenu-ds-compute';
-    menu.title.label = 'Compute';
-    menu.addClass('jp-DSCompute-menu');
-    menu.addItem({ command: CommandIDs.switchMachine, rank: 0 });
-    menu.addItem({ type: 'separator', rank: 10 });
-    menu.addItem({ command: CommandIDs.currentTier, rank: 20 });
-    mainMenu.addMenu(menu, true, { rank: 1000 });
   }
 };
 
@@ -184,16 +187,22 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
     'Shows the compute tier, its price and the volume in the status bar.',
   autoStart: true,
   requires: [IDSComputeModel, IStatusBar],
+  optional: [ITranslator],
   activate: (
     app: JupyterFrontEnd,
     model: IDSComputeModel,
-    statusBar: IStatusBar
+    statusBar: IStatusBar,
+    translator: ITranslator | null
   ): void => {
-    const item = new ComputeStatusItem(model, () => {
-      if (app.commands.isEnabled(CommandIDs.switchMachine)) {
-        void app.commands.execute(CommandIDs.switchMachine);
-      }
-    });
+    const item = new ComputeStatusItem(
+      model,
+      () => {
+        if (app.commands.isEnabled(CommandIDs.switchMachine)) {
+          void app.commands.execute(CommandIDs.switchMachine);
+        }
+      },
+      loadTranslations(translator)
+    );
     statusBar.registerStatusItem(statusPlugin.id, {
       item,
       align: 'left',
@@ -215,15 +224,26 @@ const noticesPlugin: JupyterFrontEndPlugin<void> = {
     'Shows what the compute policies did to this server (idle downshift) as notifications.',
   autoStart: true,
   requires: [IDSComputeModel],
-  activate: (app: JupyterFrontEnd, model: IDSComputeModel): void => {
+  optional: [ITranslator],
+  activate: (
+    app: JupyterFrontEnd,
+    model: IDSComputeModel,
+    translator: ITranslator | null
+  ): void => {
+    const trans = loadTranslations(translator);
     // Only once Lab is restored: a notification emitted before JupyterLab's
     // notification plugin runs lands in the notification center, not as a toast.
-    void app.restored.then(() => {
-      new NoticeWatcher(model, () => {
-        if (app.commands.isEnabled(CommandIDs.switchMachine)) {
-          void app.commands.execute(CommandIDs.switchMachine);
-        }
-      });
+    void app.restored.then(async () => {
+      const { NoticeWatcher } = await import('./notices');
+      new NoticeWatcher(
+        model,
+        () => {
+          if (app.commands.isEnabled(CommandIDs.switchMachine)) {
+            void app.commands.execute(CommandIDs.switchMachine);
+          }
+        },
+        trans
+      );
     });
   }
 };
@@ -231,7 +251,6 @@ const noticesPlugin: JupyterFrontEndPlugin<void> = {
 const plugins: JupyterFrontEndPlugin<any>[] = [
   modelPlugin,
   commandsPlugin,
-  menuPlugin,
   statusPlugin,
   noticesPlugin,
   connectionLostPlugin

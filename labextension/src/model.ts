@@ -1,3 +1,4 @@
+import { TranslationBundle } from '@jupyterlab/translation';
 import { Token } from '@lumino/coreutils';
 import { ISignal, Signal } from '@lumino/signaling';
 
@@ -5,8 +6,11 @@ import { requestAPI } from './request';
 import { IStatus } from './types';
 
 /** What the UI says outside JupyterHub (a plain `jupyter lab`). */
-export const NOT_UNDER_HUB =
-  'This JupyterLab is not running under JupyterHub: there are no machines to switch to.';
+export function notUnderHub(trans: TranslationBundle): string {
+  return trans.__(
+    'This JupyterLab is not running under JupyterHub: there are no machines to switch to.'
+  );
+}
 
 /** Default seconds between two `GET status` calls. */
 export const DEFAULT_REFRESH_INTERVAL = 60;

@@ -1,6 +1,8 @@
 import { Notification } from '@jupyterlab/apputils';
+import { TranslationBundle } from '@jupyterlab/translation';
 
 import { IDSComputeModel } from './model';
+import { loadTranslations } from './trans';
 import { INotice, IStatus } from './types';
 
 /** At most this many notices are shown at once (the newest ones). */
@@ -16,7 +18,8 @@ const MAX_SHOWN = 3;
 export class NoticeWatcher {
   constructor(
     private _model: IDSComputeModel,
-    private _switchMachine: (() => void) | null = null
+    private _switchMachine: (() => void) | null = null,
+    private _trans: TranslationBundle = loadTranslations(null)
   ) {
     _model.changed.connect(this._check, this);
     this._check();
@@ -57,8 +60,8 @@ export class NoticeWatcher {
     if (this._switchMachine && notice.kind === 'idle-downshift') {
       const run = this._switchMachine;
       actions.push({
-        label: 'Switch machine…',
-        caption: 'Move this server to another tier',
+        label: this._trans.__('Switch machine…'),
+        caption: this._trans.__('Move this server to another tier'),
         callback: () => run()
       });
     }

@@ -1,3 +1,4 @@
+import { TranslationBundle } from '@jupyterlab/translation';
 import { Widget } from '@lumino/widgets';
 
 import {
@@ -10,31 +11,39 @@ import {
   tierName,
   tierSummary
 } from './format';
-import { IDSComputeModel, NOT_UNDER_HUB } from './model';
+import { IDSComputeModel, notUnderHub } from './model';
 import { IVolume } from './types';
 
 /**
  * `Volume alice (local) at /data/alice: 1.0 GiB of 10.0 GiB used`, leaving
  * out what the server does not know (null); empty without id and path.
  */
-export function volumeLine(volume: IVolume | null | undefined): string {
+export function volumeLine(
+  volume: IVolume | null | undefined,
+  trans: TranslationBundle
+): string {
   if (!volume || !(volume.id || volume.path)) {
     return '';
   }
-  let line = 'Volume';
-  if (volume.id) {
-    line += ` ${volume.id}`;
-  }
+  // "Volume alice", "Volume alice (local)", "Volume at /data/alice", ...
+  let what = volume.id ?? '';
   if (volume.driver) {
-    line += ` (${volume.driver})`;
+    what = what
+      ? trans.__('%1 (%2)', what, volume.driver)
+      : trans.__('(%1)', volume.driver);
   }
-  if (volume.path) {
-    line += ` at ${volume.path}`;
-  }
+  let line = volume.path
+    ? what
+      ? trans.__('Volume %1 at %2', what, volume.path)
+      : trans.__('Volume at %1', volume.path)
+    : trans.__('Volume %1', what);
   if (volume.used_bytes && volume.size_bytes) {
-    line += `: ${formatMemory(volume.used_bytes)} of ${formatMemory(
-      volume.size_bytes
-    )} used`;
+    line = trans.__(
+      '%1: %2 of %3 used',
+      line,
+      formatMemory(volume.used_bytes),
+      formatMemory(volume.size_bytes)
+    );
   }
   return line;
 }
@@ -57,7 +66,8 @@ export function volumeLine(volume: IVolume | null | undefined): string {
 export class ComputeStatusItem extends Widget {
   constructor(
     private _model: IDSComputeModel,
-    onClick: () => void
+    onClick: () => void,
+    private _trans: TranslationBundle
   ) {
     super({ node: document.createElement('div') });
     this.addClass('jp-DSCompute-statusItem');
@@ -88,11 +98,12 @@ export class ComputeStatusItem extends Widget {
   }
 
   private _update(): void {
+    const trans = this._trans;
     const model = this._model;
     const status = model.status;
     const warning = status?.volume?.warning ?? '';
     const budget = status?.budget ?? null;
-    const budgetText = model.switching ? '' : budgetLabel(budget);
+    const budgetText = model.switching ? '' : budgetLabel(budget, trans);
     this._budget.textContent = budgetText;
     this._budget.hidden = !budgetText;
     this._budget.dataset.state = budget?.state ?? '';
@@ -117,30 +128,37 @@ export class ComputeStatusItem extends Widget {
       this._budget.textContent = '';
       this._budget.hidden = true;
       this.toggleClass('jp-DSCompute-statusItem-warning', false);
-      this.node.title = NOT_UNDER_HUB;
+      this.node.title = notUnderHub(trans);
       return;
     }
 
     if (model.switching) {
-      this._label.textContent = '⚙ switching machine…';
-      this.node.title = 'A switch of this server is in progress.';
+      this._label.textContent = trans.__('⚙ switching machine…');
+      this.node.title = trans.__('A switch of this server is in progress.');
       return;
     }
     if (model.available === null) {
-      this._label.textContent = '⚙ ds-compute: …';
-      this.node.title = 'Loading the compute tier…';
+      this._label.textContent = trans.__('⚙ ds-compute: …');
+      this.node.title = trans.__('Loading the compute tier…');
       return;
     }
     if (!status) {
-      this._label.textContent = 'ds-compute: not available';
-      this.node.title = `The ds-compute server extension does not answer${
-        model.error ? `: ${model.error}` : ''
-      }.`;
+      this._label.textContent = trans.__('ds-compute: not available');
+      this.node.title = model.error
+        ? trans.__(
+            'The ds-compute server extension does not answer: %1.',
+            model.error
+          )
+        : trans.__('The ds-compute server extension does not answer.');
       return;
     }
 
     const parts: string[] = [];
-    parts.push(status.tier ? `⚙ ${tierName(status.tier)}` : '⚙ no tier');
+    parts.push(
+      status.tier
+        ? trans.__('⚙ %1', tierName(status.tier))
+        : trans.__('⚙ no tier')
+    );
     if (status.tier) {
       const hourly = formatHourly(status.tier.hourly_cost);
       if (hourly) {
@@ -148,14 +166,18 @@ export class ComputeStatusItem extends Widget {
       }
     }
     if (status.volume?.id) {
-      parts.push(`vol ${status.volume.id}`);
+      parts.push(trans.__('vol %1', status.volume.id));
     }
     this._label.textContent = parts.join(' · ') + (warning ? ' ⚠' : '');
 
     const lines: string[] = [];
     if (status.tier) {
       lines.push(
-        `Tier: ${tierName(status.tier)} — ${tierSummary(status.tier)}`
+        trans.__(
+          'Tier: %1 — %2',
+          tierName(status.tier),
+          tierSummary(status.tier)
+        )
       );
       if (status.tier.description) {
         lines.push(status.tier.description);
@@ -165,21 +187,26 @@ export class ComputeStatusItem extends Widget {
       status.seconds_on_tier !== null &&
       status.seconds_on_tier !== undefined
     ) {
-      let line = `On this tier for ${formatDuration(status.seconds_on_tier)}`;
-      if (status.cost_so_far !== null && status.cost_so_far !== undefined) {
-        line += `, ${formatDollars(status.cost_so_far)} so far`;
-      }
-      lines.push(line);
+      const onTier = formatDuration(status.seconds_on_tier);
+      lines.push(
+        status.cost_so_far !== null && status.cost_so_far !== undefined
+          ? trans.__(
+              'On this tier for %1, %2 so far',
+              onTier,
+              formatDollars(status.cost_so_far)
+            )
+          : trans.__('On this tier for %1', onTier)
+      );
     }
-    const volumeText = volumeLine(status.volume);
+    const volumeText = volumeLine(status.volume, trans);
     if (volumeText) {
       lines.push(volumeText);
     }
     if (warning) {
-      lines.push(`⚠ ${warning}`);
+      lines.push(trans.__('⚠ %1', warning));
     }
-    lines.push(...budgetDetails(budget));
-    lines.push('Click to switch machine.');
+    lines.push(...budgetDetails(budget, trans));
+    lines.push(trans.__('Click to switch machine.'));
     this.node.title = lines.join('\n');
   }
 

@@ -66,22 +66,28 @@ export interface INotice {
 }
 
 /**
- * The volume as the server sees it. Outside JupyterHub (or without
+ * The volume as the server sees it (`serverext/app.py` `status()` and
+ * `volume.py` `VolumeUsage.snapshot()`). Outside JupyterHub (or without
  * `DS_COMPUTE_VOLUME_*`) the server still answers, with `id`, `driver` and
- * `path` null.
+ * `path` null; what it could not measure is null too.
  */
 export interface IVolume {
   id: string | null;
   driver: string | null;
   path: string | null;
+  /** Null when the usage could not be read (then `usage_error` says why). */
   size_bytes?: number | null;
   used_bytes?: number | null;
   free_bytes?: number | null;
-  /** `filesystem` or `directory`. */
+  /** `filesystem`, `directory`, or null when the usage could not be read. */
   usage_source?: string | null;
+  /** For `directory`: whether the walk counted every file (null: unknown). */
   usage_complete?: boolean | null;
-  is_notebook_dir?: boolean;
+  /** Why the usage could not be read (an OSError's text). */
+  usage_error?: string | null;
+  is_notebook_dir?: boolean | null;
   notebook_dir?: string | null;
+  /** Why the notebook dir may not be on the volume; null when it is. */
   warning?: string | null;
 }
 
