@@ -97,6 +97,9 @@ class Hub:
             PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         )
         self.env.update(env or {})
+        #: the ds-compute service's port (the embedded config, and a
+        #: ``config_file`` of a test that reads ``DS_COMPUTE_SERVICE_PORT``)
+        self.service_port = int(self.env["DS_COMPUTE_SERVICE_PORT"])
         self.extra_config = extra_config
         self.proc = None
 
@@ -149,6 +152,7 @@ class Hub:
             )
         except Exception:
             print(self.log_tail(200), file=sys.stderr)
+            self.stop(servers=False)
             raise
         return self
 
@@ -158,8 +162,8 @@ class Hub:
             return
         if servers and self.proc.poll() is None:
             try:
-                for user in self.api("GET", "/users").json():
-                    for name, srv in user.get("servers", {}).items():
+                for user in self.users():
+                    for name in user.get("servers") or {}:
                         self.stop_server(user["name"], name, wait=True)
             except Exception as e:  # noqa: BLE001 - teardown goes on
                 print(f"stopping servers failed: {e!r}", file=sys.stderr)
@@ -174,12 +178,13 @@ class Hub:
         self.proc = None
 
     def _kill_proxy(self):
-        pidfile = self.data / "proxy.pid"
-        try:
-            pid = int(pidfile.read_text())
-            os.kill(pid, signal.SIGTERM)
-        except (OSError, ValueError):
-            pass
+        # the embedded config's pid file, else JupyterHub's default in the cwd
+        for pidfile in (self.data / "proxy.pid", self.workdir / "jupyterhub-proxy.pid"):
+            try:
+                pid = int(pidfile.read_text())
+                os.kill(pid, signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
 
     def restart(self):
         """Restart the hub process only; servers keep running."""
@@ -199,6 +204,25 @@ class Hub:
         headers["Authorization"] = f"token {token or self.admin_token}"
         kwargs.setdefault("timeout", 30)
         return requests.request(method, f"{self.url}/hub/api{path}", headers=headers, **kwargs)
+
+    def users(self, **params):
+        """Every user model: ``GET /users`` read as jupyterhub-idle-culler reads
+        it (the pagination media type, then ``_pagination.next`` until null),
+        whatever ``c.JupyterHub.api_page_max_limit`` is."""
+        headers = {"Accept": "application/jupyterhub-pagination+json"}
+        params = dict(params, offset=0)
+        found = []
+        while True:
+            r = self.api("GET", "/users", params=params, headers=dict(headers))
+            r.raise_for_status()
+            body = r.json()
+            if isinstance(body, list):  # a hub that does not paginate
+                return found + body
+            found.extend(body["items"])
+            following = (body.get("_pagination") or {}).get("next")
+            if not following:
+                return found
+            params.update(offset=following["offset"], limit=following["limit"])
 
     def create_user(self, name, admin=False, groups=()):
         r = self.api("POST", f"/users/{name}")
@@ -252,6 +276,45 @@ class Hub:
                 message=f"{user}'s server stopped",
             )
         return r
+
+    # -- the ds-compute service ------------------------------------------------
+
+    def service(self, method, path, token, **kwargs):
+        """Call the ds-compute service (``/services/ds-compute/<path>``) with ``token``."""
+        headers = kwargs.pop("headers", {})
+        headers["Authorization"] = f"token {token}"
+        kwargs.setdefault("timeout", 30)
+        return requests.request(method, f"{self.url}/services/ds-compute/{path}", headers=headers, **kwargs)
+
+    def service_health(self):
+        return requests.get(f"{self.url}/services/ds-compute/api/health", timeout=2).json() == {"ok": True}
+
+    def wait_switch(self, switch_id, token, timeout=150):
+        """The switch record once it is final (succeeded, rolled_back, failed)."""
+
+        def final():
+            rec = self.service("GET", f"api/switches/{switch_id}", token).json()
+            return rec if rec.get("state") in ("succeeded", "rolled_back", "failed") else None
+
+        return wait_for(final, timeout, interval=0.3, message=f"switch {switch_id} final")
+
+    def service_pid(self):
+        """The pid of this hub's running ds-compute service process (by its port), or None."""
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+                if b"jupyter_ds_compute.service" not in cmd:
+                    continue
+                env = Path(f"/proc/{entry}/environ").read_bytes()
+            except OSError:
+                continue
+            if f"JUPYTERHUB_SERVICE_URL=http://127.0.0.1:{self.service_port}\0".encode() in env:
+                return int(entry)
+        return None
+
+    # -- single-user servers ---------------------------------------------------
 
     def server_api(self, user, path, token, method="GET", server_name="", **kwargs):
         """Call a user's single-user server through the proxy."""

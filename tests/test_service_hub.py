@@ -161,7 +161,7 @@ def test_server_token_and_tiers(svc_hub):
     user = svc_hub.create_user("sw-kernel")
     start_server(svc_hub, user, "small")
     # read the server's token from its process environment, like a kernel would
-    pid = wait_for(lambda: _server_pid(user), 30, message="server process")
+    pid = wait_for(lambda: _server_pid(svc_hub, user), 30, message="server process")
     env = dict(
         kv.split("=", 1)
         for kv in Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
@@ -182,7 +182,9 @@ def test_server_token_and_tiers(svc_hub):
     assert rec["state"] == "succeeded", rec
 
 
-def _server_pid(user):
+def _server_pid(hub, user):
+    """The pid of ``user``'s server of this hub (other hubs may run an ``user`` too)."""
+    api_url = f"JUPYTERHUB_API_URL=http://127.0.0.1:{hub.env['DS_COMPUTE_HUB_PORT']}/".encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -191,7 +193,7 @@ def _server_pid(user):
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"jupyterhub-singleuser" in cmd and f"JUPYTERHUB_USER={user}\0".encode() in env:
+        if b"jupyterhub-singleuser" in cmd and f"JUPYTERHUB_USER={user}\0".encode() in env and api_url in env:
             return int(entry)
     return None
 
