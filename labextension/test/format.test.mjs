@@ -50,3 +50,52 @@ test('the old names give the same text', () => {
   assert.equal(format.formatHourly(null), '');
   assert.equal(format.formatDuration(3900), '1 h 05 min');
 });
+
+// What nullTranslator's bundle does: no translation, %1… replaced in order.
+const trans = {
+  __: (msgid, ...args) =>
+    msgid.replace(/%(\d+)/g, (m, n) => String(args[Number(n) - 1] ?? m))
+};
+
+test('budgetLabel words the states through the translation bundle', () => {
+  assert.equal(format.budgetLabel({ state: 'spent' }, trans), '⚠ budget spent');
+  assert.equal(
+    format.budgetLabel({ state: 'warn', fraction: 0.859 }, trans),
+    '⚠ budget 85% used'
+  );
+  assert.equal(format.budgetLabel({ state: 'ok' }, trans), '');
+  assert.equal(format.budgetLabel(null, trans), '');
+});
+
+test('budgetDetails names the group, the money and the period', () => {
+  const lines = format.budgetDetails(
+    {
+      state: 'warn',
+      spent: 85,
+      budget: 100,
+      fraction: 0.85,
+      kind: 'group',
+      name: 'physics',
+      period: 'month',
+      user_spent: 12.5,
+      warn_fraction: 0.8
+    },
+    trans
+  );
+  assert.deepEqual(lines, [
+    'Budget of group physics: $85.00 of $100.00 spent this month (85%)',
+    'You spent $12.50 of it.',
+    '⚠ Over 80% of the budget is used; when it is spent, only your default tier is available.'
+  ]);
+  assert.equal(
+    format.budgetDetails(
+      { state: 'ok', spent: 3, budget: 100, fraction: 0.03 },
+      trans
+    )[0],
+    'Budget: $3.00 of $100.00 spent this period (3%)'
+  );
+  assert.deepEqual(
+    format.budgetDetails({ state: 'unlimited', spent: 3, budget: null }, trans),
+    []
+  );
+});
