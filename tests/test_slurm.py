@@ -296,3 +296,38 @@ def test_hub_restart_keeps_running_jobs(hub):
     wait_for(
         lambda: show_job(job_id)["JobState"] in ("CANCELLED", "COMPLETED"), timeout=20, message="job ended"
     )
+
+
+def test_start_cancels_a_job_an_interrupted_start_left(hub):
+    """A job of this server that the hub does not know (its start was
+    interrupted before the state was saved) is cancelled by the next start:
+    exactly one job of the server runs, the new one."""
+    from jupyter_ds_compute.names import safe_name
+
+    user = hub.create_user("slurm-leftover")
+    hub.spawn(user, {"profile": "small"})  # the user's account exists from here on
+    hub.stop_server(user)
+    other = hub.create_user("slurm-neighbour")
+    hub.spawn(other, {"profile": "small"})
+    neighbour, _ = running_job(other)
+    stray = subprocess.run(
+        ["sbatch", "--parsable", f"--job-name=ds-compute-{safe_name(user)}", f"--uid={account(user)}",
+         "-p", "small", "-o", "/dev/null", "-D", "/tmp", "--wrap", "sleep 300"],  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    wait_for(lambda: show_job(stray).get("JobState") == "RUNNING", timeout=30, message="stray job running")
+    try:
+        hub.spawn(user, {"profile": "small"})
+        job_id, _ = running_job(user)  # exactly one
+        assert job_id != stray
+        assert show_job(stray)["JobState"] in ("CANCELLED", "COMPLETING"), show_job(stray)
+        log = hub.log_path.read_text(errors="replace")
+        assert f"Cancelling Slurm jobs {stray}" in log and user in log
+        # another user's server is untouched
+        assert show_job(neighbour)["JobState"] == "RUNNING"
+    finally:
+        subprocess.run(["scancel", stray], check=False)
+    hub.stop_server(user)
+    hub.stop_server(other)

@@ -36,6 +36,14 @@ it does not take, on purpose:
   spool directory (:mod:`.slurm_launch`) and the hub takes the host from
   Slurm's own ``BatchHost``.
 
+A start first cancels the jobs an earlier start of the same hub user and
+server left queued or running when the hub lost track of them (the hub was
+killed between ``sbatch`` and saving its state): one ``squeue`` by job name
+(injective per user and server, :func:`jupyter_ds_compute.names.safe_name`)
+and submitting account; every such job but the one the state names is
+``scancel``\ ed. The hub calls ``start`` only for a server it believes
+stopped, so nothing found then is a server it tracks.
+
 Volumes: the local volume driver's directory mode, on a path every node
 sees (``c.LocalVolume.root`` on the shared file system); so must be
 :attr:`SlurmBackend.spool_dir`.
@@ -46,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import pwd
 import re
 import shlex
 import string
@@ -53,12 +62,13 @@ import subprocess
 import sys
 from collections import deque
 
+from jupyterhub.utils import exponential_backoff
 from traitlets import Bool, CaselessStrEnum, Float, List, Unicode, default
 
 from .. import names
 from .base import Backend, BackendError, HostInfo
 from .local import SystemAccountMixin, unreachable_dir
-from .squeue import SqueuePoller, SqueueUnavailable
+from .squeue import FORMAT, SqueuePoller, SqueueUnavailable, parse
 
 TEMPLATE = os.path.join(os.path.dirname(__file__), "slurm_job.sh")
 
@@ -358,13 +368,17 @@ class SlurmBackend(SystemAccountMixin, Backend):
         merged["sbatch_lines"] = lines
         return merged
 
+    def job_name(self):
+        """The job name of this hub user's server: injective (``names.safe_name``)."""
+        return f"ds-compute-{names.safe_name(self.spawner.user.name, self.spawner.name or '')}"
+
     def sbatch_argv(self, tier, workdir, chdir):
         """sbatch's command line: every resource as its own argv element."""
         s = self.settings(tier)
         argv = [
             *self.sbatch,
             "--parsable",
-            f"--job-name=ds-compute-{names.safe_name(self.spawner.user.name, self.spawner.name or '')}",
+            f"--job-name={self.job_name()}",
             f"--output={os.path.join(workdir, 'slurm-%j.log')}",
             f"--chdir={chdir}",
             "--export=ALL",
@@ -459,6 +473,7 @@ class SlurmBackend(SystemAccountMixin, Backend):
                     f"The volume {volume_path} is not reachable by {acct.name}: "
                     f"{blocked} does not let them through (c.LocalVolume.root must be traversable, o+x)."
                 )
+        await self._end_leftovers(acct.name if self.as_system_user else pwd.getpwuid(os.getuid()).pw_name)
         argv = self.sbatch_argv(tier, self.workdir, volume_path)
         script = self.script(tier, cmd, self.workdir)
         self.log.debug("Job script for %s:\n%s", self.log_name, script)
@@ -480,6 +495,54 @@ class SlurmBackend(SystemAccountMixin, Backend):
         address = self.node_address.format(node=self.host)
         self.emit(f"Job {self.job_id} running on {self.host}, server port {self.port}")
         return address, self.port
+
+    # -- leftovers of a start the hub lost ---------------------------------------------
+
+    async def _queued_jobs(self, account):
+        """``{job_id: JobInfo}`` of this server's jobs that Slurm has not ended:
+        one ``squeue`` by job name and submitting account."""
+        argv = [*self.squeue, "--noheader", f"--name={self.job_name()}", f"--user={account}",
+                f"--format={FORMAT}"]  # fmt: skip
+        rc, out, err = await self._run(argv)
+        if rc:
+            raise BackendError(
+                "Slurm is not answering (squeue): cannot check for an earlier job of this server; "
+                "try again in a minute.",
+                log_message=f"squeue for leftovers of {self.log_name}: exit {rc} {err or out}",
+            )
+        return {j: info for j, info in parse(out).items() if info.state not in ENDED}
+
+    async def _end_leftovers(self, account):
+        """Cancel the jobs of this server that an earlier start left (see the module doc)."""
+        found = await self._queued_jobs(account)
+        ids = sorted(j for j, info in found.items() if j != self.job_id and info.state != "COMPLETING")
+        if not ids:
+            return
+        self.log.warning(
+            "Cancelling Slurm jobs %s (%s) of %s that an earlier start left without the hub knowing "
+            "(the hub was stopped while starting it); one server per user and volume",
+            ", ".join(ids),
+            ", ".join(f"{j} {found[j].state}" for j in ids),
+            self.log_name,
+        )
+        self.emit(f"Cancelling Slurm job(s) {', '.join(ids)} left by an interrupted start")
+        rc, out, err = await self._run([*self.scancel, *ids])
+        if rc and "Invalid job id" not in err and "already completing or completed" not in err:
+            self.log.warning("scancel %s for %s: exit %s %s", " ".join(ids), self.log_name, rc, err or out)
+
+        async def ended():
+            left = await self._queued_jobs(account)
+            return not any(j in left and left[j].state != "COMPLETING" for j in ids)
+
+        try:
+            message = f"Slurm jobs {', '.join(ids)} of {self.log_name} did not end"
+            await exponential_backoff(ended, message, timeout=self.stop_timeout)
+        except asyncio.TimeoutError:
+            raise BackendError(
+                f"An earlier Slurm job of this server ({', '.join(ids)}) is still running and could not "
+                "be cancelled: not starting a second one on the same volume.",
+                log_message=f"leftover jobs {ids} of {self.log_name} survived scancel ({self.stop_timeout}s)",
+            ) from None
 
     async def _status(self, max_age=None):
         """(JobInfo or None, what batchspawner would call it)."""
