@@ -152,6 +152,8 @@ case "${1:-help}" in
         setup
         [ -x "$HERE/tests/slurm/setup.sh" ] && "$HERE/tests/slurm/setup.sh" install
         if [ $# -eq 0 ]; then
+            log "TypeScript lint and format (eslint, prettier, stylelint)"
+            npm run -s lint:check
             log "TypeScript unit tests (node --test)"
             npm run -s test:ts
         fi
