@@ -10,7 +10,9 @@
   neither can be written, warn once and run unlimited.
 - ``stop`` ends every process of the server, kernels included: through the
   cgroup when there is one, else by the marker variable every process of the
-  server inherits (``DS_COMPUTE_SERVER_KEY``).
+  server inherits (``DS_COMPUTE_SERVER_KEY``, found by a scan of ``/proc`` in
+  a thread); it then waits with exponential backoff on the pids it found
+  and the cgroup's ``cgroup.procs``, never rescanning ``/proc`` on the loop.
 - A start first ends what an earlier start of the same hub user and server
   left running when the hub lost track of it (the hub was killed while
   starting it, so its state never named it): processes whose marker is
@@ -32,7 +34,7 @@ import sys
 import time
 from collections import deque
 
-from jupyterhub.utils import random_port, url_path_join
+from jupyterhub.utils import exponential_backoff, random_port, url_path_join
 from traitlets import Bool, CaselessStrEnum, Integer, Unicode, default
 
 from .. import names
@@ -443,69 +445,80 @@ class LocalBackend(SystemAccountMixin, Backend):
             return f"DS_COMPUTE_SERVER_KEY={self.key}".encode() in environ.split(b"\0")
         return True
 
-    def _marked_pids(self):
-        """Every process that inherited our marker (kernels included)."""
-        if not self.key:
-            return set()
-        marker = f"DS_COMPUTE_SERVER_KEY={self.key}".encode()
-        found = set()
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if marker in f.read().split(b"\0"):
-                        found.add(int(entry))
-            except OSError:
-                continue
-        found.discard(os.getpid())
-        return found
+    # -- stop: the cgroup (or the marker, scanned in a thread) tells who is left --
 
-    def _all_pids(self):
-        pids = self._marked_pids()
+    def _find_pids(self):
+        """Every live process of this server, kernels included (blocking: run in a thread).
+
+        With a cgroup, its ``cgroup.procs`` (every descendant is in it); without
+        one, a scan of ``/proc`` for our marker ``DS_COMPUTE_SERVER_KEY``
+        (kernels run in sessions of their own, so the server's process group
+        does not hold them); plus the main pid while it is ours.
+        """
         hierarchy = self._hierarchy_or_warn() if self.cgroup else None
-        if hierarchy:
-            pids |= hierarchy.pids(self.cgroup)
+        pids = set(hierarchy.pids(self.cgroup)) if hierarchy else set()
+        if self.key and not pids:
+            # no cgroup, or an empty one (a server started before cgroups were
+            # writable, or moved out): the marker still tells
+            marker = self.key
+            pids |= set(find_processes(lambda env: env.get("DS_COMPUTE_SERVER_KEY") == marker))
         if self.pid and self._pid_is_ours(self.pid):
             pids.add(self.pid)
-        return pids
+        pids.discard(os.getpid())
+        return {p for p in pids if _alive(p)}
 
-    def _signal_all(self, sig):
-        n = 0
-        for pid in self._all_pids():
+    def _still_alive(self, pids):
+        """Which of ``pids`` are still alive, and what joined the cgroup since (cheap:
+        ``/proc/<pid>/stat`` of known pids and ``cgroup.procs``, no scan)."""
+        if self.proc is not None:
+            self.proc.poll()  # reap the main process, a zombie otherwise
+        left = {p for p in pids if _alive(p)}
+        hierarchy = self._hierarchy_or_warn() if self.cgroup else None
+        if hierarchy:
+            left |= {p for p in hierarchy.pids(self.cgroup) if p != os.getpid() and _alive(p)}
+        return left
+
+    @staticmethod
+    def _signal(pids, sig):
+        for pid in pids:
             try:
                 os.kill(pid, sig)
-                n += 1
             except ProcessLookupError:
                 pass
-        return n
 
-    async def _wait_gone(self, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None:
-                self.proc.poll()
-            if not self._all_pids():
-                return True
-            await asyncio.sleep(0.05)
-        return False
+    async def _wait_gone(self, pids, timeout):
+        """Wait with exponential backoff until ``pids`` (and the cgroup) are gone; the
+        ones still alive then (empty: all gone)."""
+        try:
+            await exponential_backoff(
+                lambda: not self._still_alive(pids),
+                f"processes of {self.log_name} still running",
+                start_wait=0.05,
+                max_wait=1,
+                timeout=timeout,
+            )
+        except asyncio.TimeoutError:
+            return self._still_alive(pids)
+        # gone; a final look for late children (one scan in a thread)
+        return await asyncio.to_thread(self._find_pids)
 
     async def stop(self, now=False):
         if not (self.pid or self.cgroup or self.key):
             return
-        if not now and self._all_pids():
+        left = await asyncio.to_thread(self._find_pids)
+        if not now and left:
             # the server first: it shuts its kernels down cleanly on SIGTERM
-            if self.pid and self._pid_is_ours(self.pid):
-                try:
-                    os.kill(self.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-            if not await self._wait_gone(self.term_timeout):
-                self._signal_all(signal.SIGTERM)
-                await self._wait_gone(2)
-        if self._signal_all(signal.SIGKILL):
-            if not await self._wait_gone(self.kill_timeout):
-                self.log.warning("Processes of %s survived SIGKILL: %s", self.log_name, self._all_pids())
+            if self.pid in left:
+                self._signal([self.pid], signal.SIGTERM)
+            left = await self._wait_gone(left, self.term_timeout)
+            if left:
+                self._signal(left, signal.SIGTERM)
+                left = await self._wait_gone(left, 2)
+        if left:
+            self._signal(left, signal.SIGKILL)
+            left = await self._wait_gone(left, self.kill_timeout)
+            if left:
+                self.log.warning("Processes of %s survived SIGKILL: %s", self.log_name, sorted(left))
         if self.proc is not None:
             self.proc.poll()
         if self.cgroup:
