@@ -34,6 +34,7 @@ from . import authz
 from .hubapi import HubAPIError
 from .orchestrator import SwitchRefused, token_server
 from .store import isoformat, utcnow
+from .tiersource import NoTiers
 from .urls import safe_next_url
 from .accounting import parse_time
 
@@ -245,9 +246,10 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         (audited there) are raised as :class:`APIError` with the status, the
         message and the field.
         """
+        profiles = await self.tiers_of_request(caller, body)
         try:
             record = await self.orchestrator.request_switch(
-                caller, body, profiles=self.profiles, live=self.live, base_url=self.base_url
+                caller, body, profiles=profiles, live=self.live, base_url=self.base_url
             )
         except SwitchRefused as e:
             raise APIError(e.status, e.message, **e.extra()) from None
@@ -257,6 +259,18 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return record, progress_url
 
     _token_server = staticmethod(token_server)
+
+    async def tiers_of_request(self, caller: dict, body: dict) -> list[dict]:
+        """The tiers of a switch's target server, from its spawner's catalogue
+        (:mod:`.tiersource`); a 409 when none is known, a 502 when the hub is not answering."""
+        source = self.settings["tier_source"]
+        try:
+            return await source.of_request(caller, body, token_server)
+        except NoTiers as e:
+            raise self.refused(APIError(409, str(e), field="profile")) from None
+        except HubAPIError as e:
+            self.log.error("Could not read the target server's tiers from the hub: %s", e)
+            raise APIError(502, "Could not ask JupyterHub about the server; try again shortly.") from None
 
 
 class APIHandler(BaseHandler):
@@ -385,14 +399,22 @@ class TiersHandler(APIHandler):
         server_name = self.get_argument("server_name", None)
         if server_name is None:
             server_name = self._token_server(caller, user)
+        # the tiers the spawner sees for this user (its catalogue), else the static list
         try:
-            live, budget = await self.live.refusals(user, groups, exclude=(user, server_name))
+            profiles = await self.settings["tier_source"].of_server(user, server_name)
+        except NoTiers as e:
+            raise APIError(409, str(e))
+        except HubAPIError as e:
+            self.log.error("Could not read %s's server %r from the hub: %s", user, server_name, e)
+            raise APIError(502, "Could not ask JupyterHub about the server; try again shortly.")
+        try:
+            live, budget = await self.live.refusals(user, groups, exclude=(user, server_name), profiles=profiles)
         except HubAPIError as e:
             self.log.warning("Tiers without live policy (hub: %s)", e)
             live, budget = {}, None
-        default = tiers.default_slug(self.profiles, groups)
+        default = tiers.default_slug(profiles, groups)
         out = []
-        for tier in tiers.tiers_of(self.profiles):
+        for tier in tiers.tiers_of(profiles):
             reason = policy.group_refusal(
                 tier.allowed_groups, groups, self.is_admin(), what=f"tier {tier.display_name!r}"
             )

@@ -301,7 +301,7 @@ class Orchestrator:
 
         # caps (not counting this server) and budgets, from a fresh poll of the hub
         try:
-            refusals, _ = await live.refusals(owner, groups, exclude=(owner, server_name))
+            refusals, _ = await live.refusals(owner, groups, exclude=(owner, server_name), profiles=profiles)
         except HubAPIError as e:
             self.log.error("Could not check caps and budgets with the hub: %s", e)
             raise refuse(502, "Could not ask JupyterHub what runs where; try again shortly.")
