@@ -393,6 +393,7 @@ async def test_attach_refuses_a_live_holder_of_the_same_name_and_takes_over_a_de
     try:
         time.sleep(0.2)
         again = _volume(tmp_path)
+        again.stopping_wait = 0.3
         await again.ensure()
         with pytest.raises(VolumeError) as e:
             await again.attach(host)
@@ -411,3 +412,28 @@ async def test_attach_refuses_a_live_holder_of_the_same_name_and_takes_over_a_de
     await third.ensure()
     with pytest.raises(VolumeError, match="node-7"):
         await third.attach(host)
+
+
+async def test_attach_waits_for_a_server_that_is_still_exiting(tmp_path):
+    """A switch: the old tier's process ends a moment after its stop returned
+    (Slurm: the job is COMPLETING). attach waits for it instead of refusing."""
+    import socket as _socket
+
+    from jupyter_ds_compute.backends.base import HostInfo
+
+    vol = _volume(tmp_path)
+    await vol.ensure()
+    host = HostInfo(kind="local", id=_socket.gethostname())
+    env = dict(os.environ, DS_COMPUTE_VOLUME_ID=vol.volume_id, DS_COMPUTE_VOLUME_PATH=vol.path,
+               DS_COMPUTE_SERVER_KEY="alice//old")  # fmt: skip
+    exiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"], env=env)
+    try:
+        time.sleep(0.2)
+        vol.stopping_wait = 10
+        started = time.monotonic()
+        assert await vol.attach(host) == vol.path
+        assert exiting.poll() is not None, "attach did not wait for the exiting holder"
+        assert time.monotonic() - started < 8
+    finally:
+        exiting.kill()
+        exiting.wait()

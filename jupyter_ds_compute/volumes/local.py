@@ -42,7 +42,7 @@ import sys
 import time
 
 from jupyterhub.traitlets import ByteSpecification
-from traitlets import CaselessStrEnum, Unicode, default
+from traitlets import CaselessStrEnum, Float, Unicode, default
 
 from ..backends.local import find_processes
 from ..names import safe_name
@@ -68,6 +68,15 @@ class LocalVolume(VolumeDriver):
     """A directory under :attr:`root` for each user (and named server)."""
 
     name = "local"
+
+    stopping_wait = Float(
+        20.0,
+        help="""
+        Seconds ``attach`` waits for the processes of a server that is still
+        shutting down (a switch: the old tier's job or process group may end a
+        little after its stop returned) before it refuses the volume as in use.
+        """,
+    ).tag(config=True)
 
     root = Unicode(
         help="""
@@ -302,6 +311,12 @@ class LocalVolume(VolumeDriver):
             raise VolumeError(f"Volume {self.volume_id} does not exist at {self.path}")
         me = self.spawner._log_name
         live = await asyncio.to_thread(self._live_holders)
+        deadline, delay = time.monotonic() + self.stopping_wait, 0.1
+        while live and time.monotonic() < deadline:
+            # a server that is stopping may still be exiting: give it time
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            live = await asyncio.to_thread(self._live_holders)
         if live:
             pid = min(live)
             key = live[pid].get("DS_COMPUTE_SERVER_KEY") or "no server key"
