@@ -17,10 +17,7 @@ from setuptools import setup
 
 HERE = Path(__file__).parent.resolve()
 
-if (
-    not (HERE / "jupyter_ds_compute/labextension/package.json").exists()
-    and (HERE / "package.json").exists()
-):
+if not (HERE / "jupyter_ds_compute/labextension/package.json").exists() and (HERE / "package.json").exists():
     npm = shutil.which("npm")
     if npm is None:
         sys.exit(

@@ -182,8 +182,14 @@ async def main():
         f"hub poll_interval 30 s, squeue_interval 15 s; time compressed {SCALE:g}x, {WINDOW:g} s measured per case)\n"
     )
     print_table(
-        ["servers", "batchspawner squeue/min", "ds-compute squeue/min", "fewer", "bs poll ms (p50)",
-         "ds poll ms (p50)"],  # fmt: skip
+        [
+            "servers",
+            "batchspawner squeue/min",
+            "ds-compute squeue/min",
+            "fewer",
+            "bs poll ms (p50)",
+            "ds poll ms (p50)",
+        ],  # fmt: skip
         rows,
     )
     write_json("slurm_poll", {"real_slurm": real, "scale": SCALE, "window_s": WINDOW, "results": data})

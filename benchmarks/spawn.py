@@ -121,7 +121,9 @@ def main():
             ]
         )
     print(f"\nspawn benchmark, {reps} repetitions each (seconds)\n")
-    print_table(["spawner", "start med", "start min-max", "vs plain", "stop med", "stop min-max", "vs plain"], rows)
+    print_table(
+        ["spawner", "start med", "start min-max", "vs plain", "stop med", "stop min-max", "vs plain"], rows
+    )
     write_json("spawn", out)
 
 

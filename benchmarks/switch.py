@@ -21,7 +21,10 @@ ROUTE = ["gpu", "manycore", "small"]
 
 def lab_reachable(hub, user, token):
     r = requests.get(
-        f"{hub.url}/user/{user}/lab", headers={"Authorization": f"token {token}"}, timeout=10, allow_redirects=False
+        f"{hub.url}/user/{user}/lab",
+        headers={"Authorization": f"token {token}"},
+        timeout=10,
+        allow_redirects=False,
     )
     return r.status_code == 200
 
@@ -35,7 +38,12 @@ def ds_switch(hub, user, token, target):
 
     def done():
         m = hub.server_model(user)
-        return m and m.get("ready") and m["user_options"].get("profile") == target and lab_reachable(hub, user, token)
+        return (
+            m
+            and m.get("ready")
+            and m["user_options"].get("profile") == target
+            and lab_reachable(hub, user, token)
+        )
 
     wait_for(done, timeout=180, interval=0.05, message="switched server reachable")
     elapsed = time.perf_counter() - t0
@@ -111,7 +119,9 @@ def main():
     all_plain = [t for ts in plain_times.values() for t in ts]
     overall = summary(all_ds)["median"] / summary(all_plain)["median"]
     out["overall_ratio"] = overall
-    print(f"\nswitch benchmark, {reps} rounds of small -> gpu -> manycore -> small (seconds, request -> Lab answers)\n")
+    print(
+        f"\nswitch benchmark, {reps} rounds of small -> gpu -> manycore -> small (seconds, request -> Lab answers)\n"
+    )
     print_table(["switch", "ds-compute med", "min-max", "stop+spawn med", "min-max", "ratio"], rows)
     print(f"\noverall median ratio: {overall:.2f}x")
     step_sum = sum(step_totals.values()) or 1.0

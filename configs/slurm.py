@@ -34,9 +34,7 @@ c.DSComputeSpawner.volume_driver = "local"  # noqa: F821
 c.LocalVolume.root = os.path.join(_shared, "volumes")  # noqa: F821
 c.LocalVolume.mode = "directory"  # noqa: F821
 c.SlurmBackend.spool_dir = os.path.join(_shared, "slurm")  # noqa: F821
-c.SlurmBackend.create_system_users = (
-    _env.get("DS_COMPUTE_SLURM_CREATE_USERS", "1" if IS_ROOT else "0") == "1"
-)  # noqa: F821
+c.SlurmBackend.create_system_users = _env.get("DS_COMPUTE_SLURM_CREATE_USERS", "1" if IS_ROOT else "0") == "1"  # noqa: F821
 c.SlurmBackend.account = _env.get("DS_COMPUTE_SLURM_ACCOUNT", "")  # noqa: F821
 # one squeue for all servers every ~15 s (+/- 20 %), whatever their number
 c.SlurmBackend.squeue_interval = 15.0  # noqa: F821

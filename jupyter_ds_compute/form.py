@@ -24,6 +24,7 @@ from .tiers import (
     normalize_profile_list,
 )
 
+
 def _price(cost: float | None) -> str:
     """``$0.05/h``; empty for a tier without a price (not ``$0.00/h``)."""
     return "" if cost is None else formatting.price(cost)

@@ -69,7 +69,11 @@ ADMIN_ROLE = f"{SERVICE_NAME}-admin"
 OAUTH_SCOPES = ["servers", ADMIN_SCOPE]
 
 #: what a server's token needs besides JupyterHub's defaults: call the service
-SERVER_TOKEN_SCOPES = ["users:activity!user", "access:servers!server", f"access:services!service={SERVICE_NAME}"]
+SERVER_TOKEN_SCOPES = [
+    "users:activity!user",
+    "access:servers!server",
+    f"access:services!service={SERVICE_NAME}",
+]
 
 PROXY_HINT = (
     "install it with `npm install configurable-http-proxy` (./dev.sh setup does this in a checkout) "
@@ -106,7 +110,9 @@ def configure(c: Config, *, banner=None, proxy_search: list[str] | None = None) 
     c.JupyterHub.services = services
 
     roles = [r for r in c.JupyterHub.get("load_roles", []) if r.get("name") != f"{SERVICE_NAME}-service"]
-    roles.append({"name": f"{SERVICE_NAME}-service", "scopes": list(SERVICE_SCOPES), "services": [SERVICE_NAME]})
+    roles.append(
+        {"name": f"{SERVICE_NAME}-service", "scopes": list(SERVICE_SCOPES), "services": [SERVICE_NAME]}
+    )
     # the admin pages' custom scope, for the hub's admin users (their final
     # list is merged in when the hub has loaded all its config, _finish); an
     # operator's own ds-compute-admin role (users, groups) is kept and extended
@@ -318,7 +324,6 @@ def check_service_config(section):
             raise ConfigError(f"bad c.DSComputeService.{key} = {value!r}: {_short(e)}") from None
 
 
-
 def check_policy_config(section):
     """Every key of a ``c.PolicySettings`` section is a policy setting with a valid value."""
     from traitlets import TraitError
@@ -328,9 +333,7 @@ def check_policy_config(section):
     known = PolicySettings.class_traits(config=True)
     for key, value in dict(section).items():
         if key not in known:
-            raise ConfigError(
-                f"c.PolicySettings.{key} is not a setting; known: {', '.join(sorted(known))}"
-            )
+            raise ConfigError(f"c.PolicySettings.{key} is not a setting; known: {', '.join(sorted(known))}")
         try:
             PolicySettings(config=Config({"PolicySettings": {key: value}}))
         except (TraitError, ValueError, TypeError) as e:

@@ -95,7 +95,11 @@ def api_request(
         base + path,
         data=data,
         method=method,
-        headers={"Authorization": f"token {token}", "Content-Type": "application/json", "Accept": "application/json"},
+        headers={
+            "Authorization": f"token {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        },
     )
     try:
         with _opener.open(req, timeout=timeout) as resp:
@@ -263,7 +267,9 @@ def format_envs(model: Mapping[str, Any], now: float | None = None) -> str:
         return f"No environments found on the volume (looked in: {roots}).\nCreate one with: python -m venv ~/envs/NAME && ~/envs/NAME/bin/pip install ipykernel"
     rows = []
     for e in envs:
-        status = {"ok": "kernel", "unchecked": "kernel (checking)", "no_ipykernel": "no ipykernel"}.get(e.get("status"), e.get("status"))
+        status = {"ok": "kernel", "unchecked": "kernel (checking)", "no_ipykernel": "no ipykernel"}.get(
+            e.get("status"), e.get("status")
+        )
         rows.append(
             [
                 e.get("name"),

@@ -327,7 +327,9 @@ class PolicySettings(Configurable):
     @validate("accounting_interval", "idle_check_interval")
     def _validate_interval(self, proposal):
         if proposal["value"] <= 0:
-            raise ValueError(f"{proposal['trait'].name} must be a number of seconds > 0, got {proposal['value']!r}")
+            raise ValueError(
+                f"{proposal['trait'].name} must be a number of seconds > 0, got {proposal['value']!r}"
+            )
         return proposal["value"]
 
     idle_action = CaselessStrEnum(

@@ -28,9 +28,9 @@ from traitlets import Bool, Callable, Dict, Float, List, Type, Unicode, Union, d
 
 from . import catalogue, form, plugins, policy, spawnpolicy, tiers
 from .backends.base import Backend, BackendError
+from .backends.local import default_singleuser_cmd
 from .errors import DSComputeError
 from .hubconfig import SERVICE_NAME, internal_service_url, public_hub_url
-from .backends.local import default_singleuser_cmd
 from .volumes.base import VolumeDriver, description
 
 LAB_DEFAULTS = os.path.join(os.path.dirname(__file__), "lab-defaults")
@@ -404,9 +404,13 @@ class DSComputeSpawner(Spawner):
         # cannot both take the last slot
         refusal, kind = await self._budget_refusal(tier, profiles), "budget"
         if refusal is None:
-            running = spawnpolicy.running_on_tier(
-                self.db, tier.slug, self.orm_spawner.id if self.orm_spawner is not None else None
-            ) if tier.max_servers is not None and self.db is not None else 0
+            running = (
+                spawnpolicy.running_on_tier(
+                    self.db, tier.slug, self.orm_spawner.id if self.orm_spawner is not None else None
+                )
+                if tier.max_servers is not None and self.db is not None
+                else 0
+            )
             refusal, kind = policy.cap_refusal(tier.display_name, tier.max_servers, running), "cap"
         if refusal:
             self.log.warning("Refused start of %s on tier %s: %s", self._log_name, tier.slug, refusal)
@@ -442,7 +446,9 @@ class DSComputeSpawner(Spawner):
         try:
             budget = await client.budget(self.user.name, groups)
         except spawnpolicy.ServiceUnavailable as e:
-            self.log.warning("Budgets not checked for the start of %s on tier %s: %s", self._log_name, tier.slug, e)
+            self.log.warning(
+                "Budgets not checked for the start of %s on tier %s: %s", self._log_name, tier.slug, e
+            )
             return None
         default = tiers.default_slug(profiles, groups)
         free_below = tiers.get_tier(profiles, default).cost_per_hour if default else 0.0
@@ -591,7 +597,9 @@ class DSComputeSpawner(Spawner):
                 getter.cancel()
             if task in done:
                 while not backend.events.empty():
-                    self._emit(self._events[-1]["progress"] if self._events else 0, backend.events.get_nowait())
+                    self._emit(
+                        self._events[-1]["progress"] if self._events else 0, backend.events.get_nowait()
+                    )
                 return task.result()
 
     async def _wait_ready(self, backend, ip, port):
@@ -636,7 +644,9 @@ class DSComputeSpawner(Spawner):
             env.update(
                 PYTHONUSERBASE=os.path.join(path, ".local"),
                 PIP_CACHE_DIR=os.path.join(path, ".cache", "pip"),
-                CONDA_ENVS_PATH=os.pathsep.join([os.path.join(path, "envs"), os.path.join(path, ".conda", "envs")]),
+                CONDA_ENVS_PATH=os.pathsep.join(
+                    [os.path.join(path, "envs"), os.path.join(path, ".conda", "envs")]
+                ),
                 CONDA_PKGS_DIRS=os.path.join(path, ".conda", "pkgs"),
             )
         if not self.lab_news:

@@ -56,7 +56,9 @@ class BudgetClient:
 
     _instances: dict = {}
 
-    def __init__(self, url: str, token: str, *, cache_seconds: float = 10.0, timeout: float = 5.0, clock=None):
+    def __init__(
+        self, url: str, token: str, *, cache_seconds: float = 10.0, timeout: float = 5.0, clock=None
+    ):
         self.url = url if url.endswith("/") else url + "/"
         self.token = token
         self.cache_seconds = cache_seconds
@@ -86,9 +88,13 @@ class BudgetClient:
             resp = await asyncio.wait_for(AsyncHTTPClient().fetch(req), self.timeout + 1)
         except HTTPClientError as e:
             text = e.response.body.decode(errors="replace")[:200] if e.response is not None else ""
-            raise ServiceUnavailable(f"the ds-compute service answered {e.code} to {method} {path}: {text}")
+            raise ServiceUnavailable(
+                f"the ds-compute service answered {e.code} to {method} {path}: {text}"
+            ) from None
         except (OSError, asyncio.TimeoutError) as e:
-            raise ServiceUnavailable(f"the ds-compute service at {self.url} did not answer: {e or 'timeout'}")
+            raise ServiceUnavailable(
+                f"the ds-compute service at {self.url} did not answer: {e or 'timeout'}"
+            ) from None
         try:
             return json.loads(resp.body or b"{}")
         except ValueError:

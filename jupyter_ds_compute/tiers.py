@@ -746,7 +746,7 @@ def get_tier(profiles: Any, slug: str | None) -> Tier:
     p = _find(profiles, slug)
     if p is None:
         raise TierOptionsError(
-            f"unknown tier {_shown(slug)}; valid tiers:" f" {', '.join(p['slug'] for p in profiles)}",
+            f"unknown tier {_shown(slug)}; valid tiers: {', '.join(p['slug'] for p in profiles)}",
             field="profile",
         )
     return Tier.from_profile(p)
@@ -895,8 +895,7 @@ def _select(
                 ]
                 hint = f" (or set {ukey!r})" if unlisted_cfg["enabled"] else ""
                 raise TierOptionsError(
-                    f"unknown choice {_shown(choice)} for {key!r}; valid"
-                    f" choices: {', '.join(valid)}{hint}",
+                    f"unknown choice {_shown(choice)} for {key!r}; valid choices: {', '.join(valid)}{hint}",
                     field=key,
                 )
             if check_groups:

@@ -24,7 +24,9 @@ def chromium():
     """A fresh Chromium, opened and closed inside a test: Playwright's sync
     API runs its own event loop in this thread."""
     if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Chromium is missing at {CHROMIUM}: ./dev.sh test installs it (apt-get install chromium)")
+        pytest.fail(
+            f"Chromium is missing at {CHROMIUM}: ./dev.sh test installs it (apt-get install chromium)"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -7,11 +7,9 @@ import pwd
 import shutil
 import signal
 import tempfile
-
 from pathlib import Path
 
 import pytest
-
 from hubtest import REPO, Hub
 
 #: screenshots, hub logs: kept after the run (CI prints where)

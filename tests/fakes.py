@@ -262,7 +262,9 @@ def hub_db():
     return orm.new_session_factory("sqlite:///:memory:")()
 
 
-def make_spawner(db, name="alice", server_name="", config=None, memory=None, groups=(), admin=False, **traits):
+def make_spawner(
+    db, name="alice", server_name="", config=None, memory=None, groups=(), admin=False, **traits
+):
     """A ``DSComputeSpawner`` of hub user ``name`` as ``User._new_spawner`` makes it.
 
     The backend and volume driver are :class:`MemoryBackend` /

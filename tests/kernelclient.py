@@ -20,8 +20,21 @@ def start_kernel(hub, user, token, name="python3"):
 
 def _request(session, msg_type, content):
     msg_id = uuid.uuid4().hex
-    header = {"msg_id": msg_id, "username": "test", "session": session, "msg_type": msg_type, "version": "5.3"}
-    msg = {"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": "shell", "buffers": []}
+    header = {
+        "msg_id": msg_id,
+        "username": "test",
+        "session": session,
+        "msg_type": msg_type,
+        "version": "5.3",
+    }
+    msg = {
+        "header": header,
+        "parent_header": {},
+        "metadata": {},
+        "content": content,
+        "channel": "shell",
+        "buffers": [],
+    }
     return msg_id, json.dumps(msg)
 
 
@@ -41,7 +54,10 @@ async def _wait_kernel_ready(conn, session, deadline):
             if reply is None:
                 raise ConnectionError("kernel websocket closed")
             msg = json.loads(reply)
-            if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "kernel_info_reply":
+            if (
+                msg.get("parent_header", {}).get("msg_id") == msg_id
+                and msg["msg_type"] == "kernel_info_reply"
+            ):
                 return
     raise TimeoutError("the kernel never answered kernel_info")
 

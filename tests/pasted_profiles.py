@@ -25,16 +25,12 @@ KUBESPAWNER_LIST_EXAMPLE = [
                 'choices': {
                     'base': {
                         'display_name': 'jupyter/base-notebook:latest',
-                        'kubespawner_override': {
-                            'image': 'jupyter/base-notebook:latest'
-                        },
+                        'kubespawner_override': {'image': 'jupyter/base-notebook:latest'},
                     },
                     'minimal': {
                         'display_name': 'jupyter/minimal-notebook:latest',
                         'default': True,
-                        'kubespawner_override': {
-                            'image': 'jupyter/minimal-notebook:latest'
-                        },
+                        'kubespawner_override': {'image': 'jupyter/minimal-notebook:latest'},
                     },
                 },
                 'unlisted_choice': {
@@ -74,9 +70,7 @@ KUBESPAWNER_DICT_EXAMPLE = {
                 'choices': {
                     'base': {
                         'display_name': 'jupyter/base-notebook:latest',
-                        'kubespawner_override': {
-                            'image': 'jupyter/base-notebook:latest'
-                        },
+                        'kubespawner_override': {'image': 'jupyter/base-notebook:latest'},
                     },
                 },
                 'unlisted_choice': {

@@ -93,8 +93,10 @@ def test_table_filters_and_actions(hub, admin):
         assert r.status_code == 200 and "Switching" in r.text, r.text[:800]
         # the panel shows "switching" until the orchestrator has verified the new tier
         wait_for(
-            lambda: rows(admin_page(hub, admin).text)[(alice, "")] | {"html": ""}
-            == {"tier": "small", "state": "running", "html": ""},
+            lambda: (
+                rows(admin_page(hub, admin).text)[(alice, "")] | {"html": ""}
+                == {"tier": "small", "state": "running", "html": ""}
+            ),
             timeout=120,
             interval=0.5,
             message="switch to small",

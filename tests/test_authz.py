@@ -174,14 +174,21 @@ def test_metrics():
 
 def test_scopes_of_expands_server_scopes_keeping_filters():
     got = authz.scopes_of({"scopes": ["admin:servers!user=bob"]})
-    assert {"servers!user=bob", "start:servers!user=bob", "delete:servers!user=bob", "read:servers!user=bob"} <= got
+    assert {
+        "servers!user=bob",
+        "start:servers!user=bob",
+        "delete:servers!user=bob",
+        "read:servers!user=bob",
+    } <= got
     assert "servers" not in got
 
 
 def test_configure_registers_the_custom_scope_and_role():
     c = Config()
     c.Authenticator.admin_users = {"root-admin"}
-    c.JupyterHub.load_roles = [{"name": "ds-compute-admin", "scopes": [], "groups": ["ops"], "users": ["ann"]}]
+    c.JupyterHub.load_roles = [
+        {"name": "ds-compute-admin", "scopes": [], "groups": ["ops"], "users": ["ann"]}
+    ]
     c.ConfigurableHTTPProxy.should_start = False  # no proxy program needed here
     hubconfig.configure(c)
     assert authz.ADMIN_SCOPE == hubconfig.ADMIN_SCOPE

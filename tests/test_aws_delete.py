@@ -113,9 +113,9 @@ def test_deleting_user_deletes_cloud_volume(hub, ec2, aws_world):
         assert ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [vid]}])["Volumes"] == []
         assert user_volumes(ec2, user) == []
         # configs/aws.py keeps a final snapshot (c.EBSVolume.snapshot_before_delete = True)
-        snaps = ec2.describe_snapshots(
-            OwnerIds=["self"], Filters=[{"Name": "volume-id", "Values": [vid]}]
-        )["Snapshots"]
+        snaps = ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "volume-id", "Values": [vid]}])[
+            "Snapshots"
+        ]
         (snap,) = snaps
         assert {t["Key"]: t["Value"] for t in snap["Tags"]}["ds-compute:reason"] == "before-delete"
         assert f"kept final snapshot {snap['SnapshotId']}" in log

@@ -81,7 +81,9 @@ def params_file(tmp_path, params, name="params.json"):
 
 
 def stacks(cfn):
-    return [s["StackName"] for s in cfn.list_stacks()["StackSummaries"] if s["StackStatus"] != "DELETE_COMPLETE"]
+    return [
+        s["StackName"] for s in cfn.list_stacks()["StackSummaries"] if s["StackStatus"] != "DELETE_COMPLETE"
+    ]
 
 
 def version_of(cfn, stack):
@@ -117,7 +119,9 @@ def test_backend_refuses_a_call_the_table_does_not_list(moto):
 
 
 def test_policy_scopes_ssm_and_passrole():
-    doc = iam.hub_policy(region="us-east-1", account="1", partition="aws", server_role_arn="arn:aws:iam::1:role/srv")
+    doc = iam.hub_policy(
+        region="us-east-1", account="1", partition="aws", server_role_arn="arn:aws:iam::1:role/srv"
+    )
     launch = "arn:aws:ssm:us-east-1:1:parameter/ds-compute/launch/i-0abc"
     assert iam.allows(doc, "ssm:PutParameter", launch)
     assert not iam.allows(doc, "ssm:PutParameter", "arn:aws:ssm:us-east-1:1:parameter/other")
@@ -157,7 +161,10 @@ def test_template_iam_variables_are_escaped_for_fn_sub(base):
 
 def test_cli_help_runs():
     r = subprocess.run(
-        [sys.executable, "-m", "jupyter_ds_compute.cli", "aws", "--help"], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", "jupyter_ds_compute.cli", "aws", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert r.returncode == 0 and "deploy" in r.stdout and "rollback" in r.stdout
 
@@ -173,9 +180,13 @@ def test_policy_command_prints_the_generated_json():
 
 def test_broken_parameter_refused_before_any_call(moto, cfn, base, tmp_path):
     moto.clear_calls()
-    code, _, err = run("deploy", "--stack", "broken", "--params", params_file(tmp_path, dict(base, HttpsCidr="0.0.0.0/33")))
+    code, _, err = run(
+        "deploy", "--stack", "broken", "--params", params_file(tmp_path, dict(base, HttpsCidr="0.0.0.0/33"))
+    )
     assert code == 2 and "parameter HttpsCidr='0.0.0.0/33'" in err
-    code, _, err = run("deploy", "--stack", "broken", "--params", params_file(tmp_path, dict(base, Colour="x")))
+    code, _, err = run(
+        "deploy", "--stack", "broken", "--params", params_file(tmp_path, dict(base, Colour="x"))
+    )
     assert code == 2 and "unknown parameter Colour" in err
     assert moto.stats()["calls"] == {}  # not one AWS call
     assert "broken" not in stacks(cfn)
@@ -195,7 +206,10 @@ def test_deploy_upgrade_rollback_destroy(moto, cfn, ec2, base, tmp_path):
     assert re.search(r"^Hub URL: https://[\w.\-]+:443/$", out, re.M), out
     assert "resources, CREATE_COMPLETE" in out  # the progress bar
     # the roles with the generated policies, the instance profiles
-    resources = {r["LogicalResourceId"]: r.get("PhysicalResourceId") for r in cfn.describe_stack_resources(StackName="hub-a")["StackResources"]}
+    resources = {
+        r["LogicalResourceId"]: r.get("PhysicalResourceId")
+        for r in cfn.describe_stack_resources(StackName="hub-a")["StackResources"]
+    }
     role = iamc.get_role(RoleName=resources["HubRole"])["Role"]
     assert role["Arn"] == outputs["HubRoleArn"]
     (pname,) = iamc.list_role_policies(RoleName=resources["HubRole"])["PolicyNames"]
@@ -207,10 +221,18 @@ def test_deploy_upgrade_rollback_destroy(moto, cfn, ec2, base, tmp_path):
     iamc.get_instance_profile(InstanceProfileName=resources["ServerInstanceProfile"])
     # security groups: only the HTTPS port is open to the world; the rest is hub <-> servers
     hub_sg, srv_sg = outputs["HubSecurityGroupId"], outputs["ServerSecurityGroupId"]
-    vpc_groups = ec2.describe_security_groups(Filters=[{"Name": "tag:ds-compute:hub", "Values": ["deploy-hub"]}])
+    vpc_groups = ec2.describe_security_groups(
+        Filters=[{"Name": "tag:ds-compute:hub", "Values": ["deploy-hub"]}]
+    )
     rules = {g["GroupId"]: g["IpPermissions"] for g in vpc_groups["SecurityGroups"]}
     assert hub_sg in rules and srv_sg in rules and len(rules) == 3  # + the file system's
-    world = [(g, r["FromPort"]) for g, rs in rules.items() for r in rs for ip in r["IpRanges"] if ip["CidrIp"] == "0.0.0.0/0"]
+    world = [
+        (g, r["FromPort"])
+        for g, rs in rules.items()
+        for r in rs
+        for ip in r["IpRanges"]
+        if ip["CidrIp"] == "0.0.0.0/0"
+    ]
     assert world == [(hub_sg, 443)]
     srv = {(r["FromPort"], p["GroupId"]) for r in rules[srv_sg] for p in r["UserIdGroupPairs"]}
     assert srv == {(8888, hub_sg)}
@@ -257,14 +279,19 @@ def test_deploy_upgrade_rollback_destroy(moto, cfn, ec2, base, tmp_path):
         TagSpecifications=[
             {
                 "ResourceType": "volume",
-                "Tags": [{"Key": "ds-compute:hub", "Value": "deploy-hub"}, {"Key": "ds-compute:user", "Value": "alice"}],
+                "Tags": [
+                    {"Key": "ds-compute:hub", "Value": "deploy-hub"},
+                    {"Key": "ds-compute:user", "Value": "alice"},
+                ],
             }
         ],
     )["VolumeId"]
     other = ec2.create_volume(
         AvailabilityZone="us-east-1a",
         Size=1,
-        TagSpecifications=[{"ResourceType": "volume", "Tags": [{"Key": "ds-compute:hub", "Value": "another-hub"}]}],
+        TagSpecifications=[
+            {"ResourceType": "volume", "Tags": [{"Key": "ds-compute:hub", "Value": "another-hub"}]}
+        ],
     )["VolumeId"]
     code, _, err = run("destroy", "--stack", "hub-a", "--yes")
     assert code == 2 and f"{vol} (ebs, user alice, 1 GiB)" in err and other not in err
@@ -290,7 +317,9 @@ def test_failed_update_leaves_the_previous_version(moto, cfn, base, tmp_path):
     assert code == 2 and "parameter HubInstanceType='huge'" in err
     assert moto.stats()["calls"] == {}
     # AWS fails the update: the previous version stays, the history does not move
-    moto.arm(action="ExecuteChangeSet", error="ValidationError", status=400, message="update refused", times=1)
+    moto.arm(
+        action="ExecuteChangeSet", error="ValidationError", status=400, message="update refused", times=1
+    )
     code, _, err = run("upgrade", "--stack", "hub-f", "--version", "0.2.0", "--yes", "--poll", "0.05")
     assert code == 1 and "update refused" in err
     assert version_of(cfn, "hub-f") == "0.1.0"
@@ -350,7 +379,17 @@ def test_recorded_hub_calls_are_allowed(tmp_path):
     log = tmp_path / "hub-calls.log"
     env = dict(os.environ, DS_COMPUTE_AWS_CALL_LOG=str(log))
     r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_aws_hub.py", "tests/test_aws_delete.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_aws_hub.py",
+            "tests/test_aws_delete.py",
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -360,5 +399,10 @@ def test_recorded_hub_calls_are_allowed(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     check_calls(
         log,
-        want={"ec2:RunInstances", "ec2:AttachVolume", "ssm:PutParameter", "elasticfilesystem:CreateAccessPoint"},
+        want={
+            "ec2:RunInstances",
+            "ec2:AttachVolume",
+            "ssm:PutParameter",
+            "elasticfilesystem:CreateAccessPoint",
+        },
     )

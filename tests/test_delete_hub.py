@@ -100,8 +100,10 @@ def test_delete_named_server(hub):
     r = hub.api("DELETE", f"/users/{user}/servers/box", json={"remove": True})
     assert r.status_code in (202, 204), r.text
     wait_for(
-        lambda: "box" not in hub.api("GET", f"/users/{user}").json().get("servers", {})
-        and log_has(hub, f"Deleting {user}:box: "),
+        lambda: (
+            "box" not in hub.api("GET", f"/users/{user}").json().get("servers", {})
+            and log_has(hub, f"Deleting {user}:box: ")
+        ),
         timeout=60,
         message="named server deleted",
     )

@@ -52,7 +52,10 @@ def fake_env(path, ipykernel=True, python=sys.executable, kind="venv"):
 
 
 def test_default_roots():
-    env = {"DS_COMPUTE_VOLUME_PATH": "/vol/a", "CONDA_ENVS_PATH": "/vol/a/.conda/envs:/vol/a/envs:/opt/shared"}
+    env = {
+        "DS_COMPUTE_VOLUME_PATH": "/vol/a",
+        "CONDA_ENVS_PATH": "/vol/a/.conda/envs:/vol/a/envs:/opt/shared",
+    }
     assert default_roots(env) == ["/vol/a/envs", "/vol/a/.conda/envs", "/opt/shared"]
     assert default_roots({}) == []
 
@@ -70,14 +73,23 @@ def test_scan_roots(tmp_path):
     found = {e.name: e for e in scan_roots([str(envs), str(conda), str(tmp_path / "missing")], str(vol))}
     assert sorted(found) == [".conda/envs/torch", "envs/gone", "envs/nopython", "envs/plain", "envs/torch"]
     torch = found["envs/torch"]
-    assert (torch.kind, torch.status, torch.has_ipykernel, torch.kernel_name) == ("venv", UNCHECKED, True, "ds-env-torch")
+    assert (torch.kind, torch.status, torch.has_ipykernel, torch.kernel_name) == (
+        "venv",
+        UNCHECKED,
+        True,
+        "ds-env-torch",
+    )
     assert torch.display_name == "Python (envs/torch)" and torch.is_kernel
     assert found[".conda/envs/torch"].kind == "conda"
     assert found[".conda/envs/torch"].kernel_name == "ds-env-conda-envs-torch"
-    assert found["envs/plain"].status == NO_IPYKERNEL and "pip install ipykernel" in found["envs/plain"].reason
+    assert (
+        found["envs/plain"].status == NO_IPYKERNEL and "pip install ipykernel" in found["envs/plain"].reason
+    )
     gone = found["envs/gone"]
     assert gone.status == BROKEN and "does not exist on this machine" in gone.reason and not gone.is_kernel
-    assert found["envs/nopython"].status == BROKEN and "no Python interpreter" in found["envs/nopython"].reason
+    assert (
+        found["envs/nopython"].status == BROKEN and "no Python interpreter" in found["envs/nopython"].reason
+    )
 
 
 def test_scanner_cache_and_invalidation(tmp_path):
@@ -130,7 +142,19 @@ def test_kernelspec_manager(tmp_path, monkeypatch):
     kdir = tmp_path / "data" / "kernels" / "handmade"
     kdir.mkdir(parents=True)
     (kdir / "kernel.json").write_text(
-        json.dumps({"argv": [str(vol / "envs" / "handmade" / "bin" / "python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "mine", "language": "python"})
+        json.dumps(
+            {
+                "argv": [
+                    str(vol / "envs" / "handmade" / "bin" / "python"),
+                    "-m",
+                    "ipykernel_launcher",
+                    "-f",
+                    "{connection_file}",
+                ],
+                "display_name": "mine",
+                "language": "python",
+            }
+        )
     )
     monkeypatch.setenv("DS_COMPUTE_VOLUME_PATH", str(vol))
     monkeypatch.delenv("CONDA_ENVS_PATH", raising=False)
@@ -174,9 +198,13 @@ def test_kernel_list_survives_scan_errors(tmp_path, monkeypatch):
 def ipykernel_wheels(request, tmp_path_factory):
     """ipykernel and its dependencies as wheels (downloaded once; PyPI is reachable)."""
     cache = getattr(request.config, "cache", None)
-    wh = cache.mkdir("ds-compute-ipykernel-wheels") if cache is not None else tmp_path_factory.mktemp("wheels")
+    wh = (
+        cache.mkdir("ds-compute-ipykernel-wheels") if cache is not None else tmp_path_factory.mktemp("wheels")
+    )
     if not any(p.name.startswith("ipykernel-") for p in wh.iterdir()):
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "ipykernel", "-w", str(wh)], check=True, timeout=600)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "ipykernel", "-w", str(wh)], check=True, timeout=600
+        )
     return wh
 
 
@@ -188,7 +216,18 @@ def volume(tmp_path_factory, ipykernel_wheels):
     env = vol / "envs" / "torch"
     subprocess.run([sys.executable, "-m", "venv", str(env)], check=True, timeout=120)
     subprocess.run(
-        [str(env / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index", "--no-compile", "--find-links", str(ipykernel_wheels), "ipykernel"],
+        [
+            str(env / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-compile",
+            "--find-links",
+            str(ipykernel_wheels),
+            "ipykernel",
+        ],
         check=True,
         timeout=600,
     )
@@ -209,8 +248,24 @@ class TokenUsers(IdentityProvider):
 
 
 TIERS = {
-    "small": {"slug": "small", "display_name": "Small", "description": "", "cpu": 1.0, "mem": 2**31, "gpu": 0, "hourly_cost": 0.5},
-    "gpu": {"slug": "gpu", "display_name": "GPU", "description": "", "cpu": 8.0, "mem": 2**35, "gpu": 1, "hourly_cost": 3.5},
+    "small": {
+        "slug": "small",
+        "display_name": "Small",
+        "description": "",
+        "cpu": 1.0,
+        "mem": 2**31,
+        "gpu": 0,
+        "hourly_cost": 0.5,
+    },
+    "gpu": {
+        "slug": "gpu",
+        "display_name": "GPU",
+        "description": "",
+        "cpu": 8.0,
+        "mem": 2**35,
+        "gpu": 1,
+        "hourly_cost": 3.5,
+    },
 }
 
 
@@ -339,7 +394,9 @@ def test_new_and_broken_envs_while_running(run, jp_fetch, server, volume, tier):
         half = envs_dir / "half"
         venv.create(str(half), with_pip=False)
         site = next((half / "lib").glob("python3*/site-packages"))
-        os.symlink(next((envs_dir / "torch" / "lib").glob("python3*/site-packages/ipykernel")), site / "ipykernel")
+        os.symlink(
+            next((envs_dir / "torch" / "lib").glob("python3*/site-packages/ipykernel")), site / "ipykernel"
+        )
         # a broken one: its interpreter deleted
         dead = envs_dir / "dead"
         venv.create(str(dead), with_pip=False)
@@ -358,8 +415,13 @@ def test_new_and_broken_envs_while_running(run, jp_fetch, server, volume, tier):
         assert "ds-env-fresh" in specs and "ds-env-torch" in specs
         assert "ds-env-dead" not in specs
         envs = {e["name"]: e for e in run(get(jp_fetch, "ds-compute", "api", "envs", wait="20"))["envs"]}
-        assert envs["envs/dead"]["status"] == BROKEN and "no Python interpreter" in envs["envs/dead"]["reason"]
-        assert envs["envs/alien"]["status"] == BROKEN and "cannot run on this machine" in envs["envs/alien"]["reason"]
+        assert (
+            envs["envs/dead"]["status"] == BROKEN and "no Python interpreter" in envs["envs/dead"]["reason"]
+        )
+        assert (
+            envs["envs/alien"]["status"] == BROKEN
+            and "cannot run on this machine" in envs["envs/alien"]["reason"]
+        )
         assert envs["envs/half"]["status"] == BROKEN
         assert "cannot import ipykernel: ModuleNotFoundError: No module named" in envs["envs/half"]["reason"]
         assert envs["envs/fresh"]["status"] == OK

@@ -22,7 +22,9 @@ def wheels():
     wh = os.path.join(base, "wheels")
     os.makedirs(wh, exist_ok=True)
     if not any(name.startswith("ipykernel-") for name in os.listdir(wh)):
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "ipykernel", "-w", wh], check=True, timeout=900)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "ipykernel", "-w", wh], check=True, timeout=900
+        )
     os.chmod(base, 0o755)
     subprocess.run(["chmod", "-R", "a+rX", wh], check=True)
     return wh
@@ -105,7 +107,12 @@ def test_broken_env_is_reported_and_list_survives(hub, wheels):
     assert "python3" in r.json()["kernelspecs"]
     envs = wait_for(
         lambda: (lambda e: e if "envs/gone" in e else None)(
-            {x["name"]: x for x in hub.server_api(user, "ds-compute/api/envs", token, params={"wait": 10}).json()["envs"]}
+            {
+                x["name"]: x
+                for x in hub.server_api(user, "ds-compute/api/envs", token, params={"wait": 10}).json()[
+                    "envs"
+                ]
+            }
         ),
         timeout=60,
         message="broken env reported",

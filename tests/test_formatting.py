@@ -14,7 +14,12 @@ CASES = json.load(open(os.path.join(os.path.dirname(__file__), "format_cases.jso
 
 @pytest.mark.parametrize(
     "function, value, expected",
-    [(name, value, expected) for name, cases in CASES.items() if not name.startswith("_") for value, expected in cases],
+    [
+        (name, value, expected)
+        for name, cases in CASES.items()
+        if not name.startswith("_")
+        for value, expected in cases
+    ],
 )
 def test_format_case(function, value, expected):
     assert getattr(formatting, function)(value) == expected

@@ -166,7 +166,9 @@ def test_hub_killed_mid_switch_leaves_one_server(hub, step):
     page = session.get(f"{hub.url}/services/ds-compute/switches/{switch_id}", timeout=30)
     assert page.status_code == 200, (page.status_code, page.url, page.text[:300])
     assert all(h.status_code < 500 for h in page.history), [(h.status_code, h.url) for h in page.history]
-    assert any("oauth_callback" in h.headers.get("Location", "") or "oauth_callback" in h.url for h in page.history)
+    assert any(
+        "oauth_callback" in h.headers.get("Location", "") or "oauth_callback" in h.url for h in page.history
+    )
     api = requests.get(
         f"{hub.url}/services/ds-compute/api/switches/{switch_id}",
         headers={"Authorization": f"token {token}"},

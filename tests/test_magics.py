@@ -13,9 +13,33 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_ds_compute import magics
 
-TIER_SMALL = {"slug": "small", "display_name": "Small", "description": "", "cpu": 1.0, "mem": 2 * 2**30, "gpu": 0, "hourly_cost": 2.0}
-TIER_GPU = {"slug": "gpu", "display_name": "GPU", "description": "", "cpu": 8.0, "mem": 32 * 2**30, "gpu": 1, "hourly_cost": 3.5}
-TIER_BIG = {"slug": "big", "display_name": "Many cores", "description": "", "cpu": 64.0, "mem": 256 * 2**30, "gpu": 0, "hourly_cost": 9.0}
+TIER_SMALL = {
+    "slug": "small",
+    "display_name": "Small",
+    "description": "",
+    "cpu": 1.0,
+    "mem": 2 * 2**30,
+    "gpu": 0,
+    "hourly_cost": 2.0,
+}
+TIER_GPU = {
+    "slug": "gpu",
+    "display_name": "GPU",
+    "description": "",
+    "cpu": 8.0,
+    "mem": 32 * 2**30,
+    "gpu": 1,
+    "hourly_cost": 3.5,
+}
+TIER_BIG = {
+    "slug": "big",
+    "display_name": "Many cores",
+    "description": "",
+    "cpu": 64.0,
+    "mem": 256 * 2**30,
+    "gpu": 0,
+    "hourly_cost": 9.0,
+}
 TIERS = [
     dict(TIER_SMALL, allowed=True, reason=None, default=True),
     dict(TIER_GPU, allowed=True, reason=None, default=False),
@@ -32,24 +56,38 @@ def test_not_under_hub_message():
 
 
 def test_client_config():
-    url, token = magics.client_config({"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:9/user/alice/srv", "JUPYTERHUB_API_TOKEN": "t"})
+    url, token = magics.client_config(
+        {"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:9/user/alice/srv", "JUPYTERHUB_API_TOKEN": "t"}
+    )
     assert url == "http://127.0.0.1:9/user/alice/srv/ds-compute/api/" and token == "t"
 
 
 @pytest.mark.parametrize(
-    "n,text", [(None, "?"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (2 * 2**30, "2 GiB"), (3 * 2**40, "3 TiB")]
+    "n,text",
+    [
+        (None, "?"),
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (2 * 2**30, "2 GiB"),
+        (3 * 2**40, "3 TiB"),
+    ],
 )
 def test_format_bytes(n, text):
     assert magics.format_bytes(n) == text
 
 
-@pytest.mark.parametrize("s,text", [(None, "?"), (5, "5 s"), (300, "5 min"), (3725, "1 h 02 min"), (90000, "1 d 1 h")])
+@pytest.mark.parametrize(
+    "s,text", [(None, "?"), (5, "5 s"), (300, "5 min"), (3725, "1 h 02 min"), (90000, "1 d 1 h")]
+)
 def test_format_duration(s, text):
     assert magics.format_duration(s) == text
 
 
 def test_format_tiers_marks_current_and_refusals():
-    out = magics.format_tiers({"current": "small", "tiers": [dict(t, current=t["slug"] == "small") for t in TIERS]})
+    out = magics.format_tiers(
+        {"current": "small", "tiers": [dict(t, current=t["slug"] == "small") for t in TIERS]}
+    )
     lines = out.splitlines()
     assert lines[0].split() == ["tier", "name", "cpu", "memory", "gpu", "price"]
     small = next(line for line in lines if " small " in f" {line} ")
@@ -65,8 +103,26 @@ def test_format_envs_lists_broken_with_reason():
     out = magics.format_envs(
         {
             "envs": [
-                {"name": "envs/torch", "status": "ok", "python_version": "3.11.7", "kind": "venv", "size_bytes": 3 * 2**30, "last_used": now - 7200, "kernel_name": "ds-env-torch", "is_kernel": True},
-                {"name": "envs/old", "status": "broken", "reason": "the interpreter is gone", "kind": "venv", "size_bytes": None, "last_used": None, "kernel_name": "ds-env-old", "is_kernel": False},
+                {
+                    "name": "envs/torch",
+                    "status": "ok",
+                    "python_version": "3.11.7",
+                    "kind": "venv",
+                    "size_bytes": 3 * 2**30,
+                    "last_used": now - 7200,
+                    "kernel_name": "ds-env-torch",
+                    "is_kernel": True,
+                },
+                {
+                    "name": "envs/old",
+                    "status": "broken",
+                    "reason": "the interpreter is gone",
+                    "kind": "venv",
+                    "size_bytes": None,
+                    "last_used": None,
+                    "kernel_name": "ds-env-old",
+                    "is_kernel": False,
+                },
             ]
         },
         now=now,
@@ -82,22 +138,38 @@ def test_format_envs_lists_broken_with_reason():
 def test_progress_link():
     url = "/services/ds-compute/switches/x?next=/user/a/lab"
     assert magics.progress_link(url, {}) == url
-    assert magics.progress_link(url, {"JUPYTERHUB_PUBLIC_HUB_URL": "https://hub.example.org/hub/"}) == "https://hub.example.org" + url
-    assert magics.progress_link("https://other/x", {"JUPYTERHUB_PUBLIC_HUB_URL": "https://hub/"}) == "https://other/x"
+    assert (
+        magics.progress_link(url, {"JUPYTERHUB_PUBLIC_HUB_URL": "https://hub.example.org/hub/"})
+        == "https://hub.example.org" + url
+    )
+    assert (
+        magics.progress_link("https://other/x", {"JUPYTERHUB_PUBLIC_HUB_URL": "https://hub/"})
+        == "https://other/x"
+    )
 
 
 def test_next_url():
     env = {"JUPYTERHUB_SERVICE_PREFIX": "/user/alice/", "DS_COMPUTE_VOLUME_PATH": "/vol/alice"}
     assert magics.next_url(env) == "/user/alice/lab"
-    assert magics.next_url(dict(env, JPY_SESSION_NAME="/vol/alice/a b/n.ipynb")) == "/user/alice/lab/tree/a%20b/n.ipynb"
+    assert (
+        magics.next_url(dict(env, JPY_SESSION_NAME="/vol/alice/a b/n.ipynb"))
+        == "/user/alice/lab/tree/a%20b/n.ipynb"
+    )
     assert magics.next_url(dict(env, JPY_SESSION_NAME="/elsewhere/n.ipynb")) == "/user/alice/lab"
-    assert magics.next_url({"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:5/user/bob/gpu/"}) == "/user/bob/gpu/lab"
+    assert (
+        magics.next_url({"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:5/user/bob/gpu/"}) == "/user/bob/gpu/lab"
+    )
     assert magics.next_url({}) is None
 
 
 @pytest.mark.parametrize(
     "args,problem",
-    [([], "needs a TIER"), (["gpu", "small"], "one TIER"), (["--force", "gpu"], "unknown option"), (["gpu", "=x"], "KEY=VALUE")],
+    [
+        ([], "needs a TIER"),
+        (["gpu", "small"], "one TIER"),
+        (["--force", "gpu"], "unknown option"),
+        (["gpu", "=x"], "KEY=VALUE"),
+    ],
 )
 def test_parse_switch_bad(args, problem):
     with pytest.raises(magics.BadUsage, match=problem):
@@ -116,7 +188,10 @@ def test_bad_usage(line):
 
 def test_unreachable_server():
     with pytest.raises(magics.DSComputeError, match="Could not reach"):
-        magics.run("status", env={"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:1/user/a/", "JUPYTERHUB_API_TOKEN": "t"})
+        magics.run(
+            "status",
+            env={"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:1/user/a/", "JUPYTERHUB_API_TOKEN": "t"},
+        )
 
 
 def test_magics_module_imports_only_stdlib_and_ipython():
@@ -136,9 +211,11 @@ def test_magics_module_imports_only_stdlib_and_ipython():
     tree = ast.parse(open(magics.fmt.__file__).read())
     assert {
         a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
-    } | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0} <= set(
-        sys.stdlib_module_names
-    ) | {"__future__"}
+    } | {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 0
+    } <= set(sys.stdlib_module_names) | {"__future__"}
 
 
 def test_kernel_copy_formats_small_prices(tmp_path):
@@ -167,7 +244,10 @@ class TokenUsers(fakes.TokenUsers):
 
 
 def switch_reply(body):
-    return 202, {"id": "sw1", "progress_url": "/services/ds-compute/switches/sw1?next=" + body.get("next", "")}
+    return 202, {
+        "id": "sw1",
+        "progress_url": "/services/ds-compute/switches/sw1?next=" + body.get("next", ""),
+    }
 
 
 @pytest.fixture
@@ -260,7 +340,9 @@ def test_tiers(magic, fake_service):
     out = magic("tiers")
     assert [line[0] for line in out.splitlines() if " small " in line] == ["*"]
     assert "not allowed: only for group hpc" in out
-    assert ("GET", "/services/ds-compute/api/tiers", None) in [(c["method"], c["path"], c["body"]) for c in fake_service.calls]
+    assert ("GET", "/services/ds-compute/api/tiers", None) in [
+        (c["method"], c["path"], c["body"]) for c in fake_service.calls
+    ]
 
 
 def test_switch_yes(magic, fake_service, jp_base_url):
@@ -312,7 +394,10 @@ def test_shell_load_ext_and_commands(shell, capsys, fake_service):
     out = capsys.readouterr().out
     assert "* " in out and "small" in out and "gpu" in out
     assert shell("%ds_compute switch gpu --yes").success
-    assert "Follow the progress at: https://hub.example.org/services/ds-compute/switches/sw1" in capsys.readouterr().out
+    assert (
+        "Follow the progress at: https://hub.example.org/services/ds-compute/switches/sw1"
+        in capsys.readouterr().out
+    )
 
 
 def test_shell_bad_usage_is_usage_error(shell, capsys):

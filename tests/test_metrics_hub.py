@@ -136,34 +136,40 @@ def test_metrics_count_idle_downshifts(hub):
     hub.spawn(user, {"profile": "dozy"})
     try:
         wait_for(
-            lambda: value(
-                scrape(hub),
-                "ds_compute_idle_downshifts_total",
-                from_tier="dozy",
-                to_tier="small",
-                action="downshift",
-            )
-            == 1,
+            lambda: (
+                value(
+                    scrape(hub),
+                    "ds_compute_idle_downshifts_total",
+                    from_tier="dozy",
+                    to_tier="small",
+                    action="downshift",
+                )
+                == 1
+            ),
             timeout=60,
             interval=0.5,
             message="idle downshift counted",
         )
         wait_for(
-            lambda: (hub.server_model(user) or {}).get("ready")
-            and hub.server_model(user)["user_options"]["profile"] == "small",
+            lambda: (
+                (hub.server_model(user) or {}).get("ready")
+                and hub.server_model(user)["user_options"]["profile"] == "small"
+            ),
             timeout=90,
             interval=0.5,
         )
         # the server is ready a moment before the orchestrator records the switch as finished
         wait_for(
-            lambda: value(
-                scrape(hub),
-                "ds_compute_switches_total",
-                from_tier="dozy",
-                to_tier="small",
-                outcome="succeeded",
-            )
-            == 1,
+            lambda: (
+                value(
+                    scrape(hub),
+                    "ds_compute_switches_total",
+                    from_tier="dozy",
+                    to_tier="small",
+                    outcome="succeeded",
+                )
+                == 1
+            ),
             timeout=30,
             interval=0.5,
             message="idle switch counted",

@@ -54,13 +54,15 @@ def test_own_file_layered_with_load_subconfig():
     port = free_port()
     operator = os.path.join(workdir, "operator_config.py")
     with open(operator, "w") as f:
-        f.write(textwrap.dedent(f"""
+        f.write(
+            textwrap.dedent(f"""
             c = get_config()  # noqa
             load_subconfig({str(HUB_CONFIG)!r})
             # the operator's own lines, after ours
             c.JupyterHub.bind_url = "http://127.0.0.1:{port}/ops/"
             c.DSComputeSpawner.profile_list = {OPERATOR_TIERS}
-            """))
+            """)
+        )
     hub = Hub(workdir, config_file=operator, base_path="/ops")
     hub.port, hub.url = port, f"http://127.0.0.1:{port}/ops"
     start(hub)
@@ -68,7 +70,9 @@ def test_own_file_layered_with_load_subconfig():
         user = hub.create_user("layered")
         token = hub.user_token(user)
         hub.spawn(user, {"profile": "tiny"})
-        assert server_env(user)["DS_COMPUTE_SERVICE_URL"] == f"http://127.0.0.1:{port}/ops/services/ds-compute/"
+        assert (
+            server_env(user)["DS_COMPUTE_SERVICE_URL"] == f"http://127.0.0.1:{port}/ops/services/ds-compute/"
+        )
         tiers = hub.server_api(user, "ds-compute/api/tiers", token)
         assert tiers.status_code == 200, tiers.text
         assert [t["slug"] for t in tiers.json()["tiers"]] == ["tiny", "big"]
@@ -110,7 +114,8 @@ def test_own_config_with_configure_only():
     own = os.path.join(workdir, "own_config.py")
     hub = Hub(workdir, config_file=own)
     with open(own, "w") as f:
-        f.write(textwrap.dedent(f"""
+        f.write(
+            textwrap.dedent(f"""
             import os
             from jupyter_ds_compute.hubconfig import configure
 
@@ -131,7 +136,8 @@ def test_own_config_with_configure_only():
             c.LocalBackend.create_system_users = os.geteuid() == 0
             c.DSComputeService.data_dir = os.path.join(os.path.dirname(__file__), "service")
             configure(c)
-            """))
+            """)
+        )
     # as an operator's machine: the proxy installed on $PATH
     hub.env["PATH"] = f"{REPO / 'node_modules' / '.bin'}{os.pathsep}{hub.env['PATH']}"
     start(hub)
@@ -221,7 +227,9 @@ def test_missing_proxy_stops_the_hub_before_the_banner():
     assert shutil.which("configurable-http-proxy", path=hub.env["PATH"]) is None
     code, output = run_to_exit(hub)
     assert code != 0
-    lines = [line for line in output.splitlines() if "configurable-http-proxy" in line and "not found" in line]
+    lines = [
+        line for line in output.splitlines() if "configurable-http-proxy" in line and "not found" in line
+    ]
     assert len(lines) == 1, output[-2000:]
     assert "npm install" in lines[0]
     assert "Log in with" not in output

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ARTIFACTS, hub_workdir
-from hubtest import Hub, wait_for
-
-from pasted_profiles import KUBESPAWNER_LIST_EXAMPLE, Z2JH_08_RESOURCE_PROFILES
+from hubtest import Hub
 
 pytestmark = pytest.mark.hub
 
@@ -83,7 +81,9 @@ def _servers(hub, user):
         env = dict(i.split("=", 1) for i in raw.decode(errors="replace").split("\0") if "=" in i)
         if not env.get("DS_COMPUTE_SERVER_KEY", "").startswith(f"{user}/" if user else ""):
             continue
-        if f":{port}/" in env.get("JUPYTERHUB_API_URL", "") and (not user or b"jupyterhub-singleuser" in cmdline):
+        if f":{port}/" in env.get("JUPYTERHUB_API_URL", "") and (
+            not user or b"jupyterhub-singleuser" in cmdline
+        ):
             found[int(entry)] = env
     return found
 
@@ -106,7 +106,11 @@ def _cgroup_limits(pid):
             elif ctl == "cpu":
                 quota = int(Path(f"/sys/fs/cgroup/cpu{path}/cpu.cfs_quota_us").read_text())
                 limits["cpu"] = None if quota < 0 else quota / 100_000
-            elif ctl == "" and path.startswith("/ds-compute") and Path(f"/sys/fs/cgroup{path}/memory.max").exists():
+            elif (
+                ctl == ""
+                and path.startswith("/ds-compute")
+                and Path(f"/sys/fs/cgroup{path}/memory.max").exists()
+            ):
                 base = Path(f"/sys/fs/cgroup{path}")
                 mem = (base / "memory.max").read_text().strip()
                 quota = (base / "cpu.max").read_text().split()[0]
@@ -158,7 +162,9 @@ def test_each_pasted_profile_spawns_with_limits_from_its_override(hub, slug, cpu
 
 def test_overrides_without_meaning_here_are_logged_once_per_spawn(hub):
     log = hub.log_path.read_text(errors="replace")
-    image = re.findall(r"tier 'gpu-job': override 'image' ignored for z2jh-gpu: .*has no setting 'image'", log)
+    image = re.findall(
+        r"tier 'gpu-job': override 'image' ignored for z2jh-gpu: .*has no setting 'image'", log
+    )
     assert len(image) == 1, image
     typo = re.findall(r"tier 'big-8-cpus': override 'mem_guaranttee' ignored for z2jh-big", log)
     assert len(typo) == 1, typo

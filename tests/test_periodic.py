@@ -107,7 +107,9 @@ class DownHub:
 
 async def test_accounting_loop_survives_a_down_hub(caplog):
     store = Store()
-    live = LivePolicy(DownHub(), store, [], dict(policy_settings({}), accounting_interval=0.01), log=logging.getLogger(LOG))
+    live = LivePolicy(
+        DownHub(), store, [], dict(policy_settings({}), accounting_interval=0.01), log=logging.getLogger(LOG)
+    )
     with caplog.at_level(logging.INFO, logger=LOG):
         live.start()
         await wait_until(lambda: live._loop.failures >= 3)

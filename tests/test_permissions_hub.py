@@ -33,7 +33,7 @@ def test_no_file_of_the_hub_or_service_is_readable_by_others(hub):
     hub.stop_server(user)  # a server log and the service's records exist now
     data = str(hub.data)
     seen, leaks = [], []
-    for root, dirs, files in os.walk(data):
+    for root, _dirs, files in os.walk(data):
         if os.path.relpath(root, data).split(os.sep)[0] == "volumes":
             continue  # the users' own volumes: their business
         for name in files:
@@ -46,6 +46,11 @@ def test_no_file_of_the_hub_or_service_is_readable_by_others(hub):
     assert any(p.startswith("logs" + os.sep) for p in seen), seen
     assert not leaks, f"readable by every account on the machine: {leaks}"
     assert not os.stat(data).st_mode & stat.S_IROTH, "the data directory lists its files to everyone"
-    for private in ("jupyterhub.sqlite", "service/ds-compute.sqlite", "service/cookie_secret", "credentials.json"):
+    for private in (
+        "jupyterhub.sqlite",
+        "service/ds-compute.sqlite",
+        "service/cookie_secret",
+        "credentials.json",
+    ):
         assert stat.S_IMODE(os.stat(os.path.join(data, private)).st_mode) == 0o600, private
     assert stat.S_IMODE(os.stat(os.path.join(data, "service")).st_mode) == 0o700

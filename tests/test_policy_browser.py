@@ -7,9 +7,9 @@ test artifacts directory.
 
 import pytest
 import requests
+from browser import chromium, login
 from conftest import ARTIFACTS
 from hubtest import wait_for
-from browser import chromium, login
 
 pytestmark = [pytest.mark.hub, pytest.mark.browser]
 

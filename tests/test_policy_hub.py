@@ -193,8 +193,9 @@ def test_idle_downshift_to_default(hub):
     assert switches[0]["requested_by"] == "policy:idle"
     assert switches[0]["from_profile"] == "dozy" and switches[0]["to_profile"] == "small"
     wait_for(
-        lambda: service(hub, "GET", f"api/switches/{switches[0]['id']}", token).json()["state"]
-        == "succeeded",
+        lambda: (
+            service(hub, "GET", f"api/switches/{switches[0]['id']}", token).json()["state"] == "succeeded"
+        ),
         timeout=30,
     )
     # the user sees why (Lab reads the notices of api/tiers)

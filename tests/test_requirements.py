@@ -67,8 +67,14 @@ def test_jupyter_server_floor_is_at_least_what_that_jupyterlab_requires():
     lab = Version(version("jupyterlab"))
     floor = floors()["jupyterlab"]
     if (lab.major, lab.minor) != (floor.major, floor.minor):
-        pytest.skip(f"installed jupyterlab {lab} is not the floor's minor release {floor}: cannot read its needs")
-    needed = [Requirement(r) for r in requires("jupyterlab") if r.lower().replace("_", "-").startswith("jupyter-server")]
+        pytest.skip(
+            f"installed jupyterlab {lab} is not the floor's minor release {floor}: cannot read its needs"
+        )
+    needed = [
+        Requirement(r)
+        for r in requires("jupyterlab")
+        if r.lower().replace("_", "-").startswith("jupyter-server")
+    ]
     lower = [Version(s.version) for s in SpecifierSet(str(needed[0].specifier)) if s.operator == ">="]
     assert floors()["jupyter-server"] >= max(lower), f"jupyterlab {lab} requires {needed[0]}"
 

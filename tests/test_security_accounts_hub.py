@@ -254,7 +254,9 @@ def test_prefixed_mode_runs_as_jdc_accounts(prefixed_hub, unmarked_account):
         assert process_uid(pid) == pw.pw_uid >= 1000
         assert f"jdc-{user}" in grp.getgrnam("jupyter-ds-compute").gr_mem
         hub.stop_server(user)
-        wait_for(lambda: server_processes(user) == {}, timeout=15, message=f"{user}'s processes gone")
+        wait_for(
+            lambda user=user: server_processes(user) == {}, timeout=15, message=f"{user}'s processes gone"
+        )
 
     # an existing account with our prefix that we did not create is never used
     hub.create_user("intruder")

@@ -17,20 +17,50 @@ from jupyter_ds_compute.serverext.context import ServerContext
 from jupyter_ds_compute.serverext.kernelspecs import DSComputeKernelSpecManager
 from jupyter_ds_compute.serverext.volume import check_notebook_dir
 
-TIER_SMALL = {"slug": "small", "display_name": "Small", "description": "", "cpu": 1.0, "mem": 2**31, "gpu": 0, "hourly_cost": 2.0}
-TIER_GPU = {"slug": "gpu", "display_name": "GPU", "description": "", "cpu": 8.0, "mem": 2**35, "gpu": 1, "hourly_cost": 3.5}
-ENV_TIERS = [dict(TIER_SMALL, allowed=True, reason=None, default=True), dict(TIER_GPU, allowed=True, reason=None, default=False)]
+TIER_SMALL = {
+    "slug": "small",
+    "display_name": "Small",
+    "description": "",
+    "cpu": 1.0,
+    "mem": 2**31,
+    "gpu": 0,
+    "hourly_cost": 2.0,
+}
+TIER_GPU = {
+    "slug": "gpu",
+    "display_name": "GPU",
+    "description": "",
+    "cpu": 8.0,
+    "mem": 2**35,
+    "gpu": 1,
+    "hourly_cost": 3.5,
+}
+ENV_TIERS = [
+    dict(TIER_SMALL, allowed=True, reason=None, default=True),
+    dict(TIER_GPU, allowed=True, reason=None, default=False),
+]
 
 
 TokenUsers = fakes.TokenUsers
 
 
 BUDGET_WARN = {
-    "spent": 8.5, "budget": 10.0, "fraction": 0.85, "state": "warn", "kind": "user", "name": "alice",
-    "period": "month", "period_start": "2024-05-01T00:00:00Z", "warn_fraction": 0.8, "user_spent": 8.5,
+    "spent": 8.5,
+    "budget": 10.0,
+    "fraction": 0.85,
+    "state": "warn",
+    "kind": "user",
+    "name": "alice",
+    "period": "month",
+    "period_start": "2024-05-01T00:00:00Z",
+    "warn_fraction": 0.8,
+    "user_spent": 8.5,
 }
 NOTICE = {
-    "time": "2024-05-02T10:00:00.000000Z", "kind": "idle-downshift", "from_profile": "gpu", "to_profile": "small",
+    "time": "2024-05-02T10:00:00.000000Z",
+    "kind": "idle-downshift",
+    "from_profile": "gpu",
+    "to_profile": "small",
     "message": "Your server was moved to the default tier: idle for 1h00 on tier GPU: moved to Small",
 }
 
@@ -41,7 +71,10 @@ def FakeService():
     return fakes.FakeService(
         tiers_reply=(200, {"tiers": [dict(t, reason="live") for t in ENV_TIERS]}),
         policy_reply=(200, {"budget": BUDGET_WARN, "notices": [NOTICE]}),
-        switch_reply=(202, {"id": "sw1", "progress_url": "/services/ds-compute/switches/sw1?next=/user/alice/lab"}),
+        switch_reply=(
+            202,
+            {"id": "sw1", "progress_url": "/services/ds-compute/switches/sw1?next=/user/alice/lab"},
+        ),
     )
 
 
@@ -157,7 +190,15 @@ def test_status_requires_auth(run, jp_fetch):
     assert code == 403
 
 
-@pytest.mark.parametrize("method,path,body", [("GET", "status", None), ("GET", "tiers", None), ("POST", "switch", {"profile": "gpu"}), ("GET", "envs", None)])
+@pytest.mark.parametrize(
+    "method,path,body",
+    [
+        ("GET", "status", None),
+        ("GET", "tiers", None),
+        ("POST", "switch", {"profile": "gpu"}),
+        ("GET", "envs", None),
+    ],
+)
 def test_only_owner(run, jp_fetch, fake_service, method, path, body):
     run(fake_service.start())
     kw = {"method": method, "headers": BOB}
@@ -189,7 +230,10 @@ def test_status_policy_cache_expires(run, jp_fetch, fake_service, jp_serverapp):
     run(fake_service.start())
     jp_serverapp.web_app.settings["ds_compute"].policy_cache_seconds = 0
     run(fetch_json(jp_fetch, "status"))
-    fake_service.policy_reply = (200, {"budget": dict(BUDGET_WARN, state="spent", spent=10.0, fraction=1.0), "notices": []})
+    fake_service.policy_reply = (
+        200,
+        {"budget": dict(BUDGET_WARN, state="spent", spent=10.0, fraction=1.0), "notices": []},
+    )
     code, st = run(fetch_json(jp_fetch, "status"))
     assert st["budget"]["state"] == "spent" and st["notices"] == []
     assert [c["path"] for c in fake_service.calls] == ["/services/ds-compute/api/policy"] * 2
@@ -261,7 +305,10 @@ def test_tiers_from_service(run, jp_fetch, fake_service):
     assert code == 200
     assert model["source"] == "service" and model["warning"] is None
     assert model["current"] == "small"
-    assert [(t["slug"], t["current"], t["reason"]) for t in model["tiers"]] == [("small", True, "live"), ("gpu", False, "live")]
+    assert [(t["slug"], t["current"], t["reason"]) for t in model["tiers"]] == [
+        ("small", True, "live"),
+        ("gpu", False, "live"),
+    ]
     (call,) = fake_service.calls
     assert call["method"] == "GET" and call["path"] == "/services/ds-compute/api/tiers"
     assert call["auth"] == "token server-token-of-alice"
@@ -269,16 +316,44 @@ def test_tiers_from_service(run, jp_fetch, fake_service):
 
 def test_tiers_pass_cap_and_budget_refusals_unchanged(run, jp_fetch, fake_service):
     run(fake_service.start())
-    capped = dict(TIER_GPU, slug="capped", display_name="Capped", allowed=False, policy="cap", default=False,
-                  reason="Capped tier full (1/1), try later or ask an admin", max_servers=1, idle_downshift_after=None)
-    pricey = dict(TIER_GPU, allowed=False, policy="budget", default=False, max_servers=None, idle_downshift_after=3600,
-                  reason="Your monthly budget is spent (10.00 of 10.00); GPU is not available until it renews")
-    small = dict(TIER_SMALL, allowed=True, reason=None, policy=None, default=True, max_servers=None, idle_downshift_after=None)
+    capped = dict(
+        TIER_GPU,
+        slug="capped",
+        display_name="Capped",
+        allowed=False,
+        policy="cap",
+        default=False,
+        reason="Capped tier full (1/1), try later or ask an admin",
+        max_servers=1,
+        idle_downshift_after=None,
+    )
+    pricey = dict(
+        TIER_GPU,
+        allowed=False,
+        policy="budget",
+        default=False,
+        max_servers=None,
+        idle_downshift_after=3600,
+        reason="Your monthly budget is spent (10.00 of 10.00); GPU is not available until it renews",
+    )
+    small = dict(
+        TIER_SMALL,
+        allowed=True,
+        reason=None,
+        policy=None,
+        default=True,
+        max_servers=None,
+        idle_downshift_after=None,
+    )
     spent = dict(BUDGET_WARN, state="spent", spent=10.0, fraction=1.0)
     fake_service.tiers_reply = (200, {"tiers": [small, pricey, capped], "budget": spent, "notices": [NOTICE]})
     code, model = run(fetch_json(jp_fetch, "tiers"))
     assert code == 200 and model["source"] == "service"
-    assert model["tiers"] == [dict(small, current=True), dict(pricey, current=False), dict(capped, current=False)]
+    assert model["tiers"] == [
+        dict(small, current=True),
+        dict(pricey, current=False),
+        dict(capped, current=False),
+    ]
     assert model["budget"] == spent and model["notices"] == [NOTICE]
     # the fresher budget is what status shows next, without another call
     code, st = run(fetch_json(jp_fetch, "status"))
@@ -308,7 +383,13 @@ def test_tiers_fallback_is_bounded(run, jp_fetch, fake_service):
 # -- switch ------------------------------------------------------------------------
 def test_switch_forwards_to_service(run, jp_fetch, fake_service):
     run(fake_service.start())
-    body = {"profile": "gpu", "profile-option-gpu--image": "torch", "next": "/user/alice/lab/tree/a.ipynb", "server_name": "other", "user": "bob"}
+    body = {
+        "profile": "gpu",
+        "profile-option-gpu--image": "torch",
+        "next": "/user/alice/lab/tree/a.ipynb",
+        "server_name": "other",
+        "user": "bob",
+    }
     code, reply = run(fetch_json(jp_fetch, "switch", method="POST", body=json.dumps(body)))
     assert code == 202
     assert reply == fake_service.switch_reply[1]  # the service's body, unchanged
@@ -316,7 +397,12 @@ def test_switch_forwards_to_service(run, jp_fetch, fake_service):
     assert call["method"] == "POST" and call["path"] == "/services/ds-compute/api/switches"
     assert call["auth"] == "token server-token-of-alice"
     # this server's name, never the caller's; no "user" (only admins may name one, not through a server)
-    assert call["body"] == {"profile": "gpu", "profile-option-gpu--image": "torch", "next": "/user/alice/lab/tree/a.ipynb", "server_name": ""}
+    assert call["body"] == {
+        "profile": "gpu",
+        "profile-option-gpu--image": "torch",
+        "next": "/user/alice/lab/tree/a.ipynb",
+        "server_name": "",
+    }
 
 
 def test_switch_default_next(run, jp_fetch, fake_service, jp_base_url):

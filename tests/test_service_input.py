@@ -18,7 +18,9 @@ def parse(raw):
     return parse_int_argument(raw, field="limit", default=100, minimum=1, maximum=1000)
 
 
-@pytest.mark.parametrize("raw, value", [(None, 100), ("", 100), ("1", 1), ("1000", 1000), (" 7 ", 7), ("+5", 5)])
+@pytest.mark.parametrize(
+    "raw, value", [(None, 100), ("", 100), ("1", 1), ("1000", 1000), (" 7 ", 7), ("+5", 5)]
+)
 def test_good_integers(raw, value):
     assert parse(raw) == value
 

@@ -77,11 +77,14 @@ def test_admin_page_lists_users_on_every_page(hub, users, admin):
         row = rows[(late, "")]
         assert attr(row, "data-state") == "running" and attr(row, "data-tier") == "gpu"
         # its volume, as the local driver described it at start: id, driver, where attached
-        assert attr(row, "data-volume-id") == volume_id_for(late) and attr(row, "data-volume-driver") == "local"
+        assert (
+            attr(row, "data-volume-id") == volume_id_for(late) and attr(row, "data-volume-driver") == "local"
+        )
         assert attr(row, "data-attached-to")
         # a user on page 1 that never started: no volume yet, a stopped row
         first = rows[(users[0], "")]
         assert attr(first, "data-state") == "stopped" and attr(first, "data-volume-id") == ""
+
         # accounting sees the page-3 server: its cost this period grows on the admin page
         def cost():
             row = admin_rows(admin.get(f"{hub.url}/services/ds-compute/admin?user={late}").text)[(late, "")]

@@ -40,7 +40,11 @@ def call(hub, method, path, token, **kwargs):
 
 def switch(hub, token, user, profile, server_name=""):
     return call(
-        hub, "POST", "api/switches", token, json={"user": user, "server_name": server_name, "profile": profile}
+        hub,
+        "POST",
+        "api/switches",
+        token,
+        json={"user": user, "server_name": server_name, "profile": profile},
     )
 
 
@@ -89,7 +93,9 @@ def test_restricted_admin_token_is_refused_everywhere(hub, bob):
     assert call(hub, "GET", "admin/audit", restricted).status_code == 403
     r = call(hub, "POST", "admin/action", restricted, data={"action": "stop", "user": bob})
     assert r.status_code == 403, r.text
-    r = call(hub, "POST", "admin/action", restricted, data={"action": "switch", "user": bob, "profile": "gpu"})
+    r = call(
+        hub, "POST", "admin/action", restricted, data={"action": "switch", "user": bob, "profile": "gpu"}
+    )
     assert r.status_code == 403, r.text
     assert call(hub, "GET", f"api/switches?user={bob}", restricted).status_code == 403
     assert call(hub, "GET", f"api/tiers?user={bob}", restricted).status_code == 403

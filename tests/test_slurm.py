@@ -108,8 +108,21 @@ def progress_messages(hub, user, timeout=120):
 def block_gpus():
     """A job holding both fake GPUs; returns its id once it runs."""
     blocker = subprocess.run(
-        ["sbatch", "--parsable", "-J", "ds-compute-blocker", "-p", "gpu", "--gres=gpu:2", "-o", "/dev/null",
-         "-D", "/tmp", "--wrap", "sleep 300"],  # fmt: skip
+        [
+            "sbatch",
+            "--parsable",
+            "-J",
+            "ds-compute-blocker",
+            "-p",
+            "gpu",
+            "--gres=gpu:2",
+            "-o",
+            "/dev/null",
+            "-D",
+            "/tmp",
+            "--wrap",
+            "sleep 300",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         check=True,
@@ -311,8 +324,20 @@ def test_start_cancels_a_job_an_interrupted_start_left(hub):
     hub.spawn(other, {"profile": "small"})
     neighbour, _ = running_job(other)
     stray = subprocess.run(
-        ["sbatch", "--parsable", f"--job-name=ds-compute-{safe_name(user)}", f"--uid={account(user)}",
-         "-p", "small", "-o", "/dev/null", "-D", "/tmp", "--wrap", "sleep 300"],  # fmt: skip
+        [
+            "sbatch",
+            "--parsable",
+            f"--job-name=ds-compute-{safe_name(user)}",
+            f"--uid={account(user)}",
+            "-p",
+            "small",
+            "-o",
+            "/dev/null",
+            "-D",
+            "/tmp",
+            "--wrap",
+            "sleep 300",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         check=True,

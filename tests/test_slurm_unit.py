@@ -217,7 +217,8 @@ def fake_squeue(tmp_path):
     """An squeue that logs its argv and answers for the jobs asked about."""
     calls = tmp_path / "calls"
     script = tmp_path / "squeue"
-    script.write_text(textwrap.dedent(f"""\
+    script.write_text(
+        textwrap.dedent(f"""\
             #!/bin/sh
             echo "$@" >> {calls}
             [ -e {tmp_path}/fail ] && {{ echo "slurm_load_jobs error: Unable to contact slurm controller" >&2; exit 1; }}
@@ -229,7 +230,8 @@ def fake_squeue(tmp_path):
               [ "$id" -lt 1000 ] && {{ echo "$id|RUNNING|node$id|None"; found=1; }}
             done
             [ $found = 1 ] || {{ echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; }}
-            """))
+            """)
+    )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return script, calls
 

@@ -14,9 +14,8 @@ import asyncio
 import json
 
 import pytest
-from jupyterhub.spawner import SpawnException
-
 from fakes import Memory, ReadyServer, hub_db, hub_spawn, hub_stop, make_spawner
+from jupyterhub.spawner import SpawnException
 
 PROFILES = [
     {"display_name": "Small", "slug": "small", "default": True, "cpu": 1, "mem": "1G", "hourly_cost": 0.05},
@@ -226,7 +225,12 @@ async def test_server_exiting_during_start_fails_with_its_log(new_spawner, memor
     assert "exited during start (status 3)" in info.value.message
     assert "memory server log: last line" in info.value.message
     steps = memory.steps()
-    assert steps[steps.index("backend.start") :] == ["backend.start", "backend.poll", *STOP_CALLS, "backend.poll"]
+    assert steps[steps.index("backend.start") :] == [
+        "backend.start",
+        "backend.poll",
+        *STOP_CALLS,
+        "backend.poll",
+    ]
     assert memory.attached() == []
 
 

@@ -225,7 +225,9 @@ def test_service_killed_mid_switch_is_reconciled(hub):
     os.kill(pid, signal.SIGKILL)
     # the hub restarts its managed service (at its next poll); the service
     # picks the switch up again and finishes it
-    wait_for(lambda: _service_pid(hub) not in (None, pid), timeout=120, interval=1, message="service restarted")
+    wait_for(
+        lambda: _service_pid(hub) not in (None, pid), timeout=120, interval=1, message="service restarted"
+    )
     record = wait_switch(hub, token, switch_id, timeout=240)
     assert record["state"] in ("succeeded", "rolled_back"), record
     expected = "gpu" if record["state"] == "succeeded" else "small"

@@ -17,7 +17,14 @@ from jupyter_ds_compute.service.store import Store
 
 PROFILES = tiers.normalize_profile_list(
     [
-        {"display_name": "Small", "slug": "small", "cpu": 1, "mem": "1G", "hourly_cost": 0.0, "default": True},
+        {
+            "display_name": "Small",
+            "slug": "small",
+            "cpu": 1,
+            "mem": "1G",
+            "hourly_cost": 0.0,
+            "default": True,
+        },
         {"display_name": "GPU", "slug": "gpu", "cpu": 2, "mem": "2G", "hourly_cost": 3.0},
         {"display_name": "Capped", "slug": "capped", "cpu": 1, "mem": "1G", "max_servers": 1},
         {"display_name": "Team", "slug": "team", "cpu": 1, "mem": "1G", "allowed_groups": ["team"]},
@@ -112,7 +119,9 @@ def last_audit(store):
 
 async def test_accepted_is_pending_and_audited(orch, store, hub):
     record = await request(orch, ALICE, {"profile": "gpu", "next": "/user/alice/lab/tree/x.ipynb"})
-    assert record["state"] == "pending" and record["to_profile"] == "gpu" and record["from_profile"] == "small"
+    assert (
+        record["state"] == "pending" and record["to_profile"] == "gpu" and record["from_profile"] == "small"
+    )
     assert record["requested_by"] == "alice" and record["next"] == "/user/alice/lab/tree/x.ipynb"
     event = last_audit(store)
     assert (event["event"], event["outcome"], event["switch_id"]) == ("request", "accepted", record["id"])
@@ -139,7 +148,9 @@ async def test_accepted_is_pending_and_audited(orch, store, hub):
         "others-server", "no-such-user", "no-such-server", "service",
     ],
 )  # fmt: skip
-async def test_refusals_name_the_field_are_audited_and_stop_nothing(orch, store, hub, caller, body, status, field, text):
+async def test_refusals_name_the_field_are_audited_and_stop_nothing(
+    orch, store, hub, caller, body, status, field, text
+):
     with pytest.raises(SwitchRefused) as e:
         await request(orch, caller, body)
     assert e.value.status == status, e.value.message
@@ -195,7 +206,12 @@ async def test_budget_refuses_a_user_but_not_the_idle_policy(orch, store, hub):
     assert last_audit(store)["event"] == "policy:budget"
     # the idle policy moves carol down to the default tier whatever her budget
     record = await request(
-        orch, None, {"user": "carol", "profile": "small"}, live=policy, requested_by="policy:idle", reason="idle"
+        orch,
+        None,
+        {"user": "carol", "profile": "small"},
+        live=policy,
+        requested_by="policy:idle",
+        reason="idle",
     )
     assert record["requested_by"] == "policy:idle" and record["to_profile"] == "small"
 
@@ -214,7 +230,14 @@ async def test_idle_downshift_goes_through_the_entry_point(orch, store, hub):
     # the default tier is capped for this test: one downshift fits, the second is refused
     profiles = tiers.normalize_profile_list(
         [
-            {"display_name": "Small", "slug": "small", "cpu": 1, "mem": "1G", "default": True, "max_servers": 3},
+            {
+                "display_name": "Small",
+                "slug": "small",
+                "cpu": 1,
+                "mem": "1G",
+                "default": True,
+                "max_servers": 3,
+            },
             {"display_name": "GPU", "slug": "gpu", "cpu": 2, "mem": "2G", "idle_downshift_after": 60},
         ]
     )

@@ -38,7 +38,10 @@ def test_help_all_lists_every_setting_with_help():
     from jupyter_ds_compute.service.app import DSComputeService
 
     out = subprocess.run(
-        [str(VENV_BIN / "jupyter-ds-compute-service"), "--help-all"], capture_output=True, text=True, check=True
+        [str(VENV_BIN / "jupyter-ds-compute-service"), "--help-all"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     for cls in (DSComputeService, PolicySettings):
         for name, trait in cls.class_own_traits(config=True).items():
@@ -168,6 +171,7 @@ def test_service_keeps_its_data_elsewhere_and_the_spawner_asks_it_for_budgets(ca
     assert r.status_code == 403, r.text
     assert "budget is spent" in r.text
     assert not hub.server_model(user) or not hub.server_model(user).get("ready")
+
     # the refusal is in the service's audit log (reported over its API, not written into its file)
     def refused():
         import sqlite3
@@ -194,7 +198,9 @@ def test_service_keeps_its_data_elsewhere_and_the_spawner_asks_it_for_budgets(ca
         except OSError:
             pass
     assert any(p.startswith(os.path.realpath(hub.service_data)) for p in opened), opened
-    assert not [p for p in opened if p.startswith(hub_data + os.sep) or p.endswith("jupyterhub.sqlite")], opened
+    assert not [p for p in opened if p.startswith(hub_data + os.sep) or p.endswith("jupyterhub.sqlite")], (
+        opened
+    )
 
 
 def test_budget_check_with_the_service_down_lets_the_start_through(callable_hub):

@@ -314,15 +314,20 @@ def _broken(change):
             "tier 'A': field 'kubespawner_override.extra_resource_limits' must be a dict, got list",
         ),
         (
-            [{"display_name": "A", "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "one"}}}],
+            [
+                {
+                    "display_name": "A",
+                    "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "one"}},
+                }
+            ],
             "tier 'A': field 'kubespawner_override.extra_resource_limits.nvidia.com/gpu'"
             " must be an integer >= 0, got 'one'",
         ),
         (
             _broken(
-                lambda pl: pl[1]["profile_options"]["image"]["choices"]["base"]["kubespawner_override"].update(
-                    mem_limit="huge"
-                )
+                lambda pl: pl[1]["profile_options"]["image"]["choices"]["base"][
+                    "kubespawner_override"
+                ].update(mem_limit="huge")
             ),
             "tier 'gpu': field 'profile_options.image.choices.base.kubespawner_override.mem_limit'"
             " must be bytes or a string",
@@ -384,7 +389,7 @@ def _broken(change):
         ),
         (
             _broken(lambda pl: pl[1]["profile_options"]["image"]["choices"]["base"].pop("display_name")),
-            "tier 'gpu': field 'profile_options.image.choices.base.display_name'" " is required",
+            "tier 'gpu': field 'profile_options.image.choices.base.display_name' is required",
         ),
         (
             _broken(lambda pl: pl[1]["profile_options"]["image"]["choices"]["base"].update(default=True)),
@@ -393,11 +398,11 @@ def _broken(change):
         ),
         (
             _broken(lambda pl: pl[1]["profile_options"]["image"]["choices"]["base"].update(colour="red")),
-            "tier 'gpu': field 'profile_options.image.choices.base.colour' is not a" " known choice field",
+            "tier 'gpu': field 'profile_options.image.choices.base.colour' is not a known choice field",
         ),
         (
             _broken(lambda pl: pl[1]["profile_options"]["image"].update(required=True)),
-            "tier 'gpu': field 'profile_options.image.required' is not a known" " profile option field",
+            "tier 'gpu': field 'profile_options.image.required' is not a known profile option field",
         ),
         (
             _broken(
@@ -405,16 +410,15 @@ def _broken(change):
                     validation_regex="(unclosed"
                 )
             ),
-            "tier 'gpu': field 'profile_options.image.unlisted_choice"
-            ".validation_regex' is not a valid regex",
+            "tier 'gpu': field 'profile_options.image.unlisted_choice.validation_regex' is not a valid regex",
         ),
         (
             _broken(lambda pl: pl[1]["profile_options"]["image"]["unlisted_choice"].update(enabled="yes")),
-            "tier 'gpu': field 'profile_options.image.unlisted_choice.enabled'" " must be true or false",
+            "tier 'gpu': field 'profile_options.image.unlisted_choice.enabled' must be true or false",
         ),
         (
             [tier("A", profile_options={"x": {"display_name": "X"}})],
-            "tier 'A': field 'profile_options.x' needs 'choices' or an enabled" " 'unlisted_choice'",
+            "tier 'A': field 'profile_options.x' needs 'choices' or an enabled 'unlisted_choice'",
         ),
         (
             [
@@ -446,7 +450,7 @@ def _broken(change):
                     profile_options={"x": {"choices": {"a": {"display_name": "A", "allowed_groups": []}}}},
                 )
             ],
-            "tier 'A': field 'profile_options.x.choices.a.allowed_groups' must not" " be empty",
+            "tier 'A': field 'profile_options.x.choices.a.allowed_groups' must not be empty",
         ),
     ],
 )
@@ -552,7 +556,9 @@ def test_get_tier_unknown():
 
 
 def test_tier_is_frozen():
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         get_tier(profiles(), "small").cpu = 8
 
 
@@ -719,7 +725,7 @@ def test_validate_user_options_ok(user_options, groups, expected):
             ["gpu-users"],
             400,
             "image--unlisted-choice",
-            "'image--unlisted-choice': 'evil/image:1' is not valid:" " Must be jupyter/<name>:<tag>",
+            "'image--unlisted-choice': 'evil/image:1' is not valid: Must be jupyter/<name>:<tag>",
         ),
         (
             # fullmatch: a trailing newline does not sneak past '$'
@@ -1395,7 +1401,13 @@ def test_pasted_profile_lists_are_valid_and_unpriced(name):
 
 def test_pasted_z2jh_resources_come_from_overrides():
     small, big, gpu = tiers_of(pasted.Z2JH_08_RESOURCE_PROFILES)
-    assert (small.slug, small.cpu, small.mem, small.gpu, small.default) == ("small-default", 1.0, GiB, 0, True)
+    assert (small.slug, small.cpu, small.mem, small.gpu, small.default) == (
+        "small-default",
+        1.0,
+        GiB,
+        0,
+        True,
+    )
     assert (big.slug, big.cpu, big.mem, big.gpu) == ("big-8-cpus", 8.0, 64 * GiB, 0)
     assert (gpu.slug, gpu.cpu, gpu.mem, gpu.gpu) == ("gpu-job", 4.0, 16 * GiB, 1)
     assert small.description == "A small job. 1 CPU, no GPU. This is the default.\n"
@@ -1426,7 +1438,10 @@ def test_pasted_slugs_like_kubespawner():
         "spark-environment",
         "learning-data-science",
     ]
-    assert [p["slug"] for p in normalize_profile_list(pasted.KUBESPAWNER_DICT_EXAMPLE)] == ["demo-1", "demo-2"]
+    assert [p["slug"] for p in normalize_profile_list(pasted.KUBESPAWNER_DICT_EXAMPLE)] == [
+        "demo-1",
+        "demo-2",
+    ]
 
 
 @pytest.mark.parametrize(

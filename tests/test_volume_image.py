@@ -38,7 +38,10 @@ def test_image_volume_follows_user_and_is_private(hub):
     with open(f"/proc/{pid}/mounts") as f:
         assert any(line.split()[1] == mount_point and line.split()[2] == "ext4" for line in f)
     r = hub.server_api(
-        user, "api/contents/data.txt", token, method="PUT",
+        user,
+        "api/contents/data.txt",
+        token,
+        method="PUT",
         json={"type": "file", "format": "text", "content": "on the image"},
     )
     assert r.status_code in (200, 201), r.text

@@ -51,7 +51,9 @@ def load_params(path, pairs):
             try:
                 data = {d["ParameterKey"]: d["ParameterValue"] for d in data}
             except (KeyError, TypeError):
-                raise Refused(f"--params {path}: a list must hold ParameterKey/ParameterValue objects") from None
+                raise Refused(
+                    f"--params {path}: a list must hold ParameterKey/ParameterValue objects"
+                ) from None
         if not isinstance(data, dict):
             raise Refused(f"--params {path}: expected a JSON object of parameter names to values")
         params.update(data)
@@ -117,7 +119,9 @@ class Deployer:
     def event_ids(self):
         if self.describe() is None:
             return set()
-        return {e["EventId"] for e in self.cfn.describe_stack_events(StackName=self.stack).get("StackEvents", [])}
+        return {
+            e["EventId"] for e in self.cfn.describe_stack_events(StackName=self.stack).get("StackEvents", [])
+        }
 
     def wait(self, total, seen):
         """Print new stack events and a progress bar until the stack settles."""
@@ -231,7 +235,9 @@ class Deployer:
         params = template.validate(raw_params, self.stack)
         body = template.to_json(template.build(params))
         if self.describe() is not None:
-            raise Refused(f"stack {self.stack} exists: use 'jupyter-ds-compute aws upgrade --stack {self.stack}'")
+            raise Refused(
+                f"stack {self.stack} exists: use 'jupyter-ds-compute aws upgrade --stack {self.stack}'"
+            )
         total = len(json.loads(body)["Resources"])
         self.say(f"Creating stack {self.stack} (jupyter-ds-compute {params['Version']}, {total} resources)")
         seen = set()
@@ -394,7 +400,9 @@ class Deployer:
             for ap in aps:
                 tags = {t["Key"]: t["Value"] for t in ap.get("Tags", [])}
                 if tags.get("ds-compute:hub") == hub_id:
-                    found.append(("efs", ap["AccessPointId"], tags.get("ds-compute:user", "?"), fs["FileSystemId"]))
+                    found.append(
+                        ("efs", ap["AccessPointId"], tags.get("ds-compute:user", "?"), fs["FileSystemId"])
+                    )
         return found
 
     def destroy(self, force=False, delete_volumes=False, yes=False):
@@ -450,7 +458,9 @@ def parser():
         sp.add_argument("--param", action="append", metavar="NAME=VALUE", help="one parameter (repeatable)")
 
     names = ", ".join(template.PARAMETERS)
-    sp = sub.add_parser("deploy", help="create the stack and print the hub URL", epilog=f"parameters: {names}")
+    sp = sub.add_parser(
+        "deploy", help="create the stack and print the hub URL", epilog=f"parameters: {names}"
+    )
     stack_args(sp)
     param_args(sp)
     sp = sub.add_parser("upgrade", help="change set to another version/parameters; shown, then applied")
@@ -535,7 +545,12 @@ def main(argv=None, out=None, confirm=None):
         print(f"failed: {e}", file=sys.stderr)
         return FAILED
     except Exception as e:
-        if type(e).__name__ in ("ClientError", "NoCredentialsError", "EndpointConnectionError", "ParamValidationError"):
+        if type(e).__name__ in (
+            "ClientError",
+            "NoCredentialsError",
+            "EndpointConnectionError",
+            "ParamValidationError",
+        ):
             print(f"failed: AWS: {e}", file=sys.stderr)
             return FAILED
         raise

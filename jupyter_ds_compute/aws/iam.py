@@ -154,9 +154,9 @@ def resource_arns(
 def hub_config_arn(source, *, partition="aws", region="*", account="*"):
     """ARN of the hub config source ``ssm:/path`` or ``s3://bucket/key`` ("" -> nothing)."""
     if source.startswith("s3://"):
-        return f"arn:{partition}:s3:::{source[len('s3://'):]}"
+        return f"arn:{partition}:s3:::{source[len('s3://') :]}"
     if source.startswith("ssm:"):
-        return f"arn:{partition}:ssm:{region}:{account}:parameter{source[len('ssm:'):]}"
+        return f"arn:{partition}:ssm:{region}:{account}:parameter{source[len('ssm:') :]}"
     return f"arn:{partition}:ssm:{region}:{account}:parameter/ds-compute/none"
 
 

@@ -103,7 +103,11 @@ PARAMETERS = {
     "HubHttpsPort": ("443", _port, "the hub's HTTPS port, the only one open to HttpsCidr"),
     "HttpsCidr": ("0.0.0.0/0", _cidr, "who may reach the HTTPS port"),
     "HubApiPort": ("8081", _port, "the hub's API port (servers only)"),
-    "HubId": ("", _regex(r"[a-z0-9][a-z0-9-]{0,62}", "research-hub"), "ds-compute:hub tag (default: stack name)"),
+    "HubId": (
+        "",
+        _regex(r"[a-z0-9][a-z0-9-]{0,62}", "research-hub"),
+        "ds-compute:hub tag (default: stack name)",
+    ),
     "HubConfig": (None, _hub_config, "ssm:/path or s3://bucket/key of the operator's jupyterhub_config.py"),
     "ServerImageId": ("", _regex(rf"ami-{_ID}", "ami-0123abcd"), "AMI of the servers (default: HubImageId)"),
     "Efs": ("false", _bool, "create an EFS file system (the efs volume driver) with mount targets"),
@@ -202,13 +206,19 @@ def build(params: dict) -> dict:
     """The template for validated ``params`` (see :func:`validate`)."""
     p = params
     ref = lambda name: {"Ref": name}  # noqa: E731
-    hub_tags = [{"Key": "ds-compute:hub", "Value": ref("HubId")}, {"Key": "Name", "Value": f"ds-compute hub {p['HubId']}"}]
+    hub_tags = [
+        {"Key": "ds-compute:hub", "Value": ref("HubId")},
+        {"Key": "Name", "Value": f"ds-compute hub {p['HubId']}"},
+    ]
     res: dict = {}
     res["HubRole"] = _role(
         "ds-compute-hub",
         iam.hub_policy(server_role_arn="${ServerRole.Arn}", hub_config=p["HubConfig"]),
     )
-    res["HubInstanceProfile"] = {"Type": "AWS::IAM::InstanceProfile", "Properties": {"Roles": [ref("HubRole")]}}
+    res["HubInstanceProfile"] = {
+        "Type": "AWS::IAM::InstanceProfile",
+        "Properties": {"Roles": [ref("HubRole")]},
+    }
     res["ServerRole"] = _role("ds-compute-server", iam.server_policy())
     res["ServerInstanceProfile"] = {
         "Type": "AWS::IAM::InstanceProfile",
@@ -221,7 +231,11 @@ def build(params: dict) -> dict:
     }
     res["ServerSecurityGroup"] = {
         "Type": "AWS::EC2::SecurityGroup",
-        "Properties": {"GroupDescription": "jupyter-ds-compute servers", "VpcId": ref("VpcId"), "Tags": hub_tags},
+        "Properties": {
+            "GroupDescription": "jupyter-ds-compute servers",
+            "VpcId": ref("VpcId"),
+            "Tags": hub_tags,
+        },
     }
     res["HubHttpsIngress"] = _ingress(
         "HubSecurityGroup", ref("HubHttpsPort"), cidr=ref("HttpsCidr"), description="the hub's HTTPS port"
@@ -233,7 +247,10 @@ def build(params: dict) -> dict:
         "HubSecurityGroup", ref("HubApiPort"), source="ServerSecurityGroup", description="servers -> hub API"
     )
     res["ServersFromHub"] = _ingress(
-        "ServerSecurityGroup", SERVER_PORT, source="HubSecurityGroup", description="hub -> single-user servers"
+        "ServerSecurityGroup",
+        SERVER_PORT,
+        source="HubSecurityGroup",
+        description="hub -> single-user servers",
     )
     ssm_path = f"/ds-compute/{p['HubId']}/"
     res["VersionParameter"] = {
@@ -245,7 +262,11 @@ def build(params: dict) -> dict:
     if efs:
         res["FileSystemSecurityGroup"] = {
             "Type": "AWS::EC2::SecurityGroup",
-            "Properties": {"GroupDescription": "jupyter-ds-compute EFS", "VpcId": ref("VpcId"), "Tags": hub_tags},
+            "Properties": {
+                "GroupDescription": "jupyter-ds-compute EFS",
+                "VpcId": ref("VpcId"),
+                "Tags": hub_tags,
+            },
         }
         res["NfsFromServers"] = _ingress(
             "FileSystemSecurityGroup", 2049, source="ServerSecurityGroup", description="servers -> EFS"
@@ -293,7 +314,10 @@ def build(params: dict) -> dict:
         "HubUrl": {
             "Description": "the hub (the instance's public DNS name; point your own name at it)",
             "Value": {
-                "Fn::Join": ["", ["https://", _getatt("HubInstance", "PublicDnsName"), ":", ref("HubHttpsPort"), "/"]]
+                "Fn::Join": [
+                    "",
+                    ["https://", _getatt("HubInstance", "PublicDnsName"), ":", ref("HubHttpsPort"), "/"],
+                ]
             },
         },
         "HubInstanceId": {"Value": ref("HubInstance")},

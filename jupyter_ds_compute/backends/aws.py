@@ -61,8 +61,7 @@ def boto3():
         import boto3 as _boto3
     except ImportError as e:
         raise ImportError(
-            "The ec2 backend and the ebs/efs volume drivers need boto3: "
-            "pip install jupyter-ds-compute[aws]"
+            "The ec2 backend and the ebs/efs volume drivers need boto3: pip install jupyter-ds-compute[aws]"
         ) from e
     return _boto3
 

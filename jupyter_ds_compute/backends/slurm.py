@@ -1,4 +1,4 @@
-"""Backend ``slurm``: each server is a Slurm batch job.
+r"""Backend ``slurm``: each server is a Slurm batch job.
 
 Tiers map onto what a Slurm operator configures anyway: a tier's
 ``extra["slurm"]`` names its ``partition``, ``time`` limit, ``account``,

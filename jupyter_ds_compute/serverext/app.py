@@ -92,7 +92,9 @@ class DSComputeExtension(ExtensionApp):
                     cls,
                 )
             return
-        gateway = serverapp.config.get("GatewayClient", {}).get("url") or os.environ.get("JUPYTER_GATEWAY_URL")
+        gateway = serverapp.config.get("GatewayClient", {}).get("url") or os.environ.get(
+            "JUPYTER_GATEWAY_URL"
+        )
         if gateway:
             self.log.info("ds-compute: kernels come from a gateway; not offering volume environments")
             return
@@ -122,7 +124,9 @@ class DSComputeExtension(ExtensionApp):
         self._policy_pending: asyncio.Future | None = None
         self.settings["ds_compute"] = self
         try:  # "last used" of an env = its kernels' starts
-            self.serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS_SCHEMA, listener=self._on_kernel_action)
+            self.serverapp.event_logger.add_listener(
+                schema_id=KERNEL_ACTIONS_SCHEMA, listener=self._on_kernel_action
+            )
         except Exception as e:  # an event logger without listeners: no record, no harm
             self.log.info("ds-compute: cannot listen to kernel events: %s", e)
 
@@ -288,10 +292,14 @@ class DSComputeExtension(ExtensionApp):
                         except TypeError as e:
                             self.log.warning("ds-compute: bad budget or notices in the tiers answer: %s", e)
                 except (ValueError, KeyError, TypeError) as e:
-                    warning = f"the ds-compute service sent a bad tier list ({e}); showing the tiers known at start"
+                    warning = (
+                        f"the ds-compute service sent a bad tier list ({e}); showing the tiers known at start"
+                    )
             else:
                 reason = resp.error if resp.code == 599 else f"HTTP {resp.code}"
-                warning = f"the ds-compute service did not answer ({reason}); showing the tiers known at start"
+                warning = (
+                    f"the ds-compute service did not answer ({reason}); showing the tiers known at start"
+                )
             if warning:
                 self.log.warning("ds-compute: %s", warning)
         if pol is None:
@@ -308,14 +316,23 @@ class DSComputeExtension(ExtensionApp):
     async def forward_switch(self, body: dict) -> tuple[int, dict]:
         ctx = self.context
         if not ctx.service_url:
-            return 503, {"message": "DS_COMPUTE_SERVICE_URL is not set: this server does not know the ds-compute service"}
+            return 503, {
+                "message": "DS_COMPUTE_SERVICE_URL is not set: this server does not know the ds-compute service"
+            }
         payload = {k: v for k, v in body.items() if k not in ("user", "server_name")}
         payload["server_name"] = ctx.server_name
         payload.setdefault("next", self.serverapp.base_url.rstrip("/") + "/lab")
         resp = await self._service("POST", "api/switches", payload, self.switch_timeout)
         if resp.code == 599:
-            self.log.error("ds-compute: switch to %s: service %s unreachable: %s", body.get("profile"), ctx.service_url, resp.error)
-            return 502, {"message": f"could not reach the ds-compute service at {ctx.service_url}: {resp.error}"}
+            self.log.error(
+                "ds-compute: switch to %s: service %s unreachable: %s",
+                body.get("profile"),
+                ctx.service_url,
+                resp.error,
+            )
+            return 502, {
+                "message": f"could not reach the ds-compute service at {ctx.service_url}: {resp.error}"
+            }
         try:
             reply = json.loads(resp.body or b"{}")
         except ValueError:
@@ -323,7 +340,12 @@ class DSComputeExtension(ExtensionApp):
             reply = {"message": f"the ds-compute service answered {resp.code} with a non-JSON body: {text}"}
         if not isinstance(reply, dict):
             reply = {"message": f"the ds-compute service answered {resp.code}", "body": reply}
-        self.log.info("ds-compute: switch of %s to %s: service answered %s", ctx.server_name or "default server", body.get("profile"), resp.code)
+        self.log.info(
+            "ds-compute: switch of %s to %s: service answered %s",
+            ctx.server_name or "default server",
+            body.get("profile"),
+            resp.code,
+        )
         return resp.code, reply
 
     async def envs_model(self, wait: float = 0.0) -> dict:

@@ -74,9 +74,7 @@ class ServerContext:
             try:
                 started_at = float(env["DS_COMPUTE_STARTED_AT"])
             except ValueError:
-                problems.append(
-                    f"DS_COMPUTE_STARTED_AT is not a number: {env['DS_COMPUTE_STARTED_AT']!r}"
-                )
+                problems.append(f"DS_COMPUTE_STARTED_AT is not a number: {env['DS_COMPUTE_STARTED_AT']!r}")
         service_url = env.get("DS_COMPUTE_SERVICE_URL") or None
         if service_url and not service_url.endswith("/"):
             service_url += "/"

@@ -128,7 +128,7 @@ def _site_packages(env_path: str) -> tuple[str | None, str | None]:
         if n.startswith("python3"):
             sp = os.path.join(lib, n, "site-packages")
             if os.path.isdir(sp):
-                return sp, n[len("python"):] or None
+                return sp, n[len("python") :] or None
     return None, None
 
 
@@ -180,17 +180,21 @@ def inspect_env(path: str, volume_path: str | None) -> EnvInfo | None:
         info.status, info.reason = BROKEN, f"no Python interpreter: {python} does not exist"
     elif not os.path.exists(python):
         target = os.path.realpath(python)
-        info.status, info.reason = BROKEN, (
-            f"the interpreter {python} points to {target}, which does not exist on "
-            "this machine (the environment was made with a Python that only another "
-            "machine has). Recreate it with a Python that exists on every tier, "
-            "e.g. a conda env, or `python -m venv --copies`"
+        info.status, info.reason = (
+            BROKEN,
+            (
+                f"the interpreter {python} points to {target}, which does not exist on "
+                "this machine (the environment was made with a Python that only another "
+                "machine has). Recreate it with a Python that exists on every tier, "
+                "e.g. a conda env, or `python -m venv --copies`"
+            ),
         )
     elif not os.access(python, os.X_OK):
         info.status, info.reason = BROKEN, f"the interpreter {python} is not executable"
     elif not info.has_ipykernel:
-        info.status, info.reason = NO_IPYKERNEL, (
-            f"ipykernel is not installed; to use it as a kernel run: {python} -m pip install ipykernel"
+        info.status, info.reason = (
+            NO_IPYKERNEL,
+            (f"ipykernel is not installed; to use it as a kernel run: {python} -m pip install ipykernel"),
         )
     return info
 
@@ -296,7 +300,9 @@ class EnvScanner:
         status, reason, pyver, ikver = OK, None, None, None
         try:
             proc = await asyncio.create_subprocess_exec(
-                env.python, "-c", code,
+                env.python,
+                "-c",
+                code,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -317,7 +323,9 @@ class EnvScanner:
                 if proc.returncode == 0 and len(lines) >= 2:
                     pyver, ikver = lines[0], lines[1]
                 else:
-                    tail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+                    tail = err.decode(errors="replace").strip().splitlines()[-1:] or [
+                        f"exit status {proc.returncode}"
+                    ]
                     what = "cannot import ipykernel" if lines else "cannot run on this machine"
                     status, reason = BROKEN, f"the interpreter {env.python} {what}: {tail[0]}"
         self._checks[env.python] = (fp, status, reason, pyver, ikver)

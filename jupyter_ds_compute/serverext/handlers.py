@@ -52,16 +52,22 @@ class SwitchHandler(DSComputeHandler):
     async def post(self):
         self.check_owner()
         if not self.ds.context.under_hub:
-            return self.reply_error(409, "not running under JupyterHub: there is no other machine to switch to")
+            return self.reply_error(
+                409, "not running under JupyterHub: there is no other machine to switch to"
+            )
         try:
             body = json.loads(self.request.body or b"null")
         except ValueError:
             return self.reply_error(400, "the request body is not valid JSON", field=None)
         if not isinstance(body, dict):
-            return self.reply_error(400, "the request body must be a JSON object like {\"profile\": \"gpu\"}", field=None)
+            return self.reply_error(
+                400, "the request body must be a JSON object like {\"profile\": \"gpu\"}", field=None
+            )
         profile = body.get("profile")
         if not isinstance(profile, str) or not profile:
-            return self.reply_error(400, "profile must be a non-empty string: the slug of the tier to switch to", field="profile")
+            return self.reply_error(
+                400, "profile must be a non-empty string: the slug of the tier to switch to", field="profile"
+            )
         if "next" in body and not isinstance(body["next"], str):
             return self.reply_error(400, "next must be a string (a path under this server)", field="next")
         status, reply = await self.ds.forward_switch(body)

@@ -129,7 +129,9 @@ class DSComputeKernelSpecManager(KernelSpecManager):
         env = dict(spec.env or {})
         existing = env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (self.shim_dir, existing) if p)
-        return self.kernel_spec_class(**dict(spec.to_dict(), argv=[*spec.argv, flag], env=env, resource_dir=spec.resource_dir))
+        return self.kernel_spec_class(
+            **dict(spec.to_dict(), argv=[*spec.argv, flag], env=env, resource_dir=spec.resource_dir)
+        )
 
     # -- env kernels -------------------------------------------------------
     def _default_resources(self) -> str:

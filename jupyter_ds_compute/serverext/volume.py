@@ -39,7 +39,10 @@ def check_notebook_dir(volume_path: str | None, root_dir: str) -> tuple[bool, st
     if not os.path.isdir(vol):
         return False, f"the volume path {volume_path} does not exist (notebook directory: {root_dir})"
     if not os.access(vol, os.W_OK | os.X_OK):
-        return False, f"the volume path {volume_path} is not writable by this server (notebook directory: {root_dir})"
+        return (
+            False,
+            f"the volume path {volume_path} is not writable by this server (notebook directory: {root_dir})",
+        )
     try:
         inside = os.path.commonpath([vol, root]) == vol
     except ValueError:
@@ -100,7 +103,9 @@ def filesystem_usage(path: str) -> dict[str, int]:
 class VolumeUsage:
     """Cached usage of one volume path (see the module docstring)."""
 
-    def __init__(self, path: str, cache_seconds: float = 120.0, max_entries: int = 2_000_000, max_seconds: float = 20.0):
+    def __init__(
+        self, path: str, cache_seconds: float = 120.0, max_entries: int = 2_000_000, max_seconds: float = 20.0
+    ):
         self.path = path
         self.cache_seconds = cache_seconds
         self.max_entries = max_entries
@@ -142,7 +147,13 @@ class VolumeUsage:
             except (asyncio.TimeoutError, OSError):
                 pass
         if self._du is None:
-            return {"size_bytes": None, "used_bytes": None, "free_bytes": fs["free_bytes"], "usage_source": "directory", "usage_complete": False}
+            return {
+                "size_bytes": None,
+                "used_bytes": None,
+                "free_bytes": fs["free_bytes"],
+                "usage_source": "directory",
+                "usage_complete": False,
+            }
         used, complete = self._du
         return {
             "size_bytes": used + fs["free_bytes"],

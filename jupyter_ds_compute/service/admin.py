@@ -79,7 +79,7 @@ class AdminHandler(AdminBase):
         try:
             users = await self.hub.list_users(include_stopped_servers=True)
         except HubAPIError as e:
-            raise web.HTTPError(502, f"Could not list users from JupyterHub: {e.message}")
+            raise web.HTTPError(502, f"Could not list users from JupyterHub: {e.message}") from None
         now = utcnow()
         settings = self.live.settings
         since = policy.period_start(now, settings["budget_period"])

@@ -88,13 +88,13 @@ from ..policy import PolicySettings
 from .accounting import LivePolicy
 from .admin import admin_handlers
 from .handlers import default_handlers
-from .hubside import hub_handlers
-from .tiersource import TierSource
 from .hubapi import HubAPI
+from .hubside import hub_handlers
 from .idle import IdleWatcher
 from .metrics import make_registry
 from .orchestrator import Orchestrator
 from .store import Store
+from .tiersource import TierSource
 
 __all__ = ["DSComputeService", "create_application", "main"]
 
@@ -128,10 +128,12 @@ class DSComputeService(Application, PolicySettings):
 
     classes = [PolicySettings]
 
-    hub_api_url = Unicode(help=dedent("""
+    hub_api_url = Unicode(
+        help=dedent("""
             The hub's REST API, e.g. ``http://127.0.0.1:8081/hub/api``.
             Default: ``$JUPYTERHUB_API_URL`` (set by the hub).
-            """).strip()).tag(config=True)
+            """).strip()
+    ).tag(config=True)
 
     @default("hub_api_url")
     def _default_hub_api_url(self):
@@ -145,10 +147,12 @@ class DSComputeService(Application, PolicySettings):
     def _default_api_token(self):
         return os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
-    service_url = Unicode(help=dedent("""
+    service_url = Unicode(
+        help=dedent("""
             Where the service listens, e.g. ``http://127.0.0.1:10101``.
             Default: ``$JUPYTERHUB_SERVICE_URL`` (the service's ``url`` in the hub config).
-            """).strip()).tag(config=True)
+            """).strip()
+    ).tag(config=True)
 
     @default("service_url")
     def _default_service_url(self):
@@ -179,7 +183,8 @@ class DSComputeService(Application, PolicySettings):
             value += "/"
         return value
 
-    data_dir = Unicode(help=dedent("""
+    data_dir = Unicode(
+        help=dedent("""
             Directory of the service's database, lock and cookie secret.
             Created if absent. Only the service opens it (the hub asks the
             service over its API), so it may be anywhere the service's user
@@ -187,16 +192,19 @@ class DSComputeService(Application, PolicySettings):
             hub's working directory).
 
             Example: ``c.DSComputeService.data_dir = "/srv/jupyterhub/ds-compute"``
-            """).strip()).tag(config=True)
+            """).strip()
+    ).tag(config=True)
 
     @default("data_dir")
     def _default_data_dir(self):
         return os.path.abspath("ds-compute-service")
 
-    db_url = Unicode(help=dedent("""
+    db_url = Unicode(
+        help=dedent("""
             SQLite URL of the switch records and audit log.
             Default: ``sqlite:///<data_dir>/ds-compute.sqlite``.
-            """).strip()).tag(config=True)
+            """).strip()
+    ).tag(config=True)
 
     @default("db_url")
     def _default_db_url(self):
@@ -227,9 +235,9 @@ class DSComputeService(Application, PolicySettings):
     def _default_spawner_token(self):
         return os.environ.get("DS_COMPUTE_SPAWNER_TOKEN", "")
 
-    stop_timeout = Float(
-        300, help="Seconds to wait for a server to stop (DELETE until ``stopped``)."
-    ).tag(config=True)
+    stop_timeout = Float(300, help="Seconds to wait for a server to stop (DELETE until ``stopped``).").tag(
+        config=True
+    )
 
     start_timeout = Float(
         600,
@@ -278,11 +286,13 @@ class DSComputeService(Application, PolicySettings):
         1.0, help="Seconds between two checks that the parent (the hub) is still there."
     ).tag(config=True)
 
-    cookie_secret = Any(help=dedent("""
+    cookie_secret = Any(
+        help=dedent("""
             Secret (bytes) signing the HubOAuth cookie. Default: read from
             ``<data_dir>/cookie_secret``, created (mode 0600) if absent, so
             browser sessions survive a restart of the service.
-            """).strip()).tag(config=True)
+            """).strip()
+    ).tag(config=True)
 
     @default("cookie_secret")
     def _default_cookie_secret(self):
@@ -396,7 +406,12 @@ class DSComputeService(Application, PolicySettings):
         # one list, updated in place with the tiers seen in servers' catalogues
         known = self.tier_source.known
         self.live = LivePolicy(
-            self.hub_api, self.store, known, self.policy_settings(), log=self.log, tier_source=self.tier_source
+            self.hub_api,
+            self.store,
+            known,
+            self.policy_settings(),
+            log=self.log,
+            tier_source=self.tier_source,
         )
         self.idle = IdleWatcher(
             self.live,
@@ -423,7 +438,9 @@ class DSComputeService(Application, PolicySettings):
             self.service_url,
             self.service_prefix,
             self.data_dir,
-            ", ".join(p["slug"] for p in self.profiles) if self.profiles else "none (from each server's spawner)",
+            ", ".join(p["slug"] for p in self.profiles)
+            if self.profiles
+            else "none (from each server's spawner)",
         )
         await self.orchestrator.reconcile()
         self.live.start()
@@ -613,7 +630,9 @@ def create_application(service: DSComputeService) -> web.Application:
         metrics_require_auth=service.metrics_require_auth,
         volume_root=service.volume_root,
     )
-    return web.Application(hub_handlers(prefix) + admin_handlers(prefix) + default_handlers(prefix), **settings)
+    return web.Application(
+        hub_handlers(prefix) + admin_handlers(prefix) + default_handlers(prefix), **settings
+    )
 
 
 def _log_request(log):

@@ -31,14 +31,15 @@ from tornado import web
 
 from .. import formatting, policy, tiers
 from . import authz
+from .accounting import parse_time
 from .hubapi import HubAPIError
 from .orchestrator import SwitchRefused, token_server
 from .store import isoformat, utcnow
 from .tiersource import NoTiers
 from .urls import safe_next_url
-from .accounting import parse_time
 
 __all__ = ["default_handlers", "safe_next_url"]
+
 
 class APIError(web.HTTPError):
     """An API error answered as ``{"message", **extra}``."""
@@ -179,7 +180,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise
         except Exception as e:
             self.log.error("Could not identify the caller with the hub: %s", e)
-            raise web.HTTPError(502, "Could not reach JupyterHub to identify you; try again shortly.")
+            raise web.HTTPError(
+                502, "Could not reach JupyterHub to identify you; try again shortly."
+            ) from None
         if model:
             try:
                 model = self.check_hub_user(model)
@@ -188,7 +191,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
                 raise web.HTTPError(
                     403,
                     f"{model.get('kind', 'user')} {model['name']} may not use the ds-compute service",
-                )
+                ) from None
         self._hub_auth_user_cache = model
 
     def is_admin(self) -> bool:
@@ -392,7 +395,7 @@ class TiersHandler(APIHandler):
                 model = await self.hub.get_user(user)
             except HubAPIError as e:
                 self.log.error("Could not read user %s from the hub: %s", user, e)
-                raise APIError(502, "Could not ask JupyterHub about the user; try again shortly.")
+                raise APIError(502, "Could not ask JupyterHub about the user; try again shortly.") from None
             if model is None:
                 raise APIError(404, f"No such user: {user}.")
             groups = model.get("groups") or []
@@ -403,12 +406,14 @@ class TiersHandler(APIHandler):
         try:
             profiles = await self.settings["tier_source"].of_server(user, server_name)
         except NoTiers as e:
-            raise APIError(409, str(e))
+            raise APIError(409, str(e)) from None
         except HubAPIError as e:
             self.log.error("Could not read %s's server %r from the hub: %s", user, server_name, e)
-            raise APIError(502, "Could not ask JupyterHub about the server; try again shortly.")
+            raise APIError(502, "Could not ask JupyterHub about the server; try again shortly.") from None
         try:
-            live, budget = await self.live.refusals(user, groups, exclude=(user, server_name), profiles=profiles)
+            live, budget = await self.live.refusals(
+                user, groups, exclude=(user, server_name), profiles=profiles
+            )
         except HubAPIError as e:
             self.log.warning("Tiers without live policy (hub: %s)", e)
             live, budget = {}, None
@@ -453,7 +458,7 @@ class PolicyHandler(APIHandler):
             budget = await self.live.budget(user, groups)
         except HubAPIError as e:
             self.log.error("Could not read %s's user or groups from the hub: %s", user, e)
-            raise APIError(502, "Could not ask JupyterHub about the user; try again shortly.")
+            raise APIError(502, "Could not ask JupyterHub about the user; try again shortly.") from None
         server_name = self.get_argument("server_name", None)
         if server_name is None:
             server_name = self._token_server(caller, user)

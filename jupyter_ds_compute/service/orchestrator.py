@@ -256,7 +256,7 @@ class Orchestrator:
             owner_model = await self.hub.get_user(owner)
         except HubAPIError as e:
             self.log.error("Could not read user %s from the hub: %s", owner, e)
-            raise refuse(502, "Could not ask JupyterHub about the user; try again shortly.")
+            raise refuse(502, "Could not ask JupyterHub about the user; try again shortly.") from None
         if owner_model is None:
             raise refuse(403 if refusal else 404, refusal or f"No such user: {owner}.")
         groups = owner_model.get("groups") or []
@@ -269,18 +269,22 @@ class Orchestrator:
         try:
             options = tiers.validate_user_options(profiles, body, groups, is_admin)
         except tiers.TierOptionsError as e:
-            raise refuse(e.status, e.message, policy_name="group" if e.status == 403 else None, field=e.field)
+            raise refuse(
+                e.status, e.message, policy_name="group" if e.status == 403 else None, field=e.field
+            ) from None
 
         try:
             server = await self.hub.get_server(owner, server_name)
         except HubAPIError as e:
             self.log.error("Could not read server %s from the hub: %s", label, e)
-            raise refuse(502, "Could not ask JupyterHub about the server; try again shortly.")
+            raise refuse(502, "Could not ask JupyterHub about the server; try again shortly.") from None
         what = f"{owner}'s server {server_name!r}" if server_name else f"{owner}'s default server"
         if server is None:
             raise refuse(404, f"{what} does not exist.")
         if server.get("pending"):
-            raise refuse(409, f"{what} is busy ({server['pending']} pending); try again when it has finished.")
+            raise refuse(
+                409, f"{what} is busy ({server['pending']} pending); try again when it has finished."
+            )
         if not server.get("ready"):
             raise refuse(
                 409,
@@ -297,14 +301,16 @@ class Orchestrator:
                 same = False
             if same:
                 tier = tiers.get_tier(profiles, current)
-                raise refuse(400, f"{what} is already on tier {tier.display_name} ({current}).", field="profile")
+                raise refuse(
+                    400, f"{what} is already on tier {tier.display_name} ({current}).", field="profile"
+                )
 
         # caps (not counting this server) and budgets, from a fresh poll of the hub
         try:
             refusals, _ = await live.refusals(owner, groups, exclude=(owner, server_name), profiles=profiles)
         except HubAPIError as e:
             self.log.error("Could not check caps and budgets with the hub: %s", e)
-            raise refuse(502, "Could not ask JupyterHub what runs where; try again shortly.")
+            raise refuse(502, "Could not ask JupyterHub what runs where; try again shortly.") from None
         tier = tiers.get_tier(profiles, options["profile"])
         kind, why = refusals.get(options["profile"], (None, None))
         if kind == "budget" and caller is None:
@@ -336,7 +342,9 @@ class Orchestrator:
                 to_profile=options["profile"],
                 from_options=from_options,
                 to_options=options,
-                next_url=safe_next_url(next_url, owner, server_name, base_url) if caller is not None else None,
+                next_url=safe_next_url(next_url, owner, server_name, base_url)
+                if caller is not None
+                else None,
                 validate_message=reason or f"{tier.display_name} allowed for {owner}",
             )
         except SwitchInFlight as e:
@@ -344,7 +352,7 @@ class Orchestrator:
                 409,
                 f"A switch of {what} is already in progress; follow it or wait until it ends.",
                 switch_id=e.switch_id,
-            )
+            ) from None
         self.store.audit(
             "request",
             actor=actor,
@@ -371,9 +379,7 @@ class Orchestrator:
             del self.tasks[switch_id]
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
-            self.log.error(
-                "Switch %s ended with an unexpected error: %s", switch_id, exc, exc_info=exc
-            )
+            self.log.error("Switch %s ended with an unexpected error: %s", switch_id, exc, exc_info=exc)
 
     async def reconcile(self) -> list[asyncio.Task]:
         """Resume every switch that is not in a final state (at service start),
@@ -541,7 +547,9 @@ class Orchestrator:
         why = _describe(exc)
         for step in self.store.get_switch(sw["id"])["steps"]:
             if step["status"] == "running":
-                self.store.set_step(sw["id"], step["name"], "failed", f"unknown: the hub did not answer ({why})")
+                self.store.set_step(
+                    sw["id"], step["name"], "failed", f"unknown: the hub did not answer ({why})"
+                )
         self._finish(
             sw,
             "failed",
@@ -643,9 +651,7 @@ class Orchestrator:
                 last["message"] = message
                 self.store.set_step(sid, step_name, message=message)
 
-        progress = asyncio.ensure_future(
-            self.hub.progress(user, name, on_event, self.start_timeout)
-        )
+        progress = asyncio.ensure_future(self.hub.progress(user, name, on_event, self.start_timeout))
         t0 = time.monotonic()
         try:
             model = await self.hub.wait_for(
@@ -694,8 +700,11 @@ class Orchestrator:
         t0 = time.monotonic()
         try:
             model = await self.hub.get_server(user, name)
-            if model and model["ready"] and not model["pending"] and (
-                profile_of(model) == sw["from_profile"]
+            if (
+                model
+                and model["ready"]
+                and not model["pending"]
+                and (profile_of(model) == sw["from_profile"])
             ):
                 message = f"the server is still running on tier {sw['from_profile']}"
             else:
@@ -704,9 +713,7 @@ class Orchestrator:
                     status = await self.hub.stop_server(user, name)
                     if status == 202 or model["pending"]:
                         await self.hub.wait_stopped(user, name, self.stop_timeout)
-                self.store.set_step(
-                    sid, "rollback", message=f"starting on tier {sw['from_profile']}"
-                )
+                self.store.set_step(sid, "rollback", message=f"starting on tier {sw['from_profile']}")
                 await self.hub.patch_user_options(user, name, previous)
                 await self.hub.start_server(user, name, previous)
                 await self._do_wait_ready(sw, "rollback")
@@ -723,14 +730,11 @@ class Orchestrator:
             self.store.set_step(sid, "rollback", "failed", why)
             self._audit_step(sw, "rollback", "failed", duration, why)
             stopped = await self._ensure_stopped(user, name)
-            error = (
-                f"{reason}. Restarting on the previous tier {sw['from_profile']} failed too: {why}. "
-                + (
-                    "The server is stopped; start it again from the hub's home page, "
-                    "and tell an administrator if that fails."
-                    if stopped
-                    else "The server could not be stopped either; an administrator must look at it."
-                )
+            error = f"{reason}. Restarting on the previous tier {sw['from_profile']} failed too: {why}. " + (
+                "The server is stopped; start it again from the hub's home page, "
+                "and tell an administrator if that fails."
+                if stopped
+                else "The server could not be stopped either; an administrator must look at it."
             )
             self.log.error("Rollback of %s failed (switch %s): %s", label, sid, why)
             self._finish(sw, "failed", error)
@@ -756,7 +760,9 @@ class Orchestrator:
         except HubUnavailable:
             raise
         except Exception as e:
-            self.log.error("Could not stop %s after a failed rollback: %s", server_label(user, name), _describe(e))
+            self.log.error(
+                "Could not stop %s after a failed rollback: %s", server_label(user, name), _describe(e)
+            )
             return False
 
     # reconcile

@@ -93,9 +93,7 @@ class Periodic:
         if task.cancelled():
             return
         exc = task.exception()
-        self.log.error(
-            "The %s loop stopped unexpectedly: %s", self.name, exc or "it returned", exc_info=exc
-        )
+        self.log.error("The %s loop stopped unexpectedly: %s", self.name, exc or "it returned", exc_info=exc)
 
     async def stop(self) -> None:
         """Cancel the loop and wait for it to end; a loop that had crashed is reported."""
@@ -104,7 +102,9 @@ class Periodic:
             return
         if task.done():
             if not task.cancelled() and task.exception() is not None:
-                self.log.error("The %s loop had crashed before it was stopped: %s", self.name, task.exception())
+                self.log.error(
+                    "The %s loop had crashed before it was stopped: %s", self.name, task.exception()
+                )
             return
         task.cancel()
         try:

@@ -225,7 +225,7 @@ class EBSVolume(VolumeDriver, aws.AWS):
         except aws.WaitTimeout as e:
             raise VolumeError(
                 f"Your volume {self.volume_id} did not become {state} in time", log_message=str(e)
-            )
+            ) from None
 
     # -- attach ---------------------------------------------------------------
 

@@ -170,9 +170,11 @@ class LocalVolume(VolumeDriver):
         return record if isinstance(record, dict) else {}
 
     def _is_mine(self, record):
-        return bool(record) and record.get("user") == self.spawner.user.name and (
-            record.get("server") or ""
-        ) == (self.spawner.name or "")
+        return (
+            bool(record)
+            and record.get("user") == self.spawner.user.name
+            and (record.get("server") or "") == (self.spawner.name or "")
+        )
 
     def _refuse_owner(self, record):
         if record:
@@ -511,8 +513,7 @@ def remove_tree(parent, name):
         mounts = [m for m in _mount_points() if m == path or m.startswith(path + os.sep)]
         if mounts:
             raise VolumeError(
-                f"{mounts[0]} is a mount point inside volume {path}: not deleting anything. "
-                "Unmount it first."
+                f"{mounts[0]} is a mount point inside volume {path}: not deleting anything. Unmount it first."
             )
         try:
             _remove_at(parent_fd, name, st.st_dev, path)
@@ -546,7 +547,6 @@ def _remove_at(dir_fd, name, dev, path):
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=dir_fd)
-
 
 
 async def _run(*argv):

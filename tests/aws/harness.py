@@ -7,9 +7,8 @@ import os
 import types
 from contextlib import contextmanager
 
-from traitlets.config import Config, LoggingConfigurable
-
 from hubtest import free_port
+from traitlets.config import Config, LoggingConfigurable
 
 from .motoserver import MotoServer
 

@@ -217,7 +217,9 @@ class MotoServer:
                 return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"moto server exited: {Path(self.log_path).read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"moto server exited: {Path(self.log_path).read_text()[-2000:]}"
+                    ) from None
                 time.sleep(0.1)
         raise TimeoutError("moto server did not come up")
 
