@@ -6,6 +6,7 @@
 #   ./dev.sh setup   only set up (venv, npm build, package install)
 #   ./dev.sh develop set up with an editable install (code changes take effect
 #                    without reinstalling; for working on the project)
+#   ./dev.sh lint    check Python (ruff) and TypeScript (eslint, prettier) style
 #   ./dev.sh bench   run the benchmarks
 #
 # Works on a fresh Debian machine with Python 3.11 and Node 20. Everything the
@@ -125,6 +126,14 @@ install_editable() {
     chmod -R a+rX "$VENV"
 }
 
+lint() {
+    log "Python lint and format (ruff)"
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    log "TypeScript lint and format (eslint, prettier, stylelint)"
+    npm run -s lint:check
+}
+
 setup() {
     setup_venv
     build_lab
@@ -152,13 +161,17 @@ case "${1:-help}" in
         setup
         [ -x "$HERE/tests/slurm/setup.sh" ] && "$HERE/tests/slurm/setup.sh" install
         if [ $# -eq 0 ]; then
-            log "TypeScript lint and format (eslint, prettier, stylelint)"
-            npm run -s lint:check
+            lint
             log "TypeScript unit tests (node --test)"
             npm run -s test:ts
         fi
         log "running the test suite"
         exec "$PY" -m pytest "$@"
+        ;;
+    lint)
+        setup_venv
+        build_lab
+        lint
         ;;
     bench)
         shift
@@ -169,6 +182,6 @@ case "${1:-help}" in
         done
         ;;
     *)
-        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
         ;;
 esac
