@@ -134,8 +134,8 @@ c.SystemAccounts.mode = "prefixed"
 # -- policies ------------------------------------------------------------------------------
 # Per tier: allowed_groups, max_servers, idle_downshift_after (see TIERS).
 # Budgets and the idle loop: c.DSComputeService.* (README, "Policies"). That
-# section configures the ds-compute service (passed to it as JSON below) and
-# the spawner's cap/budget checks at spawn alike, e.g.
+# section configures the ds-compute service (configure(c) below hands it over
+# as JSON); the spawner asks the service for budgets at spawn, e.g.
 #   c.DSComputeService.budgets = {"users": {"alice": 10.0}, "groups": {"students": 5.0}, "default": None}
 #   c.DSComputeService.budget_period = "month"        # "day", "week", "month"
 #   c.DSComputeService.budget_warn_fraction = 0.8
