@@ -202,13 +202,9 @@ def internal_service_url():
     """The service's own address with its prefix, as the hub reaches it
     (``http://127.0.0.1:<port><base_url>services/ds-compute/``), or "" outside
     a hub or without the service entry."""
-    try:
-        from jupyterhub.app import JupyterHub
-    except ImportError:  # pragma: no cover
+    app = _running_hub()
+    if app is None:
         return ""
-    if not JupyterHub.initialized():
-        return ""
-    app = JupyterHub.instance()
     spec = next((s for s in app.services if s.get("name") == SERVICE_NAME), None)
     if not spec or not spec.get("url"):
         return ""
@@ -363,9 +359,7 @@ class _WhenLoaded(logging.Handler):
     def handle(self, record):
         callback, self.callback = self.callback, None
         if callback is not None:
-            from jupyterhub.app import JupyterHub
-
-            callback(JupyterHub.instance().config)
+            callback(_running_hub().config)
         return True
 
     def emit(self, record):  # pragma: no cover - handle() never emits
@@ -376,15 +370,21 @@ class _WhenLoaded(logging.Handler):
         return self
 
 
+def _running_hub():
+    """The JupyterHub application loading (or running) this config, or None
+    (a script or a test calling :func:`configure` on a plain ``Config``)."""
+    try:
+        from jupyterhub.app import JupyterHub
+    except ImportError:  # pragma: no cover - jupyterhub is a dependency
+        return None
+    return JupyterHub.instance() if JupyterHub.initialized() else None
+
+
 def _when_loaded(c, callback):
     """Call ``callback(final_config)`` once the hub has loaded all of its
     config; at once when no hub is loading config (a script or a test calling
     :func:`configure` on a plain ``Config``)."""
-    try:
-        from jupyterhub.app import JupyterHub
-    except ImportError:  # pragma: no cover - jupyterhub is a dependency
-        return callback(c)
-    if not JupyterHub.initialized():
+    if _running_hub() is None:
         return callback(c)
     handlers = [h for h in c.JupyterHub.get("extra_log_handlers", []) if not isinstance(h, _WhenLoaded)]
     c.JupyterHub.extra_log_handlers = handlers + [_WhenLoaded(callback)]
@@ -398,14 +398,9 @@ def _finish(config, banner):
         logging.getLogger("JupyterHub").warning("jupyter-ds-compute: %s", problem)
     services = config.JupyterHub.get("services", [])
     roles = config.JupyterHub.get("load_roles", [])
-    try:
-        from jupyterhub.app import JupyterHub
-
-        if JupyterHub.initialized():
-            services = JupyterHub.instance().services  # what init_services() will read
-            roles = JupyterHub.instance().load_roles
-    except ImportError:  # pragma: no cover
-        pass
+    app = _running_hub()
+    if app is not None:  # what init_services() and the role set-up will read
+        services, roles = app.services, app.load_roles
     if any(r.get("name") == ADMIN_ROLE for r in roles):  # admin_users set after configure(c) count too
         _admin_role(roles, config.Authenticator.get("admin_users", ()))
     for spec in services:
@@ -437,13 +432,9 @@ def public_hub_url():
     """The URL the proxy serves the hub at, as the hub finally runs
     (``public_url`` if set, else ``bind_url`` with the CLI's ``--port``), or
     "" outside a hub. A wildcard bind address becomes 127.0.0.1."""
-    try:
-        from jupyterhub.app import JupyterHub
-    except ImportError:  # pragma: no cover
+    app = _running_hub()
+    if app is None:
         return ""
-    if not JupyterHub.initialized():
-        return ""
-    app = JupyterHub.instance()
     url = app.public_url or app.bind_url
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https"):
