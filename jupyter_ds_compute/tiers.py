@@ -39,6 +39,7 @@ from .policy import group_refusal
 
 __all__ = [
     "OTHER_CHOICE",
+    "Profiles",
     "Overrides",
     "Tier",
     "TierConfigError",
@@ -572,6 +573,13 @@ def _normalize_profile(p: Any, index: int, key: Any) -> dict:
     return p
 
 
+class Profiles(list):
+    """A profile list :func:`normalize_profile_list` made: every function
+    here takes it as it is, so a list is validated once per load (as
+    KubeSpawner's ``_get_initialized_profile_list``), not at every call.
+    Treat it as read-only."""
+
+
 def normalize_profile_list(profile_list: Any) -> list[dict]:
     """Validated deep copy of a ``profile_list`` (list or dict keyed by slug).
 
@@ -588,7 +596,11 @@ def normalize_profile_list(profile_list: Any) -> list[dict]:
 
     Raises TierConfigError naming the tier and field, e.g.
     ``profile_list: tier 'gpu': field 'hourly_cost' must be >= 0, got -1``.
+
+    A :class:`Profiles` (what this returns) is returned as it is.
     """
+    if isinstance(profile_list, Profiles):
+        return profile_list
     if isinstance(profile_list, Mapping):
         items = [(k, profile_list[k]) for k in sorted(profile_list, key=str)]
     elif isinstance(profile_list, (list, tuple)):
@@ -618,7 +630,7 @@ def normalize_profile_list(profile_list: Any) -> list[dict]:
         )
     if not defaults:
         profiles[0]["default"] = True
-    return profiles
+    return Profiles(profiles)
 
 
 async def load_profile_list(profile_list: Any, spawner: Any) -> list[dict]:

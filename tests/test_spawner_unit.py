@@ -387,3 +387,20 @@ async def test_delete_forever_never_deletes_a_volume_in_use(new_spawner, memory,
     await sp.delete_forever()  # refused by the driver: logged, not raised
     assert "mem-alice" in memory.volumes
     assert "not deleting memory volume mem-alice" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["static", "callable"])
+async def test_profile_list_is_validated_once(new_spawner, monkeypatch, kind):
+    """As KubeSpawner's _get_initialized_profile_list: a static list is
+    validated when the config loads, a callable's list once per start; the
+    options check, overrides, the server's tier list and the catalogue all
+    reuse it (it was ~6 validations per spawn)."""
+    from jupyter_ds_compute import tiers
+
+    sp = new_spawner(profile_list=PROFILES if kind == "static" else (lambda spawner: PROFILES))
+    loads = []
+    original = tiers._normalize_profile
+    monkeypatch.setattr(tiers, "_normalize_profile", lambda *a: loads.append(a[2]) or original(*a))
+    await hub_spawn(sp, {"profile": "tuned", "memory": "2g"})
+    assert len(loads) == (0 if kind == "static" else len(PROFILES)), loads
+    await hub_stop(sp)
