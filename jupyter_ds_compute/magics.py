@@ -39,9 +39,11 @@ __all__ = [
 USAGE = """\
 %ds_compute status              this server: tier, time and cost on it, volume
 %ds_compute tiers               the tiers you may switch to
-%ds_compute switch TIER [--yes] [KEY=VALUE ...]
+%ds_compute switch TIER [--yes] [--keep-state] [KEY=VALUE ...]
                                 move this server (and its volume) to TIER; the
                                 kernel restarts. KEY=VALUE are tier options.
+                                --keep-state: your kernels' variables come along
+%ds_compute state               the last save/restore of the kernels' variables
 %ds_compute volume              your volume: where, how full, is it the notebook dir
 %ds_compute cost                $/h of this tier and the cost so far
 %ds_compute envs                environments on your volume (kernels, broken ones)
@@ -340,11 +342,85 @@ def parse_switch(args: list[str]) -> tuple[str, bool, dict[str, str]]:
     return tier, yes, options
 
 
+def own_kernel_id() -> str | None:
+    """This kernel's id, from its connection file ``kernel-<id>.json`` (``-f`` on its command line)."""
+    import sys
+
+    argv = list(getattr(sys, "argv", []))
+    for i, a in enumerate(argv):
+        path = argv[i + 1] if a == "-f" and i + 1 < len(argv) else a[3:] if a.startswith("-f=") else None
+        name = os.path.basename(path or "")
+        if name.startswith("kernel-") and name.endswith(".json"):
+            return name[len("kernel-") : -len(".json")]
+    return None
+
+
+def save_own_state(env: Mapping[str, str]) -> str | None:
+    """Save this kernel's variables where the server keeps state; this kernel's id.
+
+    The server cannot run the save in this kernel while it runs the magic, so
+    the magic saves its own kernel; the server saves the others."""
+    kid = own_kernel_id()
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    if kid is None or shell is None:
+        return None
+    if __package__:
+        from . import kernelstate
+    else:
+        import ds_compute_state as kernelstate  # type: ignore[no-redef]
+    root = get_json("state", env).get("root")
+    if not root:
+        return None
+    summary = kernelstate.save_namespace(
+        shell.user_ns, os.path.join(root, kid), hidden=set(shell.user_ns_hidden)
+    )
+    if summary.get("stopped"):
+        raise DSComputeError(
+            f"Not switching: saving your variables would fill your volume ({summary['stopped']}). "
+            "Free some space, or switch without --keep-state."
+        )
+    return kid
+
+
+def format_state(model: Mapping[str, Any]) -> str:
+    lines = []
+    save = model.get("save")
+    if not save:
+        lines.append("No kernel state saved yet (switch with: %ds_compute switch TIER --keep-state).")
+    else:
+        lines.append(
+            f"Last save: {format_ago(save.get('saved_at'))}, {len(save.get('sessions') or [])} kernels"
+        )
+        for s in save.get("sessions") or []:
+            summ = s.get("summary") or {}
+            missing = ", ".join(f"{v['name']} ({v['type']})" for v in summ.get("not_saved") or [])
+            what = (
+                s.get("error") or f"{summ.get('count', 0)} variables ({format_bytes(summ.get('bytes') or 0)})"
+            )
+            lines.append(f"  {s.get('path')}: {what}" + (f"; not saved: {missing}" if missing else ""))
+    restore = model.get("restore")
+    if model.get("restoring"):
+        lines.append("Restoring now...")
+    elif restore:
+        lines.append(f"Last restore: {format_ago(restore.get('restored_at'))}")
+        for s in restore.get("sessions") or []:
+            text = s.get("error") or (s.get("summary") or {}).get("notice") or "?"
+            lines.append(f"  {s.get('path')}: {text}")
+    return "\n".join(lines)
+
+
 def switch(
     args: list[str],
     env: Mapping[str, str],
     ask: Callable[[str], str] = input,
 ) -> str:
+    keep_state = "--keep-state" in args
+    args = [a for a in args if a != "--keep-state"]
     tier, yes, options = parse_switch(args)
     tiers = get_json("tiers", env)
     by_slug = {t.get("slug"): t for t in tiers.get("tiers") or []}
@@ -359,16 +435,31 @@ def switch(
         reason = target.get("reason") or "not allowed"
         return f"You cannot switch to {name}: {reason}"
     if not yes:
-        answer = ask(f"The kernel will restart when the server moves. Switch to {name}? [y/N] ")
+        what = (
+            "The kernel will restart (its variables come along)" if keep_state else "The kernel will restart"
+        )
+        answer = ask(f"{what} when the server moves. Switch to {name}? [y/N] ")
         if (answer or "").strip().lower() not in ("y", "yes"):
             return "Not switching."
     body: dict[str, Any] = dict(options, profile=tier)
+    if keep_state:
+        body["keep_state"] = True
+        kid = save_own_state(env)
+        if kid:
+            body["state_saved_by"] = kid
     nxt = next_url(env)
     if nxt:
         body["next"] = nxt
     status, reply = api_request("POST", "switch", body, env=env)
     if status == 202 or (200 <= status < 300):
         link = progress_link((reply or {}).get("progress_url", ""), env)
+        if keep_state:
+            return (
+                f"Switching to {name} ({tier}).\n"
+                f"Follow the progress at: {link}\n"
+                "Your kernels' variables were saved to your volume; they come back on "
+                f"{name} (%ds_compute state shows what was saved and restored)."
+            )
         return (
             f"Switching to {name} ({tier}).\n"
             f"Follow the progress at: {link}\n"
@@ -397,6 +488,7 @@ def run(line: str, env: Mapping[str, str] | None = None, ask: Callable[[str], st
         "cost": ("status", format_cost),
         "tiers": ("tiers", format_tiers),
         "envs": ("envs?wait=5", format_envs),
+        "state": ("state", format_state),
     }
     if cmd in simple:
         if rest:
@@ -435,6 +527,9 @@ if Magics is not None:
               %ds_compute cost                $/h of this tier and the cost so far
               %ds_compute envs                environments on your volume: kernels, sizes,
                                               last use, broken ones and why
+              %ds_compute switch TIER --keep-state
+                                              the kernels' variables come along
+              %ds_compute state               the last save/restore of the variables
 
             Your files and the environments under ~/envs (and conda envs on the
             volume) move with the server; what is in the kernel's memory does not.

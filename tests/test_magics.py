@@ -206,8 +206,8 @@ def test_magics_module_imports_only_stdlib_and_ipython():
             roots |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             roots.add(node.module.split(".")[0])
-    # ds_compute_formatting: the copy of jupyter_ds_compute.formatting next to it
-    assert roots - set(sys.stdlib_module_names) == {"IPython", "ds_compute_formatting"}
+    # ds_compute_formatting/_state: the copies of jupyter_ds_compute.formatting/kernelstate next to it
+    assert roots - set(sys.stdlib_module_names) == {"IPython", "ds_compute_formatting", "ds_compute_state"}
     tree = ast.parse(open(magics.fmt.__file__).read())
     assert {
         a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names

@@ -10,13 +10,14 @@ import time
 
 from jupyter_server.extension.application import ExtensionApp
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
-from traitlets import Bool, Float, default
+from traitlets import Bool, Float, Integer, default
 
 from .. import pythonenv
 from .context import ServerContext, utcnow
 from .envs import LAST_USED_MARKER, EnvScanner, EnvSizes, default_roots
 from .handlers import default_handlers
 from .kernelspecs import DSComputeKernelSpecManager
+from .state import StateError, StateKeeper
 from .volume import VolumeUsage, check_notebook_dir
 
 KERNEL_ACTIONS_SCHEMA = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
@@ -65,6 +66,46 @@ class DSComputeExtension(ExtensionApp):
     volume_usage_cache_seconds = Float(
         120.0,
         help="""How long the size of a plain-directory volume is cached (it is computed by walking it).""",
+    ).tag(config=True)
+
+    keep_state_busy_wait = Float(
+        30.0,
+        help="""Seconds a ``keep_state`` switch waits for a busy kernel to finish its cell before
+        saving the others without it (that kernel's variables are reported as not saved).
+
+            c.DSComputeExtension.keep_state_busy_wait = 60
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    keep_state_timeout = Float(
+        900.0,
+        help="""Seconds one kernel may take to save (or restore) its variables.""",
+    ).tag(config=True)
+
+    keep_state_reserve = Integer(
+        256 * 1024 * 1024,
+        help="""Bytes that must stay free on the volume while saving kernel state: a save that
+        would leave less stops early and the switch is refused with a message (the user may
+        switch without keeping the variables).
+
+            c.DSComputeExtension.keep_state_reserve = 1024**3
+
+        .. versionadded:: 0.1
+        """,
+    ).tag(config=True)
+
+    keep_state_files = Bool(
+        False,
+        help="""Keep the saved kernel state (``~/.ds-compute/state/``) after a successful restore.
+        Default: deleted once every variable of a kernel was restored.""",
+    ).tag(config=True)
+
+    keep_state_max_age = Float(
+        3600.0,
+        help="""A saved kernel state older than this (seconds) is not restored at server start
+        (e.g. the switch it was saved for rolled back and the server was started much later).""",
     ).tag(config=True)
 
     @default("manage_kernelspecs")
@@ -116,6 +157,16 @@ class DSComputeExtension(ExtensionApp):
             )
         vol = self.context.volume_path or root_dir
         self.volume_usage = VolumeUsage(vol, cache_seconds=self.volume_usage_cache_seconds)
+        self.state = StateKeeper(
+            self.serverapp,
+            os.path.join(vol, ".ds-compute", "state"),
+            self.log,
+            busy_wait=self.keep_state_busy_wait,
+            timeout=self.keep_state_timeout,
+            reserve_bytes=self.keep_state_reserve,
+            keep_files=self.keep_state_files,
+            max_age=self.keep_state_max_age,
+        )
         self.env_sizes = EnvSizes()
         self._own_scanner: EnvScanner | None = None
         self._background: list[asyncio.Future] = []
@@ -136,6 +187,15 @@ class DSComputeExtension(ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp):
         # Nothing here is awaited: server start must not wait for discovery.
         self._background.append(asyncio.ensure_future(self._warm_up()))
+        # kernels saved by a keep_state switch come back before anyone can use them
+        self.state.restoring = asyncio.ensure_future(self._restore_state())
+        self._background.append(self.state.restoring)
+
+    async def _restore_state(self) -> None:
+        try:
+            await self.state.restore_all()
+        except Exception:
+            self.log.exception("ds-compute: restoring the kernels' saved state failed")
 
     async def _warm_up(self) -> None:
         try:
@@ -319,10 +379,20 @@ class DSComputeExtension(ExtensionApp):
             return 503, {
                 "message": "DS_COMPUTE_SERVICE_URL is not set: this server does not know the ds-compute service"
             }
-        payload = {k: v for k, v in body.items() if k not in ("user", "server_name")}
+        payload = {k: v for k, v in body.items() if k not in ("user", "server_name", "state_saved_by")}
         payload["server_name"] = ctx.server_name
         payload.setdefault("next", self.serverapp.base_url.rstrip("/") + "/lab")
+        saved = None
+        if body.get("keep_state"):
+            # before the cut-over: this (old) server still runs every kernel
+            try:
+                saved = await self.state.save_all(saved_by_kernel=body.get("state_saved_by"))
+            except StateError as e:
+                self.log.warning("ds-compute: switch to %s: %s", body.get("profile"), e)
+                return 507, {"message": str(e), "field": "keep_state"}
         resp = await self._service("POST", "api/switches", payload, self.switch_timeout)
+        if saved is not None and not 200 <= resp.code < 300:
+            self.state.discard()  # the switch does not happen: nothing to restore
         if resp.code == 599:
             self.log.error(
                 "ds-compute: switch to %s: service %s unreachable: %s",
@@ -340,6 +410,8 @@ class DSComputeExtension(ExtensionApp):
             reply = {"message": f"the ds-compute service answered {resp.code} with a non-JSON body: {text}"}
         if not isinstance(reply, dict):
             reply = {"message": f"the ds-compute service answered {resp.code}", "body": reply}
+        if saved is not None and 200 <= resp.code < 300:
+            reply["state"] = saved
         self.log.info(
             "ds-compute: switch of %s to %s: service answered %s",
             ctx.server_name or "default server",

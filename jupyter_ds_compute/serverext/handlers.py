@@ -70,6 +70,16 @@ class SwitchHandler(DSComputeHandler):
             )
         if "next" in body and not isinstance(body["next"], str):
             return self.reply_error(400, "next must be a string (a path under this server)", field="next")
+        if "keep_state" in body and not isinstance(body["keep_state"], bool):
+            return self.reply_error(
+                400,
+                "keep_state must be true or false (save and restore the kernels' variables)",
+                field="keep_state",
+            )
+        if "state_saved_by" in body and not isinstance(body["state_saved_by"], str):
+            return self.reply_error(
+                400, "state_saved_by must be the id of the kernel that saved itself", field="state_saved_by"
+            )
         status, reply = await self.ds.forward_switch(body)
         self.set_status(status)
         self.finish(json.dumps(reply))
@@ -86,10 +96,22 @@ class EnvsHandler(DSComputeHandler):
         self.finish(json.dumps(await self.ds.envs_model(wait=min(max(wait, 0.0), 30.0))))
 
 
+class StateHandler(DSComputeHandler):
+    """The last save and restore of the kernels' state (``keep_state`` switches)."""
+
+    @web.authenticated
+    async def get(self):
+        self.check_owner()
+        st = self.ds.state
+        restoring = st.restoring is not None and not st.restoring.done()
+        self.finish(json.dumps(dict(st.last(), root=st.root, restoring=restoring)))
+
+
 def default_handlers(prefix: str) -> list[tuple[str, type]]:
     return [
         (rf"{prefix}/api/status", StatusHandler),
         (rf"{prefix}/api/tiers", TiersHandler),
         (rf"{prefix}/api/switch", SwitchHandler),
         (rf"{prefix}/api/envs", EnvsHandler),
+        (rf"{prefix}/api/state", StateHandler),
     ]

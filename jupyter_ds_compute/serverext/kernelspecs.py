@@ -114,6 +114,10 @@ class DSComputeKernelSpecManager(KernelSpecManager):
             # the magics' formatting (jupyter_ds_compute.formatting, stdlib only)
             formatting = os.path.join(os.path.dirname(src), "formatting.py")
             shutil.copyfile(formatting, os.path.join(d, "ds_compute_formatting.py"))
+            # keep_state switches: save/restore of the user namespace (kernelstate.py, stdlib only)
+            shutil.copyfile(
+                os.path.join(os.path.dirname(src), "kernelstate.py"), os.path.join(d, "ds_compute_state.py")
+            )
             atexit.register(shutil.rmtree, d, True)
             self._shim = d
         return self._shim

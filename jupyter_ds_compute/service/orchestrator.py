@@ -244,6 +244,10 @@ class Orchestrator:
         next_url = body.pop("next", None)
         if next_url is not None and not isinstance(next_url, str):
             raise refuse(400, "'next' must be a URL path.", field="next")
+        # the server extension saves and restores the kernels (serverext/state.py); recorded only
+        keep_state = body.pop("keep_state", False)
+        if not isinstance(keep_state, bool):
+            raise refuse(400, "'keep_state' must be true or false.", field="keep_state")
         # by the token's scopes (never the admin flag); servers!group= needs the owner's groups first
         refusal = authz.act_refusal(caller, owner, server_name) if caller is not None else None
         if refusal and not (owner != caller["name"] and authz.group_filtered(caller)):
@@ -347,6 +351,7 @@ class Orchestrator:
                 else None,
                 validate_message=reason or f"{tier.display_name} allowed for {owner}",
             )
+            record["keep_state"] = keep_state
         except SwitchInFlight as e:
             raise refuse(
                 409,
