@@ -17,10 +17,8 @@ from .tiers import (
     Tier,
     TierOptionsError,
     _choice_refusal,
-    _default_profile,
-    _refusal,
     _select,
-    _usable_options,
+    for_user,
     normalize_profile_list,
 )
 
@@ -104,13 +102,14 @@ def form_context(
                 break
             except TierOptionsError:
                 previous = None
-    default = _default_profile(profiles, groups)
-    selected_slug = previous[0]["slug"] if previous else (default["slug"] if default else None)
+    model = for_user(profiles, groups)  # allowed, reason, default: the one model
+    default = next((m["slug"] for m in model if m["default"]), None)
+    selected_slug = previous[0]["slug"] if previous else default
 
     result = []
-    for profile in profiles:
+    for profile, entry in zip(profiles, model, strict=True):
         tier = Tier.from_profile(profile)
-        reason = _refusal(profile, groups) or _usable_options(profile, groups)
+        reason = entry["reason"]
         if reason and not is_admin:
             continue
         if previous and previous[0] is profile:
@@ -130,7 +129,7 @@ def form_context(
                 "field_id": f"profile-item-{tier.slug}",
                 "display_name": tier.display_name,
                 "description": tier.description,
-                "default": default is profile,
+                "default": entry["default"],
                 "selected": tier.slug == selected_slug,
                 "allowed": reason is None,
                 "reason": reason,

@@ -655,13 +655,7 @@ class DSComputeSpawner(Spawner):
         return env
 
     def _tiers_for_user(self):
-        groups = self._user_groups()
-        admin = bool(getattr(self.user, "admin", False))
-        out = []
-        for t in tiers.tiers_of(self._profiles):
-            reason = policy.group_refusal(t.allowed_groups, groups, is_admin=admin)
-            out.append(dict(t.public(), allowed=reason is None, reason=reason, default=t.default))
-        return out
+        return tiers.for_user(self._profiles, self._user_groups())
 
     async def _cleanup_failed_start(self):
         try:
@@ -708,6 +702,9 @@ class DSComputeSpawner(Spawner):
             raise
 
     async def _stop_all(self, now=False):
+        client = self._budget_client()
+        if client is not None:
+            client.forget(self.user.name)  # what this server cost counts at the next start
         backend = self._backend
         if backend is not None:
             await backend.stop(now=now)

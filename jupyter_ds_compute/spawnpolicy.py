@@ -122,6 +122,11 @@ class BudgetClient:
         self._cache[key] = (now, budget)
         return budget
 
+    def forget(self, user: str) -> None:
+        """Drop ``user``'s cached answers: their server stopped, so what it
+        ran up is in the service's accounts and the next start must see it."""
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != user}
+
     async def record_refusal(self, **event) -> None:
         """Append a ``policy:<kind>`` refusal to the service's audit log; never raises."""
         try:

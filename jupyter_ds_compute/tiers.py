@@ -46,6 +46,7 @@ __all__ = [
     "TierOptionsError",
     "apply_overrides",
     "default_slug",
+    "for_user",
     "get_tier",
     "load_profile_list",
     "normalize_profile_list",
@@ -739,6 +740,37 @@ def _default_profile(profiles: list[dict], user_groups) -> dict | None:
         (p for p in ordered if _refusal(p, user_groups) is None and _usable_options(p, user_groups) is None),
         None,
     )
+
+
+def for_user(profiles: Any, user_groups=None) -> list[dict]:
+    """The one model of "the tiers this user may use, with reasons".
+
+    Per tier, in order: :meth:`Tier.public` plus ``allowed``, ``reason``
+    (why not: the tier's groups, or options none of whose choices the user
+    may use), ``default`` (the tier an empty ``user_options`` gets for this
+    user: the configured default if usable, else the first usable tier),
+    ``max_servers`` and ``idle_downshift_after``. The spawner's
+    ``DS_COMPUTE_TIERS``, the service's ``api/tiers`` (which adds live caps
+    and budgets), and the spawn form all read it.
+    """
+    profiles = normalize_profile_list(profiles)
+    groups = list(user_groups or ())
+    default = _default_profile(profiles, groups)
+    out = []
+    for p in profiles:
+        tier = Tier.from_profile(p)
+        reason = _refusal(p, groups) or _usable_options(p, groups)
+        out.append(
+            {
+                **tier.public(),
+                "allowed": reason is None,
+                "reason": reason,
+                "default": p is default,
+                "max_servers": tier.max_servers,
+                "idle_downshift_after": tier.idle_downshift_after,
+            }
+        )
+    return out
 
 
 def default_slug(profiles: Any, user_groups=None) -> str | None:

@@ -1600,3 +1600,35 @@ def test_unpriced_tiers_cost_nothing_and_pass_spent_budgets():
     assert free_below(pl, []) == 0.0
     for t_ in tiers_of(pl):
         assert policy.budget_refusal(spent, t_.display_name, t_.cost_per_hour, free_below(pl, [])) is None
+
+
+def test_for_user_is_one_model_of_usable_tiers_and_default():
+    """The spawner's DS_COMPUTE_TIERS, api/tiers and the form agree: the
+    default is the one an empty user_options gets for *this* user."""
+    from jupyter_ds_compute.tiers import default_slug, for_user
+
+    profiles = [
+        {"display_name": "GPU", "default": True, "cpu": 4, "mem": "8G", "allowed_groups": ["gpu-team"]},
+        {"display_name": "Small", "cpu": 1, "mem": "1G", "hourly_cost": 0.05},
+        {
+            "display_name": "Locked",
+            "profile_options": {
+                "image": {
+                    "display_name": "Image",
+                    "choices": {"a": {"display_name": "A", "allowed_groups": ["x"]}},
+                }
+            },
+        },
+    ]
+    model = {t["slug"]: t for t in for_user(profiles, [])}
+    assert not model["gpu"]["allowed"] and "gpu-team" in model["gpu"]["reason"]
+    assert model["small"]["allowed"] and model["small"]["default"]
+    assert not model["gpu"]["default"]
+    assert not model["locked"]["allowed"] and model["locked"]["reason"]
+    assert [t["slug"] for t in for_user(profiles, []) if t["default"]] == [default_slug(profiles, [])]
+    member = {t["slug"]: t for t in for_user(profiles, ["gpu-team"])}
+    assert member["gpu"]["allowed"] and member["gpu"]["default"] and not member["small"]["default"]
+    form = {t["slug"]: t for t in form_context(profiles, [], None, is_admin=True)}
+    assert {s: (t["allowed"], t["default"]) for s, t in form.items()} == {
+        s: (t["allowed"], t["default"]) for s, t in model.items()
+    }

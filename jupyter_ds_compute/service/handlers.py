@@ -29,7 +29,7 @@ from jupyterhub.services.auth import (
 )
 from tornado import web
 
-from .. import formatting, policy, tiers
+from .. import formatting, tiers
 from . import authz
 from .accounting import parse_time
 from .hubapi import HubAPIError
@@ -417,26 +417,13 @@ class TiersHandler(APIHandler):
         except HubAPIError as e:
             self.log.warning("Tiers without live policy (hub: %s)", e)
             live, budget = {}, None
-        default = tiers.default_slug(profiles, groups)
         out = []
-        for tier in tiers.tiers_of(profiles):
-            reason = policy.group_refusal(
-                tier.allowed_groups, groups, self.is_admin(), what=f"tier {tier.display_name!r}"
-            )
-            kind = "group" if reason else None
-            if reason is None and tier.slug in live:
-                kind, reason = live[tier.slug]
-            out.append(
-                {
-                    **tier.public(),
-                    "allowed": reason is None,
-                    "reason": reason,
-                    "policy": kind,
-                    "default": tier.slug == default,
-                    "max_servers": tier.max_servers,
-                    "idle_downshift_after": tier.idle_downshift_after,
-                }
-            )
+        for tier in tiers.for_user(profiles, groups):
+            kind = "group" if tier["reason"] else None
+            if tier["allowed"] and tier["slug"] in live:
+                kind, reason = live[tier["slug"]]
+                tier.update(allowed=False, reason=reason)
+            out.append(dict(tier, policy=kind))
         self.write_json({"tiers": out, "budget": budget, "notices": notices(self.store, user, server_name)})
 
 
