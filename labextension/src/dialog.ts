@@ -283,11 +283,18 @@ async function showNotUnderHub(trans: TranslationBundle): Promise<void> {
 /** How the user confirmed a switch. */
 type Confirmation = 'cancel' | 'switch' | 'save-and-switch';
 
+/** The user's answer: how, and whether the kernels' variables come along. */
+interface IConfirmed {
+  how: Confirmation;
+  keepState: boolean;
+}
+
 async function confirmSwitch(
   tier: ITier,
   hasUnsaved: boolean,
-  trans: TranslationBundle
-): Promise<Confirmation> {
+  trans: TranslationBundle,
+  keepStateDefault = false
+): Promise<IConfirmed> {
   const body = document.createElement('div');
   body.className = 'jp-DSCompute-confirm';
   body.dataset.testid = 'ds-compute-confirm';
@@ -307,6 +314,24 @@ async function confirmSwitch(
     p.textContent = line;
     body.appendChild(p);
   }
+  // "Keep my variables": the server saves every kernel's variables to the
+  // volume and the new machine restores them (serverext/state.py)
+  const keep = document.createElement('label');
+  keep.className = 'jp-DSCompute-keepState';
+  const box = document.createElement('input');
+  box.type = 'checkbox';
+  box.checked = keepStateDefault;
+  box.dataset.testid = 'ds-compute-keep-state';
+  keep.appendChild(box);
+  keep.appendChild(
+    document.createTextNode(
+      ' ' +
+        trans.__(
+          'Keep my variables (saved to your volume, restored in the same notebooks)'
+        )
+    )
+  );
+  body.appendChild(keep);
   if (hasUnsaved) {
     const warning = document.createElement('p');
     warning.className = 'jp-DSCompute-warning';
@@ -338,12 +363,16 @@ async function confirmSwitch(
       })
     ]
   });
+  const keepState = box.checked;
   if (!result.button.accept) {
-    return 'cancel';
+    return { how: 'cancel', keepState };
   }
-  return result.button.actions.includes('save-and-switch')
-    ? 'save-and-switch'
-    : 'switch';
+  return {
+    how: result.button.actions.includes('save-and-switch')
+      ? 'save-and-switch'
+      : 'switch',
+    keepState
+  };
 }
 
 export interface ISwitchOptions {
@@ -389,7 +418,12 @@ export async function switchMachine(options: ISwitchOptions): Promise<void> {
     return;
   }
 
-  const how = await confirmSwitch(tier, isDirty(), trans);
+  const { how, keepState } = await confirmSwitch(
+    tier,
+    isDirty(),
+    trans,
+    model.keepState
+  );
   if (how === 'cancel') {
     return;
   }
@@ -420,7 +454,8 @@ export async function switchMachine(options: ISwitchOptions): Promise<void> {
       method: 'POST',
       body: JSON.stringify({
         profile: tier.slug,
-        next: window.location.pathname + window.location.search
+        next: window.location.pathname + window.location.search,
+        ...(keepState ? { keep_state: true } : {})
       })
     });
     if (!reply || typeof reply.progress_url !== 'string') {

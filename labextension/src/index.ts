@@ -61,6 +61,7 @@ const modelPlugin: JupyterFrontEndPlugin<IDSComputeModel> = {
           const apply = () => {
             model.refreshInterval = settings.get('refreshInterval')
               .composite as number;
+            model.keepState = settings.get('keepState').composite === true;
           };
           apply();
           settings.changed.connect(apply);
@@ -97,6 +98,10 @@ const commandsPlugin: JupyterFrontEndPlugin<void> = {
     const { commands } = app;
     const trans = loadTranslations(translator);
     let dialogOpen = false;
+    // after a switch with "Keep my variables": what came back (not awaited)
+    void app.restored
+      .then(() => import('./restored'))
+      .then(m => m.announceRestore(trans));
 
     commands.addCommand(CommandIDs.switchMachine, {
       label: () =>

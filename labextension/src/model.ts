@@ -37,6 +37,8 @@ export interface IDSComputeModel {
   switching: boolean;
   /** Seconds between refreshes (at least 10). */
   refreshInterval: number;
+  /** Whether the switch dialog's "Keep my variables" starts checked (setting `keepState`). */
+  keepState: boolean;
   /** Emitted after every refresh and every change of `switching`. */
   readonly changed: ISignal<IDSComputeModel, void>;
   /** Fetch the status now; never rejects. */
@@ -175,6 +177,7 @@ export class DSComputeModel implements IDSComputeModel {
   private _available: boolean | null = null;
   private _error = '';
   private _underHub: boolean | null = null;
+  keepState = false;
   private _switching = false;
   private _refreshInterval = DEFAULT_REFRESH_INTERVAL;
   private _timer: number | null = null;

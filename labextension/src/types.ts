@@ -130,3 +130,31 @@ export interface ISwitchReply {
   id: string;
   progress_url: string;
 }
+
+/** One kernel's restore (`GET state` → `restore.sessions[]`). */
+export interface IRestoredSession {
+  path: string;
+  kernel_name: string;
+  error: string | null;
+  summary: {
+    restored: number;
+    bytes: number;
+    seconds: number;
+    failed: { name: string; reason: string }[];
+    not_restored: { name: string; type: string }[];
+    error: string | null;
+    notice: string;
+  } | null;
+}
+
+/** `GET /ds-compute/api/state`: the last save and restore of the kernels' variables. */
+export interface IStateReply {
+  root: string;
+  restoring: boolean;
+  save: { saved_at: number; seconds: number } | null;
+  restore: {
+    restored_at: number;
+    seconds: number;
+    sessions: IRestoredSession[];
+  } | null;
+}
