@@ -10,7 +10,17 @@
 2. N concurrent switches behind EC2-like token buckets in front of moto
    (RunInstances burst 5, refill 2/s; other mutating calls 200/5 per s;
    non-mutating 100/20 per s): all must complete, none may fail on
-   throttling; total time reported.
+   throttling; total time, throttled answers per call, and the time the
+   RunInstances bucket alone allows ((N - burst) / rate) are reported.
+3. Polling: API calls per minute for 1, 50 and 200 running servers,
+   JupyterHub polling each every ``Spawner.poll_interval`` (30 s, 10 %
+   jitter), per-server polling (what ``poll()`` did before: one
+   DescribeInstances and one GetParameter per server per poll) against the
+   hub-wide :class:`~jupyter_ds_compute.backends.aws.InstancePoller`. Time is
+   compressed ``AWS_POLL_SCALE``-fold (default 5) for ``AWS_POLL_WINDOW``
+   real seconds (default 12) per case; counts are per simulated minute.
+
+Results go to ``benchmarks/results/aws.json``.
 
 Run from the repo root (it imports ``tests/aws``).
 """
@@ -19,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -32,6 +44,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 from aws.harness import FakeSpawner, moto_server, tier  # noqa: E402
 from traitlets.config import Config  # noqa: E402
 
+from jupyter_ds_compute.backends import aws  # noqa: E402
 from jupyter_ds_compute.backends.ec2 import EC2Backend  # noqa: E402
 from jupyter_ds_compute.volumes.ebs import EBSVolume  # noqa: E402
 
@@ -40,6 +53,16 @@ MUTATING = [
     "CreateTags", "CreateVolume",
 ]  # fmt: skip
 NON_MUTATING = ["DescribeInstances", "DescribeVolumes", "DescribeSubnets"]
+
+#: measured with this benchmark at commit 6b5cd7d (per-server polls, no client-side bucket)
+BEFORE = {
+    "calls_per_switch": 17,
+    "concurrent_100": {"total_s": 55.0, "throttled": 1147, "calls": 2747, "run_instances_calls": 678},
+}
+SCALE = float(os.environ.get("AWS_POLL_SCALE", "5"))
+WINDOW = float(os.environ.get("AWS_POLL_WINDOW", "12"))
+HUB_POLL_INTERVAL, HUB_POLL_JITTER = 30.0, 0.1  # JupyterHub's Spawner defaults
+SERVERS = (1, 50, 200)
 
 
 def config(subnet):
@@ -105,6 +128,8 @@ async def concurrent(moto, cfg, n):
     limits.update({a: [200, 5] for a in MUTATING})
     limits.update({a: [100, 20] for a in NON_MUTATING})
     moto.rate(limits)
+    # the hub's buckets start as AWS's just did: full (the starts above drained ours)
+    aws._buckets.clear()
     durations, failures = [], []
 
     async def one(s):
@@ -122,6 +147,49 @@ async def concurrent(moto, cfg, n):
     moto.rate({})
     await asyncio.gather(*(s.stop() for s in servers))
     return total, durations, failures, stats
+
+
+async def per_server_poll(backend):
+    """What ``EC2Backend.poll()`` did before the shared poller (one server, one poll)."""
+    inst = await backend.describe_instance(backend.instance_id)
+    if (inst or {}).get("State", {}).get("Name") in ("pending", "running"):
+        await backend._exit_report()
+
+
+async def polling(moto, cfg, n):
+    """(per-server, shared) calls per simulated minute for ``n`` running servers."""
+    import boto3
+
+    ec2 = boto3.client("ec2")
+    subnet = cfg.EC2Backend.subnet_ids[0]
+    tags = [{"Key": "ds-compute:hub", "Value": "bench"}]
+    r = ec2.run_instances(ImageId="ami-12c6146b", MinCount=n, MaxCount=n, SubnetId=subnet,
+                          TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])  # fmt: skip
+    ids = [i["InstanceId"] for i in r["Instances"]]
+    c = Config(cfg)
+    c.EC2Backend.poll_interval = EC2Backend.poll_interval.default_value / SCALE
+    backends = []
+    for k, iid in enumerate(ids):
+        b = EC2Backend(FakeSpawner(f"poll-{k:03d}", config=c))
+        b.load_state({"instance_id": iid})
+        backends.append(b)
+    aws.InstancePoller._shared.clear()
+    out = []
+    for poll in (per_server_poll, lambda b: b.poll()):
+        moto.clear_calls()
+        stop = time.monotonic() + WINDOW
+
+        async def loop(b, poll=poll, stop=stop):
+            # JupyterHub's PeriodicCallback: random phase, then every interval with jitter
+            await asyncio.sleep(random.uniform(0, HUB_POLL_INTERVAL / SCALE))
+            while time.monotonic() < stop:
+                await poll(b)
+                await asyncio.sleep(HUB_POLL_INTERVAL / SCALE * random.uniform(1 - HUB_POLL_JITTER, 1))
+
+        await asyncio.gather(*(loop(b) for b in backends))
+        out.append(sum(moto.stats()["calls"].values()) * 60.0 / (WINDOW * SCALE))
+    ec2.terminate_instances(InstanceIds=ids)
+    return out
 
 
 def pct(values, p):
@@ -163,6 +231,43 @@ async def main(args):
         print(f"| RequestLimitExceeded answers absorbed | {stats['faults'].get('RequestLimitExceeded', 0)} |")
         print(f"| API calls in total | {sum(stats['calls'].values())} |")
         print(f"| RunInstances calls (incl. throttled) | {stats['calls'].get('RunInstances', 0)} |")
+        n_calls = sum(stats["calls"].values())
+        throttled = stats["faults"].get("RequestLimitExceeded", 0)
+        bound = (args.concurrent - 5) / 2.0
+        print(f"| throttled answers per call | {throttled / max(n_calls, 1):.3f} |")
+        print(f"| RunInstances bucket allows (s) | {bound:.1f} (total / bound = {total / bound:.2f}) |")
+        b = BEFORE["concurrent_100"]
+        print(f"\nBefore (6b5cd7d, 100 concurrent): {b['total_s']} s, {b['throttled']} throttled answers "
+              f"for {b['calls']} calls, {b['run_instances_calls']} RunInstances; "
+              f"{BEFORE['calls_per_switch']} calls per switch.")  # fmt: skip
+        rows = []
+        for n in SERVERS:
+            per_server, shared = await polling(moto, cfg, n)
+            rows.append({"servers": n, "per_server_per_min": per_server, "shared_per_min": shared})
+        print(
+            f"\n## Polling: AWS API calls per minute (hub poll 30 s, shared answer "
+            f"{EC2Backend.poll_interval.default_value:g} s; time compressed {SCALE:g}x, {WINDOW:g} s per case)\n"
+        )
+        print("| servers | per-server polling | shared poller | fewer |\n| --- | --- | --- | --- |")
+        for row in rows:
+            ratio = row["per_server_per_min"] / row["shared_per_min"] if row["shared_per_min"] else 0
+            print(
+                f"| {row['servers']} | {row['per_server_per_min']:.0f} | {row['shared_per_min']:.0f} | {ratio:.1f}x |"
+            )
+        data = {
+            "before": BEFORE,
+            "switch": {"calls_median": statistics.median(calls), "calls_per_action": per_action,
+                       "time_median_s": statistics.median(times)},
+            "concurrent": {"n": args.concurrent, "total_s": total, "failed": len(failures), "calls": n_calls,
+                           "throttled": throttled, "throttled_per_call": throttled / max(n_calls, 1),
+                           "run_instances_calls": stats["calls"].get("RunInstances", 0),
+                           "bucket_bound_s": bound},
+            "polling": {"scale": SCALE, "window_s": WINDOW, "results": rows},
+        }  # fmt: skip
+        RESULTS = HERE / "results"
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "aws.json").write_text(json.dumps(data, indent=2))
+        print("\nwrote benchmarks/results/aws.json")
         if failures:
             print("\nFailures:", *failures[:5], sep="\n  ")
             return 1

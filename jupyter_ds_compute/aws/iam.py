@@ -36,6 +36,7 @@ LAUNCH_PREFIX = "/ds-compute/launch/"
 # or concrete values when printing a policy).
 ANY = "*"
 LAUNCH_PARAMETERS = "launch-parameters"  # parameter<prefix>*
+LAUNCH_PATH = "launch-path"  # parameter<prefix without its last slash> (GetParametersByPath)
 SERVER_ROLE = "server-role"  # iam:PassRole of the servers' role only
 HUB_CONFIG = "hub-config"  # the operator's hub config (SSM parameter or S3 object)
 OWN_LAUNCH_PARAMETER = "own-launch-parameter"  # parameter<prefix>${ec2:InstanceID}*
@@ -55,6 +56,7 @@ HUB_ACTIONS: dict[str, list[tuple[str, str, str]]] = {
         ("ssm:PutParameter", LAUNCH_PARAMETERS, "hand over the launch spec (SecureString)"),
         ("ssm:GetParameter", LAUNCH_PARAMETERS, "read the server's exit status"),
         ("ssm:DeleteParameters", LAUNCH_PARAMETERS, "remove the spec and exit status"),
+        ("ssm:GetParametersByPath", LAUNCH_PATH, "every server's exit status in one call (poll)"),
         ("kms:Encrypt", ANY, "SecureString with the default key (alias/aws/ssm)"),
     ],
     "ebs-volume": [
@@ -142,6 +144,8 @@ def resource_arns(
         return ["*"]
     if kind == LAUNCH_PARAMETERS:
         return [f"{ssm}{launch_prefix}*"]
+    if kind == LAUNCH_PATH:
+        return [f"{ssm}{launch_prefix.rstrip('/')}"]
     if kind == OWN_LAUNCH_PARAMETER:
         return [f"{ssm}{launch_prefix}${{ec2:InstanceID}}*"]
     if kind == SERVER_ROLE:
@@ -252,6 +256,7 @@ class CallRecorder:
             except ValueError:
                 data = {}
             names = data.get("Names") or ([data["Name"]] if data.get("Name") else [])
+            names = names or ([data["Path"]] if data.get("Path") else [])
             if names:
                 resources = [f"arn:aws:ssm:*:*:parameter{n}" for n in names]
         with self.lock, open(self.path, "a") as f:

@@ -190,6 +190,8 @@ class CallStats:
     def __init__(self):
         self.counts: dict[str, int] = {}
         self.throttled = 0
+        #: calls that waited for the client-side rate limit
+        self.limited = 0
 
     def add(self, op):
         self.counts[op] = self.counts.get(op, 0) + 1
@@ -218,6 +220,70 @@ async def call(method, /, *, timeout=60.0, on_throttle=None, **kwargs):
     return await asyncio.wait_for(
         loop.run_in_executor(_pool(), ctx.run, functools.partial(method, **kwargs)), timeout=timeout
     )
+
+
+# -- a client-side token bucket per API action, shared by the whole hub ---------
+
+#: ``{action: (burst, per_second)}``: EC2's documented request token buckets
+#: (RunInstances; mutating actions; non-mutating actions), used unless
+#: ``c.AWS.rate_limits`` says otherwise. Actions not listed are not limited here
+#: (botocore's adaptive mode still backs off when AWS throttles them).
+DEFAULT_RATE_LIMITS = {
+    "RunInstances": (5, 2.0),
+    **{
+        a: (200, 5.0)
+        for a in ("AttachVolume", "DetachVolume", "TerminateInstances", "StopInstances", "StartInstances",
+                  "CreateVolume", "DeleteVolume", "CreateSnapshot", "DeleteSnapshot", "CreateTags")
+    },
+    **{
+        a: (100, 20.0)
+        for a in ("DescribeInstances", "DescribeVolumes", "DescribeSubnets", "DescribeSnapshots")
+    },
+}  # fmt: skip
+
+
+class TokenBucket:
+    """A token bucket that never refuses: :meth:`reserve` takes a token now and
+    says how long to wait for it (FIFO: later callers wait longer), so callers
+    queue on the client instead of being throttled by AWS.
+
+    One token of AWS's burst is kept in reserve: requests leave the hub at
+    exactly AWS's refill rate but reach it with jitter (thread pool, network),
+    and a bucket drained to zero would answer the early ones with
+    ``RequestLimitExceeded``."""
+
+    def __init__(self, burst, rate):
+        self.burst, self.rate = float(burst), float(rate)
+        self.capacity = max(1.0, self.burst - 1)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+        self.waited = 0.0
+
+    def reserve(self):
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= 1
+        wait = -self.tokens / self.rate if self.tokens < 0 else 0.0
+        self.waited += wait
+        return wait
+
+
+#: (region, endpoint, action) -> TokenBucket, for the whole hub process
+_buckets: dict = {}
+
+
+def bucket(region, endpoint, action, limits):
+    """The shared bucket of ``action`` (None: not limited); ``limits`` as ``c.AWS.rate_limits``."""
+    limit = limits[action] if action in limits else DEFAULT_RATE_LIMITS.get(action)
+    if not limit:
+        return None
+    burst, rate = float(limit[0]), float(limit[1])
+    key = (region or "", endpoint or os.environ.get("AWS_ENDPOINT_URL", ""), action)
+    b = _buckets.get(key)
+    if b is None or (b.burst, b.rate) != (burst, rate):
+        b = _buckets[key] = TokenBucket(burst, rate)
+    return b
 
 
 class WaitTimeout(Exception):
@@ -343,6 +409,25 @@ class AWS(LoggingConfigurable):
         """,
     ).tag(config=True)
 
+    rate_limits = Dict(
+        help="""
+        Client-side request rates per API action, ``{"Action": (burst,
+        per_second)}``, one token bucket per action and region shared by all
+        of the hub's servers: a herd of switches queues in the hub instead of
+        drawing ``RequestLimitExceeded`` answers from AWS (and the retries
+        they cost). Merged over EC2's documented defaults (``RunInstances``
+        5 burst / 2 per s; mutating actions 200 / 5; ``Describe*`` 100 / 20);
+        ``None`` for an action turns its bucket off. Raise them to your
+        account's limits (AWS support raises them on request).
+
+        Example::
+
+            c.AWS.rate_limits = {"RunInstances": (20, 5), "DescribeVolumes": None}
+
+        .. versionadded:: 0.3
+        """,
+    ).tag(config=True)
+
     def aws_client(self, service, max_attempts=None):
         return client(
             service,
@@ -371,6 +456,14 @@ class AWS(LoggingConfigurable):
             def on_throttle(operation, attempt):
                 emit(f"AWS is throttling {operation} (RequestLimitExceeded); retrying, attempt {attempt + 1}")
 
+        limiter = bucket(self.region, self.endpoint_url, iam.camel(op), self.rate_limits)
+        if limiter is not None:
+            wait = limiter.reserve()
+            if wait > 0:
+                stats.limited += 1
+                if wait >= 2 and emit is not None:
+                    emit(f"Waiting {wait:.0f}s for a turn to call AWS {iam.camel(op)} (hub's rate limit)")
+                await asyncio.sleep(wait)
         return await call(
             method,
             timeout=max(self.call_timeout, self.throttle_timeout),
@@ -457,3 +550,171 @@ class AWS(LoggingConfigurable):
 def instances(response):
     """The instances of a ``DescribeInstances`` answer, reservations flattened."""
     return [i for res in response.get("Reservations", []) for i in res.get("Instances", [])]
+
+
+# -- one DescribeInstances per interval for every server of the hub ------------
+
+_NEVER = float("-inf")
+
+
+class _SharedAnswer:
+    """One fetch at a time, its answer shared by everyone who asks.
+
+    ``get(max_age, since)`` returns an answer whose fetch *started* at most
+    ``max_age`` seconds before the call and after ``since`` (a monotonic
+    time: "after I launched"); callers that wait for a fetch in flight
+    reuse it when it qualifies, so N concurrent askers cost one call.
+    """
+
+    def __init__(self, fetch):
+        self.fetch = fetch
+        self.value = None
+        self.started = _NEVER
+        self.calls = 0
+        self._lock = None
+        self._loop = None
+
+    def _ok(self, bound):
+        return self.started != _NEVER and self.started >= bound
+
+    async def get(self, max_age, since=None):
+        bound = time.monotonic() - max_age
+        if since is not None:
+            bound = max(bound, since)
+        if self._ok(bound):
+            return self.value
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a lock belongs to one event loop
+            self._lock, self._loop = asyncio.Lock(), loop
+        async with self._lock:
+            if not self._ok(bound):
+                started = time.monotonic()
+                self.calls += 1
+                self.value = await self.fetch()
+                self.started = started
+        return self.value
+
+
+class InstancePoller:
+    """What the hub knows about all of its instances, one call per interval.
+
+    JupyterHub polls every server (``poll()``) and every starting or stopping
+    server waits for its instance; asking AWS once per server per poll costs
+    ``DescribeInstances`` (and an SSM read) in proportion to the number of
+    servers. Here, as with the shared Slurm ``squeue``
+    (:mod:`.squeue`), one ``DescribeInstances`` filtered by the hub's tag
+    answers for all of the hub's instances, and one
+    ``GetParametersByPath`` on the launch-spec prefix for all exit reports;
+    answers are reused for ``max_age`` seconds (with jitter, so hubs do not
+    beat in step) and concurrent askers share one call.
+
+    :meth:`shared` gives the one poller per (region, endpoint, hub id). Instances tags are known from the last answer
+    (:meth:`known`): an instance id is never reused, and our tags are set at
+    launch.
+    """
+
+    _shared: dict = {}
+
+    def __init__(self, owner, jitter=0.2):
+        self.owner = owner
+        self.jitter = jitter
+        self.tracked: set[str] = set()
+        self.known_instances: dict[str, dict] = {}
+        self._describe = _SharedAnswer(self._fetch_instances)
+        #: launch-spec prefix -> shared GetParametersByPath answer
+        self._exits: dict[str, _SharedAnswer] = {}
+
+    @classmethod
+    def shared(cls, aws_obj) -> "InstancePoller":
+        endpoint = aws_obj.endpoint_url or os.environ.get("AWS_ENDPOINT_URL", "")
+        key = (aws_obj.region, endpoint, aws_obj.hub_id)
+        poller = cls._shared.get(key)
+        if poller is None:
+            owner = AWS(
+                region=aws_obj.region,
+                endpoint_url=aws_obj.endpoint_url,
+                hub_id=aws_obj.hub_id,
+                max_attempts=aws_obj.max_attempts,
+                call_timeout=aws_obj.call_timeout,
+                throttle_timeout=aws_obj.throttle_timeout,
+                rate_limits=dict(aws_obj.rate_limits),
+            )
+            poller = cls._shared[key] = cls(owner)
+        else:
+            poller.owner.rate_limits = dict(aws_obj.rate_limits)
+        return poller
+
+    @property
+    def calls(self):
+        """API calls made (DescribeInstances and GetParametersByPath fetches)."""
+        return self._describe.calls + sum(e.calls for e in self._exits.values())
+
+    def track(self, instance_id):
+        self.tracked.add(instance_id)
+
+    def untrack(self, instance_id):
+        self.tracked.discard(instance_id)
+        self.known_instances.pop(instance_id, None)
+
+    def remember(self, inst):
+        """Keep a description got elsewhere (a ``DescribeInstances`` by id)."""
+        if inst:
+            self.known_instances[inst["InstanceId"]] = inst
+
+    def known(self, instance_id):
+        """The last description of ``instance_id`` we saw (any age), or None."""
+        return self.known_instances.get(instance_id)
+
+    def _age(self, max_age):
+        return max_age * random.uniform(1 - self.jitter, 1) if max_age else 0.0
+
+    async def _fetch_instances(self):
+        found = await self.owner.find_instances(
+            [{"Name": "tag:ds-compute:hub", "Values": [self.owner.hub_id]}]
+        )
+        answer = {i["InstanceId"]: i for i in found}
+        self.known_instances.update(answer)
+        return answer
+
+    async def _fetch_exits(self, prefix):
+        reports, token = {}, None
+        while True:
+            kwargs = {"Path": prefix.rstrip("/") or "/", "Recursive": False, "MaxResults": 10}
+            if token:
+                kwargs["NextToken"] = token
+            r = await self.owner.aws("ssm", "get_parameters_by_path", **kwargs)
+            for p in r.get("Parameters", []):
+                name = p.get("Name", "")
+                if name.endswith(".exit"):
+                    reports[name[len(prefix) : -len(".exit")]] = p.get("Value", "")
+            token = r.get("NextToken")
+            if not token:
+                return reports
+
+    async def all_instances(self, max_age, since=None):
+        """``{instance_id: description}`` of every instance tagged with the hub's id."""
+        return await self._describe.get(self._age(max_age), since)
+
+    async def instance(self, instance_id, max_age, since=None):
+        """The instance's description from the hub-wide answer; one ``DescribeInstances``
+        by id when the answer does not name it (just launched: filters are
+        eventually consistent) or the hub-wide call fails. None: AWS does not know it."""
+        try:
+            answer = await self.all_instances(max_age, since)
+        except Exception as e:
+            if is_throttling(e):
+                raise
+            answer = {}
+        inst = answer.get(instance_id)
+        if inst is None:
+            inst = await self.owner.describe_instance(instance_id)
+            self.remember(inst)
+        return inst
+
+    async def exit_report(self, instance_id, prefix, max_age):
+        """The raw ``<prefix><instance_id>.exit`` report the bootstrap wrote, or None."""
+        shared = self._exits.get(prefix)
+        if shared is None:
+            shared = self._exits[prefix] = _SharedAnswer(functools.partial(self._fetch_exits, prefix))
+        reports = await shared.get(self._age(max_age))
+        return reports.get(instance_id)

@@ -29,8 +29,14 @@ launches that die before ``running``. Any failure
 after the launch request tears the instance down again through the
 spawner's cleanup path (stop/detach/release), and a launch whose answer got
 lost is found by its launch-token tag and terminated: nothing leaks.
-Before launching, instances of this server that an earlier start left
-running unseen (a hub killed mid-launch) are ended (:meth:`EC2Backend._end_leftovers`).
+Once the new instance runs (before the volume is attached), instances of
+this server that an earlier start left running unseen (a hub killed
+mid-launch) are ended (:meth:`EC2Backend._end_leftovers`).
+
+Calls: every wait and ``poll()`` reads the hub-wide
+:class:`~.aws.InstancePoller` answer (one ``DescribeInstances`` per interval
+for all servers); subnet zones are cached; a final state in a
+Terminate/StopInstances answer needs no wait.
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ from .base import Backend, BackendError, HostInfo
 USERDATA_TEMPLATE = os.path.join(os.path.dirname(__file__), "ec2_userdata.sh")
 ICE_CODES = frozenset({"InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientCapacity"})
 SPEC_STANDARD_LIMIT = 4096
+
+#: (region, endpoint, subnet id) -> availability zone: a subnet never changes zone
+_subnet_zones: dict = {}
 
 
 def render_user_data(*, region, spec_prefix, spec_timeout, python, extra=""):
@@ -266,8 +275,22 @@ class EC2Backend(Backend, aws.AWS):
     ).tag(config=True)
 
     poll_interval = Float(
-        2.0,
-        help="""Seconds during which a poll answer is reused (poll is called often during start).""",
+        10.0,
+        help="""
+        Seconds during which the hub-wide poll answer is reused: every
+        server's ``poll()`` reads one shared ``DescribeInstances`` (filtered
+        by the hub's tag) and one ``GetParametersByPath`` (exit reports) per
+        interval, whatever the number of servers.
+
+        A server that exits is noticed within JupyterHub's
+        ``Spawner.poll_interval`` plus this. Starts and stops do not wait for
+        it: their waiters ask for answers fetched after their own launch or
+        terminate call (still shared by everyone waiting at that moment).
+
+        .. versionchanged:: 0.3
+           one answer for all servers (it was one DescribeInstances per
+           server); 10 s (it was 2 s).
+        """,
     ).tag(config=True)
 
     # state
@@ -281,7 +304,8 @@ class EC2Backend(Backend, aws.AWS):
     def __init__(self, spawner, **kwargs):
         super().__init__(spawner, **kwargs)
         self.host = None
-        self._polled = (0.0, None)
+        self._reused = False
+        self._launched_at = None
 
     # -- helpers -------------------------------------------------------------
 
@@ -292,14 +316,25 @@ class EC2Backend(Backend, aws.AWS):
         return (tier.extra or {}).get(key) or table.get(tier.slug) or fallback
 
     async def _describe_instance(self, instance_id=None):
-        return await self.describe_instance(instance_id or self.instance_id)
+        inst = await self.describe_instance(instance_id or self.instance_id)
+        self.poller.remember(inst)
+        return inst
+
+    @property
+    def poller(self):
+        """The hub-wide :class:`~.aws.InstancePoller` (one DescribeInstances per interval for all servers)."""
+        return aws.InstancePoller.shared(self)
 
     async def _subnets(self, zone):
         """``[(subnet_id, az)]`` allowed for a volume in ``zone`` (None: any)."""
         if not self.subnet_ids:
             self._fail("No subnets configured: set c.EC2Backend.subnet_ids.")
-        r = await self.aws("ec2", "describe_subnets", SubnetIds=list(self.subnet_ids))
-        azs = {s["SubnetId"]: s["AvailabilityZone"] for s in r.get("Subnets", [])}
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL", "")
+        azs = {s: _subnet_zones.get((self.region, endpoint, s)) for s in self.subnet_ids}
+        if not all(azs.values()):
+            r = await self.aws("ec2", "describe_subnets", SubnetIds=list(self.subnet_ids))
+            azs = {s["SubnetId"]: s["AvailabilityZone"] for s in r.get("Subnets", [])}
+            _subnet_zones.update({(self.region, endpoint, s): az for s, az in azs.items()})
         ordered = [(s, azs[s]) for s in self.subnet_ids if s in azs]
         allowed = [(s, az) for s, az in ordered if zone is None or az == zone]
         if not allowed:
@@ -329,15 +364,20 @@ class EC2Backend(Backend, aws.AWS):
         self.tier_slug = tier.slug
         zone = self.spawner.volume.zone()
         subnets = await self._subnets(zone)
-        await self._end_leftovers()
         inst = None
+        self._reused = False
         if self.reuse_stopped:
             inst = await self._restart_stopped(tier, {az for _, az in subnets})
+            self._reused = inst is not None
+        self._launched_at = time.monotonic()
         if inst is None:
             inst = await self._launch(tier, subnets)
         self.instance_id = inst["InstanceId"]
+        self.poller.track(self.instance_id)
         self.zone = inst.get("Placement", {}).get("AvailabilityZone")
         inst = await self._wait_running()
+        # the answer that showed ours running shows the others too
+        await self._end_leftovers()
         self.zone = inst["Placement"]["AvailabilityZone"]
         await self._resolve_address(inst)
         self.host = HostInfo(
@@ -474,20 +514,23 @@ class EC2Backend(Backend, aws.AWS):
         the instance it asked for: it is tagged as this server's (hub, user,
         server) but not named by the state. The hub calls ``start`` only for a
         server it believes stopped, so every pending or running instance of
-        this server but the state's own is such a leftover; one
-        ``DescribeInstances`` finds them all. One holding this server's EBS
+        this server but the one just launched is such a leftover; the
+        hub-wide ``DescribeInstances`` that showed the new instance running
+        shows them too (no call of its own). They are ended before the volume
+        is attached. One holding this server's EBS
         volume is stopped first (a clean shutdown unmounts the file system;
         detaching a mounted volume can hang ``busy``), the volume driver
         detaches the volume, then the instance is terminated; the others are
         terminated at once (EFS is network storage, the shutdown unmounts it).
         """
-        filters = self.owner_filters(self.spawner) + [
-            {"Name": "instance-state-name", "Values": ["pending", "running"]}
-        ]
+        # the hub-wide answer fetched after the launch (the running wait's own, or
+        # shared with concurrent starts)
         found = [
             i
-            for i in await self.find_instances(filters)
-            if i["InstanceId"] != self.instance_id and self.is_ours(i.get("Tags"), self.spawner)
+            for i in (await self.poller.all_instances(5.0, since=self._launched_at)).values()
+            if i["InstanceId"] != self.instance_id
+            and i.get("State", {}).get("Name") in ("pending", "running")
+            and self.is_ours(i.get("Tags"), self.spawner)
         ]
         if not found:
             return
@@ -521,7 +564,8 @@ class EC2Backend(Backend, aws.AWS):
         self.emit(f"Waiting for instance {self.instance_id} to run")
 
         async def probe():
-            inst = await self._describe_instance()
+            # the hub-wide answer (concurrent starts share it), fetched after the launch
+            inst = await self.poller.instance(self.instance_id, max_age=0.5, since=self._launched_at)
             state = (inst or {}).get("State", {}).get("Name")
             if inst is None or state in ("shutting-down", "terminated", "stopping", "stopped"):
                 reason = (inst or {}).get("StateReason", {}).get("Message", "gone")
@@ -551,8 +595,10 @@ class EC2Backend(Backend, aws.AWS):
         if source.startswith("tag:"):
             key = source[4:]
 
+            asked = time.monotonic()
+
             async def probe():
-                current = await self._describe_instance()
+                current = await self.poller.instance(self.instance_id, max_age=0.5, since=asked)
                 return aws.tag_dict((current or {}).get("Tags")).get(key)
 
             try:
@@ -614,8 +660,9 @@ class EC2Backend(Backend, aws.AWS):
         )
         if self.spec_kms_key_id:
             kwargs["KeyId"] = self.spec_kms_key_id
-        # a stale exit report from an earlier run of a reused instance
-        await self._delete_parameters(spec=False)
+        if self._reused:
+            # a stale exit report from an earlier run of the restarted instance
+            await self._delete_parameters(spec=False)
         try:
             await self.aws("ssm", "put_parameter", **kwargs)
         except Exception as e:
@@ -623,7 +670,6 @@ class EC2Backend(Backend, aws.AWS):
                 f"Could not hand the server's settings to {self.instance_id}: {aws.error_message(e)}",
                 log_message=f"put_parameter {self.spec_parameter} for {self.log_name}: {e!r}",
             )
-        self._polled = (0.0, None)
         self.emit(f"Booting the server on {self.instance_id}")
         return self.bind()
 
@@ -642,20 +688,24 @@ class EC2Backend(Backend, aws.AWS):
             return {"status": 1, "tail": r["Parameter"]["Value"]}
 
     async def poll(self):
+        """One shared ``DescribeInstances`` and one ``GetParametersByPath`` per
+        :attr:`poll_interval` answer for every server of the hub (:class:`~.aws.InstancePoller`)."""
         if not self.instance_id:
             return 0
-        checked, answer = self._polled
-        if time.monotonic() - checked < self.poll_interval:
-            return answer
-        inst = await self._describe_instance()
+        poller = self.poller
+        poller.track(self.instance_id)
+        inst = await poller.instance(self.instance_id, max_age=self.poll_interval)
         state = (inst or {}).get("State", {}).get("Name")
         if state not in ("pending", "running"):
-            answer = 0
-        else:
-            report = await self._exit_report()
-            answer = None if report is None else (int(report.get("status") or 0) or 1)
-        self._polled = (time.monotonic(), answer)
-        return answer
+            return 0
+        raw = await poller.exit_report(self.instance_id, self.spec_parameter_prefix, self.poll_interval)
+        if raw is None:
+            return None
+        try:
+            report = json.loads(raw)
+        except ValueError:
+            report = {"status": 1}
+        return int(report.get("status") or 0) or 1
 
     async def _delete_parameters(self, spec=True):
         names = [self.spec_parameter + ".exit"] + ([self.spec_parameter] if spec else [])
@@ -667,7 +717,11 @@ class EC2Backend(Backend, aws.AWS):
     async def stop(self, now=False):
         if not self.instance_id:
             return
-        inst = await self._describe_instance()
+        # our tags never change and instance ids are never reused: the last
+        # description the hub saw (a poll, the launch) tells whose it is
+        inst = self.poller.known(self.instance_id)
+        if inst is None or inst["State"]["Name"] != "running":
+            inst = await self._describe_instance()
         state = (inst or {}).get("State", {}).get("Name")
         if inst is None or state == "terminated":
             await self._delete_parameters()
@@ -679,19 +733,38 @@ class EC2Backend(Backend, aws.AWS):
             return
         if self.on_stop == "stop" and state != "stopped":
             self.emit(f"Stopping instance {self.instance_id}")
-            await self.aws("ec2", "stop_instances", InstanceIds=[self.instance_id], Force=bool(now))
-            await self._wait_state({"stopped", "terminated"})
+            asked = time.monotonic()
+            r = await self.aws("ec2", "stop_instances", InstanceIds=[self.instance_id], Force=bool(now))
+            if self._current_state(r, "StoppingInstances") not in ("stopped", "terminated"):
+                await self._wait_state({"stopped", "terminated"}, since=asked)
         elif self.on_stop == "terminate":
             self.emit(f"Terminating instance {self.instance_id}")
-            await self.aws("ec2", "terminate_instances", InstanceIds=[self.instance_id])
-            await self._wait_state({"terminated"})
+            asked = time.monotonic()
+            try:
+                r = await self.aws("ec2", "terminate_instances", InstanceIds=[self.instance_id])
+            except Exception as e:
+                if aws.error_code(e) != "InvalidInstanceID.NotFound":
+                    raise
+                r = {}
+            current = self._current_state(r, "TerminatingInstances") if r else "terminated"
+            self.poller.remember({**inst, "State": {"Name": current or "shutting-down"}})
+            if current != "terminated" and not getattr(self.spawner.volume, "waits_for_termination", False):
+                await self._wait_state({"terminated"}, since=asked)
         await self._delete_parameters()
 
-    async def _wait_state(self, states, instance_id=None):
+    @staticmethod
+    def _current_state(response, key):
+        """The state a Stop/TerminateInstances answer reports (no need to wait when it is final)."""
+        changes = response.get(key) or [{}]
+        return (changes[0].get("CurrentState") or {}).get("Name", "")
+
+    async def _wait_state(self, states, instance_id=None, since=None):
         instance_id = instance_id or self.instance_id
+        since = time.monotonic() if since is None else since
 
         async def probe():
-            inst = await self._describe_instance(instance_id)
+            # the hub-wide answer (shared by everyone stopping), fetched after we asked
+            inst = await self.poller.instance(instance_id, max_age=0.5, since=since)
             return inst is None or inst["State"]["Name"] in states
 
         try:
@@ -699,6 +772,7 @@ class EC2Backend(Backend, aws.AWS):
                 probe,
                 what=f"instance {instance_id} to be {'/'.join(sorted(states))}",
                 timeout=self.stop_timeout,
+                first=0.5,
             )
         except aws.WaitTimeout as e:
             self._fail(f"Instance {instance_id} did not stop in time.", log_message=str(e))
@@ -708,10 +782,10 @@ class EC2Backend(Backend, aws.AWS):
             return
         if self.on_stop == "stop":
             self.log.info("Keeping stopped instance %s of %s for reuse", self.instance_id, self.log_name)
+        self.poller.untrack(self.instance_id)
         self.instance_id = ""
         self.ip = ""
         self.host = None
-        self._polled = (0.0, None)
 
     async def log_tail(self, lines=30):
         if not self.instance_id:

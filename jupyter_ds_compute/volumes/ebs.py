@@ -145,6 +145,9 @@ class EBSVolume(VolumeDriver, aws.AWS):
         tags["Name"] = f"ds-compute {self._key()}"
         return tags
 
+    #: (monotonic time, description) of the last DescribeVolumes of our volume
+    _last_seen = (float("-inf"), None)
+
     async def _describe(self):
         """The volume's description, or None if it is gone."""
         try:
@@ -154,7 +157,16 @@ class EBSVolume(VolumeDriver, aws.AWS):
                 return None
             raise
         vols = r.get("Volumes") or []
-        return vols[0] if vols else None
+        vol = vols[0] if vols else None
+        self._last_seen = (time.monotonic(), vol)
+        return vol
+
+    def _recently_seen(self, max_age=5.0):
+        """The description ``detach`` just saw (a switch: detach, then ensure), else None."""
+        seen, vol = self._last_seen
+        if vol is not None and vol.get("VolumeId") == self.volume_id and time.monotonic() - seen < max_age:
+            return vol
+        return None
 
     async def _find_by_tags(self):
         r = await self.aws("ec2", "describe_volumes", Filters=self.owner_filters(self.spawner))
@@ -169,7 +181,11 @@ class EBSVolume(VolumeDriver, aws.AWS):
         return vols[0] if vols else None
 
     async def ensure(self):
-        vol = await self._describe() if self.volume_id else None
+        vol = None
+        if self.volume_id:
+            # a switch detached it a moment ago: that answer is as good as a new one
+            # (check_attachable describes it again before attaching)
+            vol = self._recently_seen() or await self._describe()
         if vol is not None and not self.is_ours(vol.get("Tags"), self.spawner):
             self.refuse_foreign(vol["VolumeId"], vol.get("Tags"), self.spawner)
         if vol is None:
@@ -358,8 +374,18 @@ class EBSVolume(VolumeDriver, aws.AWS):
         if vol is None:
             self.attached_to = self.device = ""
             return
+        if vol["State"] == "available" and not vol.get("Attachments"):
+            # already detached (an instance's termination detaches it): nothing to wait for
+            self.attached_to = self.device = ""
+            return
+        poller = aws.InstancePoller.shared(self)
         for att in vol.get("Attachments") or []:
             if att.get("State") in ("detaching", "detached"):
+                continue
+            known = poller.known(att.get("InstanceId", "")) or {}
+            if not force and known.get("State", {}).get("Name") in ("shutting-down", "terminated"):
+                # the backend is terminating that instance: its shutdown unmounts the file
+                # system and the termination detaches the volume; only wait for it
                 continue
             if self.attached_to and att.get("InstanceId") != self.attached_to:
                 # someone else's attachment: never touch it
@@ -412,6 +438,11 @@ class EBSVolume(VolumeDriver, aws.AWS):
         return r["SnapshotId"]
 
     delete_by_default = True
+
+    #: the EC2 backend need not wait for a terminated instance before ``detach``:
+    #: ``detach`` waits for the volume to be ``available``, which it becomes
+    #: once the instance is terminated (one waiter instead of two)
+    waits_for_termination = True
 
     async def delete(self):
         """Delete the volume and the snapshots this hub made of it.
