@@ -8,6 +8,7 @@ import time
 import pytest
 from hubtest import wait_for
 from kernelclient import execute
+from test_envs_hub import wheels  # noqa: F401 (the fixture: ipykernel wheels for a venv)
 
 pytestmark = pytest.mark.hub
 
@@ -175,4 +176,50 @@ def test_keep_state_must_be_a_boolean(hub):
                        json={"profile": "gpu", "keep_state": "yes"})  # fmt: skip
     assert r.status_code == 400 and r.json()["field"] == "keep_state", r.text
     assert tier_of(hub, user) == "small"
+    hub.stop_server(user)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_kernel_from_an_env_on_the_volume_keeps_its_state(hub, wheels):  # noqa: F811
+    user = hub.create_user("envkeeper")
+    token = hub.user_token(user)
+    hub.spawn(user, {"profile": "small"})
+    maker = new_session(hub, user, token, "make-env.ipynb")
+    out, err = execute(
+        hub, user, token, maker,
+        f"""
+import os, subprocess, sys
+env = os.path.expanduser("~/envs/keepy")
+subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", env], check=True)
+subprocess.run([sys.executable, "-m", "pip", "--python", env + "/bin/python", "install", "-q",
+                "--no-index", "--no-compile", "--find-links", {wheels!r}, "ipykernel"], check=True)
+print("made")
+""",
+        timeout=300,
+    )  # fmt: skip
+    assert "made" in out, (out, err)
+    hub.server_api(user, "ds-compute/api/envs", token, params={"wait": 20})
+    specs = hub.server_api(user, "api/kernelspecs", token).json()["kernelspecs"]
+    name = next(n for n in specs if "keepy" in n)
+    r = hub.server_api(
+        user, "api/sessions", token, method="POST",
+        json={"path": "in-env.ipynb", "name": "in-env.ipynb", "type": "notebook", "kernel": {"name": name}},
+    )  # fmt: skip
+    r.raise_for_status()
+    out, err = execute(hub, user, token, r.json()["kernel"]["id"], "import sys\nx = 42\nprint(sys.prefix)")
+    assert err is None and "envs/keepy" in out, (out, err)
+    before = time.time()
+    r = hub.server_api(user, "ds-compute/api/switch", token, method="POST",
+                       json={"profile": "gpu", "keep_state": True})  # fmt: skip
+    assert r.status_code == 202, r.text
+    wait_tier(hub, user, "gpu")
+    st = wait_restored(hub, user, token, before)
+    by_path = {s["path"]: s for s in st["restore"]["sessions"]}
+    assert by_path["in-env.ipynb"]["kernel_name"] == name
+    assert by_path["in-env.ipynb"]["error"] is None, by_path
+    live = sessions(hub, user, token)
+    assert live["in-env.ipynb"]["kernel"]["name"] == name
+    out, err = execute(hub, user, token, live["in-env.ipynb"]["kernel"]["id"], "print(x, sys.prefix)")
+    assert err is None and "42 " in out and "envs/keepy" in out, (out, err)
     hub.stop_server(user)
