@@ -490,11 +490,14 @@ class LocalBackend(SystemAccountMixin, Backend):
         """Wait with exponential backoff until ``pids`` (and the cgroup) are gone; the
         ones still alive then (empty: all gone)."""
         try:
+            # a look at a few /proc/<pid>/stat files costs microseconds: wait
+            # in short steps, so a stop is not padded by the backoff itself
             await exponential_backoff(
                 lambda: not self._still_alive(pids),
                 f"processes of {self.log_name} still running",
-                start_wait=0.05,
-                max_wait=1,
+                start_wait=0.01,
+                scale_factor=1.5,
+                max_wait=0.1,
                 timeout=timeout,
             )
         except asyncio.TimeoutError:
