@@ -6,6 +6,7 @@ import os
 import time
 
 import pytest
+import requests
 from hubtest import wait_for
 from kernelclient import execute
 from test_envs_hub import wheels  # noqa: F401 (the fixture: ipykernel wheels for a venv)
@@ -175,6 +176,14 @@ def test_keep_state_must_be_a_boolean(hub):
     r = hub.server_api(user, "ds-compute/api/switch", token, method="POST",
                        json={"profile": "gpu", "keep_state": "yes"})  # fmt: skip
     assert r.status_code == 400 and r.json()["field"] == "keep_state", r.text
+    # the service checks it too
+    r = requests.post(
+        f"{hub.url}/services/ds-compute/api/switches",
+        json={"user": user, "server_name": "", "profile": "gpu", "keep_state": 1},
+        headers={"Authorization": f"token {token}"},
+        timeout=10,
+    )
+    assert r.status_code == 400 and "keep_state" in r.text, r.text
     assert tier_of(hub, user) == "small"
     hub.stop_server(user)
 
