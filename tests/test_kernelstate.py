@@ -131,3 +131,61 @@ def test_own_kernel_id_from_the_connection_file(monkeypatch):
     assert magics.own_kernel_id() == "ab12-cd"
     monkeypatch.setattr(sys, "argv", ["python"])
     assert magics.own_kernel_id() is None
+
+
+class _Sessions:
+    def __init__(self, sessions):
+        self.sessions = sessions
+
+    async def list_sessions(self):
+        return self.sessions
+
+
+def _keeper(tmp_path, sessions):
+    import logging
+
+    from jupyter_ds_compute.serverext.state import StateKeeper
+
+    app = types.SimpleNamespace(session_manager=_Sessions(sessions))
+    return StateKeeper(app, str(tmp_path / "state"), logging.getLogger("test"), busy_wait=0.1, timeout=5,
+                       reserve_bytes=0, keep_files=False)  # fmt: skip
+
+
+SESSION = {
+    "path": "a.ipynb",
+    "name": "a.ipynb",
+    "type": "notebook",
+    "kernel": {"id": "k1", "name": "python3"},
+}
+
+
+def test_a_save_that_would_fill_the_volume_refuses_the_switch_and_leaves_nothing(tmp_path):
+    import asyncio
+
+    from jupyter_ds_compute.serverext.state import StateError
+
+    keeper = _keeper(tmp_path, [SESSION])
+    # the magic's kernel saved itself (as %ds_compute switch --keep-state does) and hit the reserve
+    ks.save_namespace({"a": b"x" * 100}, keeper.kernel_dir("k1"), reserve_bytes=1 << 62)
+    with pytest.raises(StateError, match="would fill your volume"):
+        asyncio.run(keeper.save_all(saved_by_kernel="k1"))
+    assert os.listdir(keeper.root) == []
+
+
+def test_a_manifest_of_the_sessions_and_the_magic_shows_it(tmp_path):
+    import asyncio
+
+    from jupyter_ds_compute import magics
+
+    keeper = _keeper(tmp_path, [SESSION])
+    ks.save_namespace({"a": [1], "conn": socket.socket()}, keeper.kernel_dir("k1"), reserve_bytes=0)
+    manifest = asyncio.run(keeper.save_all(saved_by_kernel="k1"))
+    (entry,) = manifest["sessions"]
+    assert entry["path"] == "a.ipynb" and entry["kernel_name"] == "python3" and entry["error"] is None
+    assert stat.S_IMODE(os.stat(os.path.join(keeper.root, "manifest.json")).st_mode) == 0o600
+    text = magics.format_state(dict(keeper.last(), restoring=False))
+    assert "a.ipynb: 1 variables" in text and "not saved: conn (socket)" in text
+    assert "No kernel state saved yet" in magics.format_state({"save": None, "restore": None})
+    keeper.discard()
+    assert not os.path.exists(os.path.join(keeper.root, "manifest.json"))
+    assert not os.path.exists(keeper.kernel_dir("k1"))
