@@ -399,9 +399,9 @@ def format_state(model: Mapping[str, Any]) -> str:
         for s in save.get("sessions") or []:
             summ = s.get("summary") or {}
             missing = ", ".join(f"{v['name']} ({v['type']})" for v in summ.get("not_saved") or [])
-            what = (
-                s.get("error") or f"{summ.get('count', 0)} variables ({format_bytes(summ.get('bytes') or 0)})"
-            )
+            n = summ.get("count", 0)
+            size = format_bytes(summ.get("bytes") or 0)
+            what = s.get("error") or f"{n} variable{'' if n == 1 else 's'} ({size})"
             lines.append(f"  {s.get('path')}: {what}" + (f"; not saved: {missing}" if missing else ""))
     restore = model.get("restore")
     if model.get("restoring"):

@@ -184,7 +184,7 @@ def test_a_manifest_of_the_sessions_and_the_magic_shows_it(tmp_path):
     assert entry["path"] == "a.ipynb" and entry["kernel_name"] == "python3" and entry["error"] is None
     assert stat.S_IMODE(os.stat(os.path.join(keeper.root, "manifest.json")).st_mode) == 0o600
     text = magics.format_state(dict(keeper.last(), restoring=False))
-    assert "a.ipynb: 1 variables" in text and "not saved: conn (socket)" in text
+    assert "a.ipynb: 1 variable (" in text and "not saved: conn (socket)" in text
     assert "No kernel state saved yet" in magics.format_state({"save": None, "restore": None})
     keeper.discard()
     assert not os.path.exists(os.path.join(keeper.root, "manifest.json"))
