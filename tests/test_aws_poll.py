@@ -190,3 +190,12 @@ async def test_shared_bucket_keeps_a_herd_of_launches_unthrottled(ec2, subnets, 
     assert elapsed >= (n - 2) / 4 - 0.1
     moto.rate({})
     await asyncio.gather(*(b.stop(now=True) for b in backends))
+
+
+def test_the_hub_policy_allows_the_batched_exit_read_on_the_launch_path_only():
+    from jupyter_ds_compute.aws import iam
+
+    doc = iam.hub_policy(region="us-east-1", account="1", partition="aws")
+    assert iam.allows(doc, "ssm:GetParametersByPath", "arn:aws:ssm:us-east-1:1:parameter/ds-compute/launch")
+    assert not iam.allows(doc, "ssm:GetParametersByPath", "arn:aws:ssm:us-east-1:1:parameter/ds-compute")
+    assert not iam.allows(doc, "ssm:GetParametersByPath", "arn:aws:ssm:us-east-1:1:parameter/other")
