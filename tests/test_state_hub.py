@@ -16,11 +16,11 @@ pytestmark = pytest.mark.hub
 SETUP = """
 import socket
 import json as js
-try:
-    import numpy as np
-    arr = np.arange(100000, dtype="float64") * 1.5
-except ImportError:
-    arr = [i * 1.5 for i in range(100000)]
+import numpy as np
+import pandas as pd
+arr = np.arange(100000, dtype="float64") * 1.5
+df = pd.DataFrame({"n": np.arange(1000), "f": np.linspace(0, 1, 1000),
+                   "s": [f"row{i}" for i in range(1000)], "t": pd.date_range("2026-01-01", periods=1000)})
 x = 42
 def double(v):
     return 2 * v
@@ -33,7 +33,9 @@ print("ready")
 """
 
 CHECK = """
-ok = (x == 42, list(arr[:3]) == [0.0, 1.5, 3.0], len(arr) == 100000, double(21) == 42,
+ok = (x == 42, list(arr[:3]) == [0.0, 1.5, 3.0], len(arr) == 100000, type(arr).__name__ == "ndarray",
+      df.shape == (1000, 4), df["s"].iloc[999] == "row999", str(df["t"].dtype).startswith("datetime64"),
+      float(df["f"].sum()) == 500.0, double(21) == 42,
       p.a == 7, isinstance(p, Point), js.dumps([1]) == "[1]", "conn" not in dir())
 print("checked", all(ok), ok)
 """
