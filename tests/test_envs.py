@@ -171,7 +171,11 @@ def test_kernelspec_manager(tmp_path, monkeypatch):
     assert spec.env["PATH"].startswith(str(vol / "envs" / "torch" / "bin") + os.pathsep)
     assert spec.env["VIRTUAL_ENV"] == str(vol / "envs" / "torch")
     shim = spec.env["PYTHONPATH"].split(os.pathsep)[0]
-    assert sorted(os.listdir(shim)) == ["ds_compute_formatting.py", "ds_compute_magics.py"]
+    assert sorted(os.listdir(shim)) == [
+        "ds_compute_formatting.py",
+        "ds_compute_magics.py",
+        "ds_compute_state.py",
+    ]
     # the native python kernel gets the magic too; the user's extensions config is untouched
     native = ksm.get_kernel_spec("python3")
     assert native.argv[-1] == "--IPKernelApp.extra_extensions=ds_compute_magics"
