@@ -19,8 +19,8 @@ import time
 
 import pytest
 import requests
-from conftest import server_processes
-from hubtest import wait_for
+from conftest import TEST_TIERS_CONFIG, _current_hub, hub_workdir, server_processes
+from hubtest import Hub, wait_for
 from test_switch_hub import request_switch, switch_record, tier_of, wait_switch
 
 pytestmark = [pytest.mark.hub, pytest.mark.slow]
@@ -106,8 +106,28 @@ def kill_moment(hub, token, switch_id, user, step, target):
 STEPS = ["stop", "patch-options", "start", "wait-ready"]
 
 
+@pytest.fixture(scope="module")
+def slow_spawn_hub():
+    """A hub whose start POST answers 202 at once (``slow_spawn_timeout = 0``):
+    the service then waits for the server in its own ``wait-ready`` step, which
+    lasts the whole server start instead of the few ms it takes when the POST
+    already waited (and so can be caught reliably on a loaded machine)."""
+    hub = Hub(
+        hub_workdir("killed-slow-spawn"),
+        extra_config=TEST_TIERS_CONFIG + "c.JupyterHub.slow_spawn_timeout = 0\n",
+    )
+    saved = dict(_current_hub)
+    _current_hub["api_port"] = hub.env["DS_COMPUTE_HUB_PORT"]  # server_processes() looks at this hub
+    hub.start()
+    yield hub
+    hub.stop()
+    _current_hub.clear()
+    _current_hub.update(saved)
+
+
 @pytest.mark.parametrize("step", STEPS)
-def test_hub_killed_mid_switch_leaves_one_server(hub, step):
+def test_hub_killed_mid_switch_leaves_one_server(request, step):
+    hub = request.getfixturevalue("slow_spawn_hub" if step == "wait-ready" else "hub")
     user = hub.create_user(f"killed-{step}")
     token = hub.user_token(user)
     hub.spawn(user, {"profile": "small"})

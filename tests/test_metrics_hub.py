@@ -110,6 +110,12 @@ def test_metrics_count_what_happened(hub):
             timeout=10,
             message="running gpu gauge",
         )
+        # the spawner reports its refusal to the service in the background
+        wait_for(
+            lambda: value(scrape(hub), "ds_compute_policy_refusals_total", policy="cap", tier="capped") == 2,
+            timeout=15,
+            message="the spawner's cap refusal counted",
+        )
         after = scrape(hub)
         assert (
             value(after, "ds_compute_switches_total", from_tier="small", to_tier="gpu", outcome="succeeded")
