@@ -98,10 +98,15 @@ const commandsPlugin: JupyterFrontEndPlugin<void> = {
     const { commands } = app;
     const trans = loadTranslations(translator);
     let dialogOpen = false;
-    // after a switch with "Keep my variables": what came back (not awaited)
+    // after a switch with "Keep my variables": what came back (not awaited);
+    // only under JupyterHub (a plain Lab has nothing to restore: no request)
     void app.restored
-      .then(() => import('./restored'))
-      .then(m => m.announceRestore(trans));
+      .then(() => underHubKnown(model))
+      .then(underHub =>
+        underHub
+          ? import('./restored').then(m => m.announceRestore(trans))
+          : undefined
+      );
 
     commands.addCommand(CommandIDs.switchMachine, {
       label: () =>
@@ -262,3 +267,19 @@ const plugins: JupyterFrontEndPlugin<any>[] = [
 ];
 
 export default plugins;
+
+/** Whether the server runs under JupyterHub, once its first status answer came. */
+function underHubKnown(model: IDSComputeModel): Promise<boolean> {
+  if (model.underHub !== null) {
+    return Promise.resolve(model.underHub);
+  }
+  return new Promise(resolve => {
+    const onChanged = (): void => {
+      if (model.underHub !== null) {
+        model.changed.disconnect(onChanged);
+        resolve(model.underHub);
+      }
+    };
+    model.changed.connect(onChanged);
+  });
+}
