@@ -95,13 +95,14 @@ def version_of(cfn, stack):
 
 
 def test_every_call_site_is_in_the_table_and_the_policy():
-    """Static half of the drift check: each ``self.aws("svc", "op", ...)`` in the code."""
+    """Static half of the drift check: each ``self.aws("svc", "op", ...)`` (and
+    ``self.aws_delete(...)``, which calls it) in the code."""
     doc = iam.hub_policy(hub_config="ssm:/x")
     sources = ["backends/ec2.py", "volumes/ebs.py", "volumes/efs.py"]
     found = set()
     for src in sources:
         text = (REPO / "jupyter_ds_compute" / src).read_text()
-        found |= set(re.findall(r'self\.aws\(\s*"(\w+)",\s*"(\w+)"', text))
+        found |= set(re.findall(r'self\.aws(?:_delete)?\(\s*"(\w+)",\s*"(\w+)"', text))
     assert len(found) > 20
     for service, op in sorted(found):
         action = iam.iam_action(service, iam.camel(op))

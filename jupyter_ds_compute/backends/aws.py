@@ -437,6 +437,19 @@ class AWS(LoggingConfigurable):
             read_timeout=self.call_timeout,
         )
 
+    async def aws_delete(self, service, op, *, not_found, error, what, **kwargs):
+        """A delete call for which "already gone" (the error code ``not_found``)
+        is success; any other failure is ``error`` ("Could not delete <what>").
+        """
+        try:
+            await self.aws(service, op, **kwargs)
+        except Exception as e:
+            if error_code(e) != not_found:
+                raise error(
+                    f"Could not delete {what}: {error_message(e)}",
+                    log_message=f"{op} {what} ({self.log_name}): {e!r}",
+                ) from None
+
     async def aws(self, service, op, **kwargs):
         """``await self.aws("ec2", "describe_volumes", VolumeIds=[...])``.
 

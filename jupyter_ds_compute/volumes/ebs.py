@@ -477,23 +477,15 @@ class EBSVolume(VolumeDriver, aws.AWS):
             sid = snap["SnapshotId"]
             if sid == final or not self.is_ours(snap.get("Tags"), self.spawner):
                 continue
-            try:
-                await self.aws("ec2", "delete_snapshot", SnapshotId=sid)
-            except Exception as e:
-                if aws.error_code(e) != "InvalidSnapshot.NotFound":
-                    raise VolumeError(
-                        f"Could not delete snapshot {sid} of volume {vid}: {aws.error_message(e)}",
-                        log_message=f"delete_snapshot {sid} ({self.log_name}): {e!r}",
-                    ) from None
+            await self.aws_delete(
+                "ec2", "delete_snapshot", not_found="InvalidSnapshot.NotFound", error=VolumeError,
+                what=f"snapshot {sid} of volume {vid}", SnapshotId=sid,
+            )  # fmt: skip
             deleted.append(f"snapshot {sid}")
-        try:
-            await self.aws("ec2", "delete_volume", VolumeId=vid)
-        except Exception as e:
-            if aws.error_code(e) != "InvalidVolume.NotFound":
-                raise VolumeError(
-                    f"Could not delete volume {vid}: {aws.error_message(e)}",
-                    log_message=f"delete_volume {vid} ({self.log_name}): {e!r}",
-                ) from None
+        await self.aws_delete(
+            "ec2", "delete_volume", not_found="InvalidVolume.NotFound", error=VolumeError,
+            what=f"volume {vid}", VolumeId=vid,
+        )  # fmt: skip
         deleted.append(f"volume {vid}")
         self.volume_id = ""
         self.attached_to = self.device = ""

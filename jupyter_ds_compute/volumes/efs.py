@@ -254,14 +254,10 @@ class EFSVolume(VolumeDriver, aws.AWS):
                 f"EFS access point {apid} may be mounted on instance {iid} ({state}): not deleting it. "
                 "Stop the server there first. Nothing was changed."
             )
-        try:
-            await self.aws("efs", "delete_access_point", AccessPointId=apid)
-        except Exception as e:
-            if aws.error_code(e) != "AccessPointNotFound":
-                raise VolumeError(
-                    f"Could not delete EFS access point {apid}: {aws.error_message(e)}",
-                    log_message=f"delete_access_point {apid} ({self.log_name}): {e!r}",
-                ) from None
+        await self.aws_delete(
+            "efs", "delete_access_point", not_found="AccessPointNotFound", error=VolumeError,
+            what=f"EFS access point {apid}", AccessPointId=apid,
+        )  # fmt: skip
         self.volume_id = ""
         self.attached_to = ""
         root = (ap.get("RootDirectory") or {}).get("Path", "?")
