@@ -196,6 +196,7 @@ def test_status_requires_auth(run, jp_fetch):
         ("GET", "status", None),
         ("GET", "tiers", None),
         ("POST", "switch", {"profile": "gpu"}),
+        ("GET", "switches/0123456789ab", None),
         ("GET", "envs", None),
     ],
 )
@@ -455,6 +456,101 @@ def test_switch_bad_body(run, jp_fetch, fake_service, raw, field):
     assert fake_service.calls == []
 
 
+# -- one switch's record (Lab follows the prepare phase with it) ---------------------------
+SWITCH_ID = "0123456789ab"
+RECORD = {
+    "id": SWITCH_ID,
+    "user": "alice",
+    "server_name": "",
+    "from_profile": "small",
+    "to_profile": "gpu",
+    "state": "running",
+    "phase": "preparing",
+    "estimate": {"prepare": 4.2, "cutover": 3.0, "samples": 5},
+    "steps": [
+        {"name": "validate", "status": "done", "started": None, "finished": None, "message": ""},
+        {"name": "prepare", "status": "running", "started": None, "finished": None, "message": ""},
+    ],
+    "error": None,
+    "now": "2024-05-02T10:00:00.000000Z",
+}
+
+
+def test_switch_record_forwards_to_service(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    fake_service.switch_reply = (200, RECORD)
+    code, reply = run(fetch_json(jp_fetch, "switches", SWITCH_ID))
+    assert code == 200
+    assert reply == RECORD  # the service's record, unchanged
+    (call,) = fake_service.calls
+    assert call["method"] == "GET" and call["path"] == f"/services/ds-compute/api/switches/{SWITCH_ID}"
+    assert call["auth"] == "token server-token-of-alice"
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["sw1", "0123456789AB", "0123456789abc", "0123456789a", "0123456789a-", "..%2F..%2Fapi%2Ftiers", "a/b"],
+)
+def test_switch_record_bad_id(run, jp_fetch, fake_service, bad_id):
+    run(fake_service.start())
+    code, body = run(fetch_error(jp_fetch, "switches", bad_id))
+    assert code == 400
+    assert body["field"] == "id" and "id" in body["message"]
+    assert fake_service.calls == []
+
+
+@pytest.mark.parametrize(
+    "reply,message",
+    [
+        ((404, {"message": "No such switch"}), "No such switch"),
+        ((404, b"<html>Not Found</html>"), "non-JSON"),
+        ((404, {}), f"no switch {SWITCH_ID}"),
+    ],
+)
+def test_switch_record_404_passed_through(run, jp_fetch, fake_service, reply, message):
+    run(fake_service.start())
+    fake_service.switch_reply = reply
+    code, body = run(fetch_error(jp_fetch, "switches", SWITCH_ID))
+    assert code == 404
+    assert message in body["message"]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        (500, {"message": "Internal error in the ds-compute service; see its log."}),
+        (502, b"Bad Gateway"),
+        (200, b"<html>not json</html>"),
+        (200, [1, 2]),
+        (200, {"message": "no id here"}),
+    ],
+)
+def test_switch_record_bad_service_answer_is_502(run, jp_fetch, fake_service, reply):
+    run(fake_service.start())
+    fake_service.switch_reply = reply
+    code, body = run(fetch_error(jp_fetch, "switches", SWITCH_ID))
+    assert code == 502
+    assert SWITCH_ID in body["message"]
+
+
+def test_switch_record_service_unreachable(run, jp_fetch, jp_serverapp):
+    url = closed_port_url()
+    jp_serverapp.web_app.settings["ds_compute"].context.service_url = url
+    code, body = run(fetch_error(jp_fetch, "switches", SWITCH_ID))
+    assert code == 502
+    assert "could not reach the ds-compute service" in body["message"] and url in body["message"]
+
+
+def test_switch_record_is_bounded(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    fake_service.switch_reply = (200, RECORD)
+    fake_service.delay = 5.0
+    t0 = time.monotonic()
+    code, body = run(fetch_error(jp_fetch, "switches", SWITCH_ID))
+    assert code == 502 and "could not reach" in body["message"]
+    assert time.monotonic() - t0 < 3.0  # service_timeout=1.0 in jp_server_config
+
+
 # -- not under JupyterHub --------------------------------------------------------------
 class TestStandalone:
     @pytest.fixture
@@ -469,6 +565,11 @@ class TestStandalone:
 
     def test_switch_is_409(self, run, jp_fetch):
         code, body = run(fetch_error(jp_fetch, "switch", method="POST", body=json.dumps({"profile": "gpu"})))
+        assert code == 409
+        assert "not running under JupyterHub" in body["message"]
+
+    def test_switch_record_is_409(self, run, jp_fetch):
+        code, body = run(fetch_error(jp_fetch, "switches", "0123456789ab"))
         assert code == 409
         assert "not running under JupyterHub" in body["message"]
 

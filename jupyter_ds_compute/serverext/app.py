@@ -403,13 +403,7 @@ class DSComputeExtension(ExtensionApp):
             return 502, {
                 "message": f"could not reach the ds-compute service at {ctx.service_url}: {resp.error}"
             }
-        try:
-            reply = json.loads(resp.body or b"{}")
-        except ValueError:
-            text = (resp.body or b"").decode(errors="replace")[:300]
-            reply = {"message": f"the ds-compute service answered {resp.code} with a non-JSON body: {text}"}
-        if not isinstance(reply, dict):
-            reply = {"message": f"the ds-compute service answered {resp.code}", "body": reply}
+        reply = service_reply(resp)
         if saved is not None and 200 <= resp.code < 300:
             reply["state"] = saved
         self.log.info(
@@ -419,6 +413,43 @@ class DSComputeExtension(ExtensionApp):
             resp.code,
         )
         return resp.code, reply
+
+    async def switch_record(self, switch_id: str) -> tuple[int, dict]:
+        """The service's ``GET api/switches/<id>`` (asked with this server's token).
+
+        ``(status, body)``: the record with 200; the service's own 4xx (404:
+        no such switch, 403: not this user's) with a message; 502 with a
+        message when the service cannot be reached, times out or answers
+        something that is not a JSON object (a 5xx included). Never raises.
+        ``switch_id`` must already match ``handlers.SWITCH_ID``.
+        """
+        ctx = self.context
+        if not ctx.service_url:
+            return 503, {
+                "message": "DS_COMPUTE_SERVICE_URL is not set: this server does not know the ds-compute service"
+            }
+        resp = await self._service("GET", f"api/switches/{switch_id}", None, self.service_timeout)
+        if resp.code == 599:
+            self.log.warning(
+                "ds-compute: switch %s: service %s unreachable: %s", switch_id, ctx.service_url, resp.error
+            )
+            return 502, {
+                "message": f"could not reach the ds-compute service at {ctx.service_url}: {resp.error}"
+            }
+        reply = service_reply(resp)
+        if resp.code == 404:
+            reply.setdefault("message", f"the ds-compute service has no switch {switch_id}")
+            return 404, reply
+        if 400 <= resp.code < 500:
+            reply.setdefault("message", f"the ds-compute service answered {resp.code}")
+            return resp.code, reply
+        if resp.code != 200 or not isinstance(reply.get("id"), str):
+            self.log.warning("ds-compute: switch %s: service answered %s: %s", switch_id, resp.code, reply)
+            message = reply.get("message") or f"the ds-compute service answered {resp.code}"
+            return 502, {
+                "message": f"the ds-compute service could not say how switch {switch_id} goes: {message}"
+            }
+        return 200, reply
 
     async def envs_model(self, wait: float = 0.0) -> dict:
         scanner = self.env_scanner
@@ -438,6 +469,19 @@ class DSComputeExtension(ExtensionApp):
             "kernels_managed": ksm is not None,
             "envs": [e.to_model(self.env_sizes.get(e.path)) for e in envs],
         }
+
+
+def service_reply(resp: HTTPResponse) -> dict:
+    """The service's JSON object answer; a non-JSON or non-object body becomes
+    ``{"message": ...}`` (and ``"body"`` for JSON that is not an object)."""
+    try:
+        reply = json.loads(resp.body or b"{}")
+    except ValueError:
+        text = (resp.body or b"").decode(errors="replace")[:300]
+        return {"message": f"the ds-compute service answered {resp.code} with a non-JSON body: {text}"}
+    if not isinstance(reply, dict):
+        return {"message": f"the ds-compute service answered {resp.code}", "body": reply}
+    return reply
 
 
 def _finite(value):

@@ -7,9 +7,13 @@ server's owner (``JUPYTERHUB_USER``) may call; others get 403.
 from __future__ import annotations
 
 import json
+import re
 
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
+
+#: the id of a switch, as the service's ``Store.create_switch`` makes it (``uuid4().hex[:12]``)
+SWITCH_ID = re.compile(r"[0-9a-f]{12}")
 
 
 class DSComputeHandler(APIHandler):
@@ -85,6 +89,28 @@ class SwitchHandler(DSComputeHandler):
         self.finish(json.dumps(reply))
 
 
+class SwitchRecordHandler(DSComputeHandler):
+    """``GET switches/<id>``: the service's record of a switch of this server's user.
+
+    Lab follows the prepare phase with it while this server still runs.
+    """
+
+    @web.authenticated
+    async def get(self, switch_id):
+        self.check_owner()
+        if not self.ds.context.under_hub:
+            return self.reply_error(409, "not running under JupyterHub: there are no switches", field=None)
+        if not SWITCH_ID.fullmatch(switch_id):
+            return self.reply_error(
+                400,
+                "id must be the id of a switch: 12 lowercase hex digits, as POST switch answered",
+                field="id",
+            )
+        status, reply = await self.ds.switch_record(switch_id)
+        self.set_status(status)
+        self.finish(json.dumps(reply))
+
+
 class EnvsHandler(DSComputeHandler):
     @web.authenticated
     async def get(self):
@@ -112,6 +138,7 @@ def default_handlers(prefix: str) -> list[tuple[str, type]]:
         (rf"{prefix}/api/status", StatusHandler),
         (rf"{prefix}/api/tiers", TiersHandler),
         (rf"{prefix}/api/switch", SwitchHandler),
+        (rf"{prefix}/api/switches/(.*)", SwitchRecordHandler),
         (rf"{prefix}/api/envs", EnvsHandler),
         (rf"{prefix}/api/state", StateHandler),
     ]
