@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import hub_workdir  # noqa: E402
-from hubtest import Hub, wait_for  # noqa: E402,F401 (re-exported)
+from hubtest import Fatal, Hub, wait_for  # noqa: E402,F401 (re-exported)
 
 RESULTS = REPO / "benchmarks" / "results"
 
