@@ -51,6 +51,24 @@ def test_step_labels_keep_the_step_name():
     assert labels["prepare"] == "Prepare the new machine" and labels["rollback"]
 
 
+@pytest.mark.parametrize(
+    "phase,text",
+    [
+        ("preparing", "Preparing the gpu machine \u2014 your server keeps running, keep working"),
+        ("cutting-over", "Cutting over \u2014 your server is briefly unavailable"),
+        ("starting", "Starting on gpu"),
+        ("rolling-back", "Going back to small"),
+        ("done", ""),
+        (None, ""),  # an older service
+    ],
+)
+def test_phase_rendered_with_the_page(phase, text):
+    rec = record(phase=phase) if phase else record()
+    p = re.search(r'<p id="ds-phase" class="([^"]*)"[^>]*>([^<]*)</p>', page(rec))
+    assert p.group(2) == text
+    assert ("d-none" in p.group(1)) == (not text)
+
+
 def test_unknown_step_shows_its_name():
     rec = record(steps=[{"name": "defrost", "status": "pending", "duration": None, "message": ""}])
     assert '<td class="ds-step-label">defrost<' in page(rec)
@@ -59,7 +77,8 @@ def test_unknown_step_shows_its_name():
 def run_js(calls):
     """``[[fn, rec, now_ms], ...]`` through the page's phaseText/estimateText."""
     html = page()
-    js = "".join(
+    js = re.search(r"\n  var PHASES = .*?;\n", html).group(0)
+    js += "".join(
         re.search(r"\n  function %s\(.*?\n  \}\n" % name, html, re.S).group(0)
         for name in ("duration", "phaseText", "estimateText")
     )
