@@ -1,5 +1,10 @@
 import { JupyterFrontEnd } from '@jupyterlab/application';
-import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import {
+  Dialog,
+  Notification,
+  showDialog,
+  showErrorMessage
+} from '@jupyterlab/apputils';
 import { TranslationBundle } from '@jupyterlab/translation';
 import { Widget } from '@lumino/widgets';
 
@@ -11,9 +16,16 @@ import {
   tierName,
   tierSummary
 } from './format';
+import {
+  FOLLOW_INTERVAL,
+  FOLLOW_MAX_ERRORS,
+  followAction,
+  preparingFailedMessage,
+  preparingMessage
+} from './follow';
 import { IDSComputeModel, notUnderHub } from './model';
-import { requestAPI } from './request';
-import { ISwitchReply, ITier, ITiersReply } from './types';
+import { DSComputeError, requestAPI } from './request';
+import { ISwitchRecord, ISwitchReply, ITier, ITiersReply } from './types';
 
 /** `data-testid` of each dialog button, by the button's class name. */
 const BUTTON_TEST_IDS: { [className: string]: string } = {
@@ -473,7 +485,95 @@ export async function switchMachine(options: ISwitchOptions): Promise<void> {
     void model.refresh();
     return;
   }
+  // Make before break: while the new machine is prepared this server keeps
+  // serving, so Lab stays until the cut-over begins.
+  if (!(await followPreparation(reply, tier, trans))) {
+    model.switching = false;
+    void model.refresh();
+    return;
+  }
   // connectionlost.ts keeps JupyterLab's "leave site?" prompt and its
   // connection-lost dialog away from here on (model.switching is true).
   window.location.href = reply.progress_url;
+}
+
+/**
+ * Poll `GET switches/<id>` every FOLLOW_INTERVAL ms while the record's
+ * `phase` is `preparing`, with a notification saying how long it usually
+ * takes (updated in place). Resolves true to go to the progress page: the
+ * cut-over began, the server or the service went away, or the record has no
+ * `phase` (an older service); false when the switch failed before the
+ * cut-over (the notification then carries the record's error).
+ */
+async function followPreparation(
+  reply: ISwitchReply,
+  tier: ITier,
+  trans: TranslationBundle
+): Promise<boolean> {
+  if (typeof reply.id !== 'string' || !reply.id) {
+    return true;
+  }
+  const label = tierName(tier);
+  let notification: string | null = null;
+  let shown = true; // false once the user closed it: no new one then
+  let errors = 0;
+  for (;;) {
+    let record: ISwitchRecord;
+    try {
+      record = await requestAPI<ISwitchRecord>(
+        `switches/${encodeURIComponent(reply.id)}`
+      );
+      errors = 0;
+    } catch (error) {
+      // a 5xx: the service did not answer this time, ask again a few times;
+      // anything else (this server stopped, an older server extension): go
+      if (
+        error instanceof DSComputeError &&
+        error.status >= 500 &&
+        ++errors < FOLLOW_MAX_ERRORS
+      ) {
+        await sleep(FOLLOW_INTERVAL);
+        continue;
+      }
+      return true;
+    }
+    const action = followAction(record);
+    if (action.kind === 'go') {
+      return true;
+    }
+    if (action.kind === 'failed') {
+      const message = preparingFailedMessage(label, action.error, trans);
+      const options = { autoClose: false as const };
+      if (
+        notification === null ||
+        !Notification.update({
+          id: notification,
+          message,
+          type: 'error',
+          ...options
+        })
+      ) {
+        Notification.error(message, options);
+      }
+      return false;
+    }
+    const message = preparingMessage(label, record, trans);
+    if (notification === null) {
+      notification = Notification.emit(message, 'in-progress', {
+        autoClose: false
+      });
+    } else if (shown) {
+      shown = Notification.update({
+        id: notification,
+        message,
+        type: 'in-progress',
+        autoClose: false
+      });
+    }
+    await sleep(FOLLOW_INTERVAL);
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise(resolve => window.setTimeout(resolve, ms));
 }

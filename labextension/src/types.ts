@@ -131,6 +131,43 @@ export interface ISwitchReply {
   progress_url: string;
 }
 
+/** One step of a switch (`validate`, `prepare`, `stop`, ...). */
+export interface ISwitchStep {
+  name: string;
+  /** `pending`, `running`, `done`, `failed`, `skipped`. */
+  status: string;
+  /** ISO times, null until then. */
+  started?: string | null;
+  finished?: string | null;
+  message?: string | null;
+}
+
+/**
+ * `GET switches/<id>`: the service's switch record. `phase` and `estimate`
+ * are missing from an older service.
+ */
+export interface ISwitchRecord {
+  id: string;
+  user?: string;
+  server_name?: string;
+  from_profile?: string | null;
+  to_profile?: string;
+  /** `pending`, `running`, `succeeded`, `rolled_back`, `failed`. */
+  state: string;
+  /** `preparing`, `cutting-over`, `starting`, `rolling-back`, `done`. */
+  phase?: string;
+  steps?: ISwitchStep[];
+  error?: string | null;
+  /** Medians (seconds) of recent succeeded switches of the same tiers. */
+  estimate?: {
+    prepare: number | null;
+    cutover: number | null;
+    samples: number;
+  } | null;
+  /** The service's clock when it answered (ISO). */
+  now?: string;
+}
+
 /** One kernel's restore (`GET state` → `restore.sessions[]`). */
 export interface IRestoredSession {
   path: string;
