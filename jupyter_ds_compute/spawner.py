@@ -10,7 +10,9 @@ The spawner orchestrates; the pure parts live beside it:
 Start: validate options → volume.ensure → backend.prepare → volume.attach →
 backend.start → wait until the server answers HTTP (or fail with the tail
 of its log if it exits first).  Stop: backend.stop → volume.detach →
-backend.release.
+backend.release.  For a switch, the target machine may be prepared ahead
+while the old server serves (:mod:`jupyter_ds_compute.ahead`,
+:meth:`DSComputeSpawner.want_prepared`); the start then takes it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Callable, Dict, Float, List, Type, Unicode, Union, default, validate
 
 from . import catalogue, form, plugins, policy, spawnpolicy, tiers
-from .backends.base import Backend, BackendError
+from .ahead import AheadWatch
+from .backends.base import Backend, BackendError, PrepareUnsupported
 from .backends.local import default_singleuser_cmd
 from .errors import DSComputeError
 from .hubconfig import SERVICE_NAME, internal_service_url, public_hub_url
@@ -345,6 +348,8 @@ class DSComputeSpawner(Spawner):
         self._events = []
         self._start_future = None
         self._applied_options = None
+        self._watch = None
+        self._watch_service()
 
     # -- tiers -------------------------------------------------------------
 
@@ -497,6 +502,12 @@ class DSComputeSpawner(Spawner):
         self._backend = cls(self)
         return self._backend
 
+    def _tier_backend_spec(self, tier):
+        """``(spec, setting)``: the backend a tier runs on, and the setting that names it."""
+        if tier.backend:
+            return tier.backend, f"tier {tier.slug!r} backend"
+        return self.backend, "c.DSComputeSpawner.backend"
+
     def _volume_class(self, name=None):
         """The configured driver class (the tier's ``volume``, else
         :attr:`volume_driver`); with ``name`` (the ``driver`` a volume's state
@@ -538,10 +549,17 @@ class DSComputeSpawner(Spawner):
             # started without the hub's apply hook (e.g. another hook replaced it)
             await self._apply_tier_options(self.user_options)
         tier = self.tier
-        setting = f"tier {tier.slug!r} backend" if tier.backend else "c.DSComputeSpawner.backend"
-        backend = self._make_backend(tier.backend or self.backend, setting)
+        spec, setting = self._tier_backend_spec(tier)
+        prepared = self._take_prepared(tier, spec)
+        key = None
+        if prepared is not None:
+            backend, key = prepared["backend"], prepared["key"]
+            self._backend, self._backend_name = backend, plugins.plugin_spec(spec)
+            self._emit(5, f"Using the {tier.display_name} machine prepared for this switch")
+        else:
+            backend = self._make_backend(spec, setting)
         try:
-            return await self._start_on(tier, backend)
+            return await self._start_on(tier, backend, key)
         except DSComputeError as e:
             tail = await backend.log_tail()
             self.log.error("Start of %s failed: %s\n%s", self._log_name, e.log_message, tail)
@@ -558,20 +576,23 @@ class DSComputeSpawner(Spawner):
         finally:
             self._applied_options = None
 
-    async def _start_on(self, tier, backend):
+    async def _start_on(self, tier, backend, key=None):
         volume = self.volume
+        key = key or self._new_key()
         self._emit(10, f"Preparing volume for {self.user.name}")
         volume.owner = await backend.owner()
         volume_id = await volume.ensure()
         self._emit(25, f"Getting a {tier.display_name} machine")
         host = await self._drain(backend, backend.prepare(tier))
+        # the server's own processes (a prepared launcher) do not hold the volume against it
+        host.extra.setdefault("server_key", key)
         self.ip, self.port = backend.bind()
         self._emit(40, f"Attaching volume {volume_id} on {host.id}")
         path = await volume.attach(host)
         self.volume_info = await self._describe_volume(volume)
         self.notebook_dir = path
         env = self.get_env()
-        env.update(self._ds_env(tier, volume, path))
+        env.update(self._ds_env(tier, volume, path, key))
         cmd = volume.wrap_command(list(self.cmd) + self.get_args())
         self._emit(55, f"Starting the server on {tier.display_name}")
         keep_root = bool(volume.needs_root_exec)
@@ -621,8 +642,11 @@ class DSComputeSpawner(Spawner):
                 pass
             await asyncio.sleep(self.ready_poll_interval)
 
-    def _ds_env(self, tier, volume, path):
-        key = f"{self.user.name}/{self.name}/{secrets.token_hex(8)}"
+    def _new_key(self):
+        """A fresh ``DS_COMPUTE_SERVER_KEY``: ``<user>/<server>/<token>``, the marker of every process of one start."""
+        return f"{self.user.name}/{self.name}/{secrets.token_hex(8)}"
+
+    def _ds_env(self, tier, volume, path, key):
         gpus = self.gpu_devices[: tier.gpu] if tier.gpu else []
         env = {
             "DS_COMPUTE_SERVER_KEY": key,
@@ -663,6 +687,193 @@ class DSComputeSpawner(Spawner):
         except Exception:
             self.log.exception("Cleanup after failed start of %s", self._log_name)
 
+    # -- make before break: a machine prepared while the old server serves ------
+
+    def _watch_service(self):
+        """Make sure this hub watches the service for machines to prepare (:mod:`.ahead`)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self.service_api_url and self.service_api_token:
+            self._watch = AheadWatch.for_spawner(self)
+
+    @property
+    def _ahead(self):
+        """The machine prepared for a switch of this server, or None.
+
+        Kept by the hub-wide :class:`AheadWatch`, not on this object: JupyterHub
+        drops a server's spawner object when it stops and makes a new one for
+        the next start, and that one takes the machine.
+        """
+        if self._watch is None:
+            return None
+        return self._watch.prepared.get((self.user.name, self.name or ""))
+
+    @_ahead.setter
+    def _ahead(self, value):
+        if self._watch is None:
+            return
+        key = (self.user.name, self.name or "")
+        if value is None:
+            self._watch.prepared.pop(key, None)
+        else:
+            self._watch.prepared[key] = value
+
+    def want_prepared(self, intent, watch):
+        """The service wants a machine for switch ``intent["switch"]`` (called by :class:`AheadWatch`)."""
+        sid = intent["switch"]
+        if self._ahead is not None:
+            if self._ahead["switch"] == sid:
+                return
+            self._release_prepared(f"switch {sid} wants this server's machine instead")
+        ahead = {"switch": sid, "state": "preparing", "backend": None, "timer": None}
+        self._ahead = ahead
+        ahead["task"] = asyncio.ensure_future(self._prepare_ahead(intent, watch, ahead))
+
+    def release_prepared_unless(self, wanted_ids):
+        """Release the prepared machine unless its switch is in ``wanted_ids``."""
+        if self._ahead is not None and self._ahead["switch"] not in wanted_ids:
+            self._release_prepared("its switch no longer needs it")
+
+    def _release_prepared(self, why, ahead=None):
+        ahead = ahead or self._ahead
+        if ahead is None:
+            return
+        if self._ahead is ahead:
+            self._ahead = None
+        task = ahead.get("task")
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        if ahead.get("timer") is not None:
+            ahead["timer"].cancel()
+        backend = ahead.get("backend")
+        ahead["backend"] = None
+        if backend is not None:
+            self.log.info(
+                "Releasing the machine prepared for %s (switch %s): %s", self._log_name, ahead["switch"], why
+            )
+            asyncio.ensure_future(self._end_backend(backend))
+
+    async def _end_backend(self, backend):
+        try:
+            await backend.stop(now=True)
+            await backend.release()
+        except Exception:
+            self.log.exception("Releasing a prepared machine of %s failed", self._log_name)
+
+    def _take_prepared(self, tier, spec):
+        """The prepared machine if it is ready for ``tier`` on backend ``spec`` (it is then this start's)."""
+        ahead = self._ahead
+        if ahead is None:
+            return None
+        if (
+            ahead["state"] == "ready"
+            and ahead.get("tier") == tier.slug
+            and ahead.get("spec") == plugins.plugin_spec(spec)
+            and ahead.get("options") == self.user_options
+        ):
+            self._ahead = None
+            if ahead["timer"] is not None:
+                ahead["timer"].cancel()
+            # prepared by the spawner object of the old server; this one starts it
+            ahead["backend"].spawner = self
+            ahead["backend"].parent = self
+            return ahead
+        self._release_prepared(f"this start is not the one it was prepared for (tier {tier.slug})")
+        return None
+
+    async def _prepare_ahead(self, intent, watch, ahead):
+        """Prepare, report, and arm the release timer (a task per switch)."""
+        sid = intent["switch"]
+        timeout = float(intent.get("timeout") or 600)
+        status, message, host_id = "failed", "", ""
+        try:
+            host = await asyncio.wait_for(self._prepare_machine(intent, ahead, watch), timeout)
+        except asyncio.CancelledError:
+            if ahead.get("backend") is not None:
+                await self._end_backend(ahead.pop("backend"))
+            raise
+        except PrepareUnsupported as e:
+            status, message = "unsupported", e.message
+        except asyncio.TimeoutError:
+            message = f"not ready within {timeout:.0f}s"
+        except DSComputeError as e:
+            message = e.message
+            self.log.warning(
+                "Preparing a machine for %s (switch %s) failed: %s", self._log_name, sid, e.log_message
+            )
+        except SpawnException as e:
+            message = str(e)
+        except Exception:
+            self.log.exception("Preparing a machine for %s (switch %s) failed", self._log_name, sid)
+            message = "internal error in the hub's spawner (see the hub log)"
+        else:
+            status, host_id = "ready", host.id
+            ahead["state"] = "ready"
+            ahead["timer"] = asyncio.get_running_loop().call_later(
+                timeout, lambda: self._release_prepared(f"not used within {timeout:.0f}s", ahead)
+            )
+        if status != "ready":
+            self._release_prepared(f"preparing ended: {status}", ahead)
+        if not await watch.report(sid, status, message, host_id) and status == "ready":
+            self._release_prepared("the service no longer wants it", ahead)
+
+    async def _prepare_machine(self, intent, ahead, watch):
+        profiles = await self.load_profiles()
+        try:
+            options = tiers.validate_user_options(
+                profiles,
+                intent.get("options") or {},
+                user_groups=self._user_groups(),
+                is_admin=bool(getattr(self.user, "admin", False)),
+            )
+        except tiers.TierOptionsError as e:
+            raise BackendError(e.message) from None
+        tier = tiers.get_tier(profiles, options["profile"])
+        spec, setting = self._tier_backend_spec(tier)
+        cls = _plugin(plugins.BACKENDS, spec, setting)
+        if not cls.prepares_ahead:
+            raise PrepareUnsupported(f"the {cls.name} backend cannot prepare a machine ahead")
+        volume = self._volume
+        path = self.notebook_dir
+        if volume is None or not volume.volume_id or not path:
+            raise PrepareUnsupported("the server's volume is not known to this hub yet")
+        if tier.volume and _plugin(plugins.VOLUMES, tier.volume, f"tier {tier.slug!r} volume") is not type(
+            volume
+        ):
+            raise PrepareUnsupported(f"tier {tier.slug} uses another volume driver")
+        if volume.needs_root_exec:
+            raise PrepareUnsupported(f"the {volume.name} volume mounts as root at the start")
+        backend = cls(self)
+        ahead["backend"] = backend
+        key = self._new_key()
+        env = {
+            k: v for k, v in self.get_env().items() if k.startswith(_AHEAD_ENV_PREFIXES) or k in _AHEAD_ENV
+        }
+        previous_profiles, self._profiles = self._profiles, profiles
+        try:
+            env.update(self._ds_env(tier, volume, path, key))
+        finally:
+            self._profiles = previous_profiles
+        cmd = volume.wrap_command(list(self.cmd))
+        self.log.info(
+            "Preparing a %s machine for %s (switch %s)", tier.slug, self._log_name, intent["switch"]
+        )
+
+        async def relay():
+            while True:
+                message = await backend.events.get()
+                await watch.report(intent["switch"], "preparing", message)
+
+        relaying = asyncio.ensure_future(relay())
+        try:
+            host = await backend.prepare_ahead(tier, cmd, env, path, key)
+        finally:
+            relaying.cancel()
+        ahead.update(tier=tier.slug, spec=plugins.plugin_spec(spec), key=key, options=options)
+        return host
+
     # -- progress / poll / stop ------------------------------------------------
 
     async def progress(self):
@@ -679,6 +890,7 @@ class DSComputeSpawner(Spawner):
             await asyncio.sleep(0.1)
 
     async def poll(self):
+        self._watch_service()
         if self._backend is None:
             return 0
         status = await self._backend.poll()
@@ -813,6 +1025,10 @@ class DSComputeSpawner(Spawner):
         self._backend = None
         self.started_at = 0.0
 
+
+#: what of the hub's environment a prepared machine gets ahead (the rest comes with the start)
+_AHEAD_ENV_PREFIXES = ("PYTHON", "LD_", "JUPYTERHUB_SINGLEUSER_", "LC_", "CONDA")
+_AHEAD_ENV = ("PATH", "LANG", "TZ", "VIRTUAL_ENV")
 
 _TEMPLATE = None
 

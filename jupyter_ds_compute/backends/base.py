@@ -10,7 +10,9 @@ jupyterhub-traefik-proxy's KV providers): nothing is probed with
 :meth:`~Backend.bind`, :meth:`~Backend.start`, :meth:`~Backend.poll`,
 :meth:`~Backend.stop`.  With a default that fits most backends:
 :meth:`~Backend.owner`, :meth:`~Backend.release`, :meth:`~Backend.log_tail`,
-:meth:`~Backend.get_state`, :meth:`~Backend.load_state`.
+:meth:`~Backend.get_state`, :meth:`~Backend.load_state`, and for a backend
+that can ready a machine while the old server still serves (make before
+break, :attr:`~Backend.prepares_ahead`), :meth:`~Backend.prepare_ahead`.
 
 Order of calls for one start: ``owner`` → (volume ``ensure``) → ``prepare``
 → ``bind`` → (volume ``attach``) → ``start`` → ``poll`` until the server
@@ -56,6 +58,11 @@ class HostInfo:
 
 class BackendError(DSComputeError):
     """A backend failure with a message meant for the user."""
+
+
+class PrepareUnsupported(BackendError):
+    """This backend (or this configuration of it) cannot prepare a machine ahead:
+    the switch runs in the old order (stop, then start)."""
 
 
 #: the methods every backend must define (the others have defaults)
@@ -147,6 +154,33 @@ class Backend(LoggingConfigurable):
         raise NotImplementedError
 
     # -- with defaults -----------------------------------------------------------
+
+    #: True if :meth:`prepare_ahead` is implemented
+    prepares_ahead = False
+
+    async def prepare_ahead(self, tier, cmd, env, volume_path, key) -> HostInfo:
+        """Ready a machine for ``tier`` while the user's old server still serves.
+
+        Called on a *fresh* backend object (the old server's backend is
+        untouched) when a switch is requested, only if :attr:`prepares_ahead`.
+        ``cmd`` is the server command as the start will run it, ``env`` the
+        environment known ahead (no token: that comes with the start),
+        ``volume_path`` where the volume is now, ``key`` the
+        ``DS_COMPUTE_SERVER_KEY`` the start will give the server. Report
+        progress with :meth:`emit` (a Slurm reason, an instance booting).
+        Returns where the server will run (:class:`HostInfo`).
+
+        Afterwards the spawner either starts the server on this object
+        (``prepare`` → ``bind`` → ``start``, which must use what was prepared,
+        with the same ``key``), or releases it (``stop(now=True)`` →
+        ``release``) when the switch fails or the machine is not used within
+        its timeout; what was prepared should also end by itself when the
+        hub is gone. Raise :class:`PrepareUnsupported` when this
+        configuration cannot prepare ahead (the switch then stops first), or
+        :class:`BackendError` when preparing failed (the switch fails, the
+        old server untouched). Default: unsupported.
+        """
+        raise PrepareUnsupported(f"the {self.name} backend cannot prepare a machine ahead")
 
     async def owner(self) -> tuple[int, int] | None:
         """``(uid, gid)`` the server runs as, or ``None`` if the backend does not say.

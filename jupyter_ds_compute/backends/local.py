@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import signal
@@ -35,12 +36,12 @@ import time
 from collections import deque
 
 from jupyterhub.utils import exponential_backoff, random_port, url_path_join
-from traitlets import Bool, CaselessStrEnum, Integer, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default
 
 from .. import names
 from ..accounts import AccountRefused, SystemAccounts
 from . import cgroups
-from .base import Backend, BackendError, HostInfo
+from .base import Backend, BackendError, HostInfo, PrepareUnsupported
 
 _cgroup_warned = False
 
@@ -201,6 +202,31 @@ class LocalBackend(SystemAccountMixin, Backend):
 
     ip = Unicode("127.0.0.1", help="Address the server listens on.").tag(config=True)
 
+    launcher_preload = List(
+        Unicode(),
+        ["jupyterhub.singleuser", "jupyterlab", "jupyter_server_terminals", "jupyter_lsp", "notebook_shim"],
+        help="""
+        Modules a prepared launcher imports while the old server still serves
+        (make before break), so that the server on the new tier starts
+        without importing them. A module that fails to import is logged and
+        skipped; the server then imports (and reports) it itself.
+
+        Example::
+
+            c.LocalBackend.launcher_preload = ["jupyterhub.singleuser", "jupyterlab", "my_server_ext"]
+        """,
+    ).tag(config=True)
+
+    launcher_timeout = Float(
+        900,
+        help="""
+        Seconds a prepared launcher waits for its start before it exits by
+        itself (a backstop: the spawner releases an unused one after the
+        switch's ``prepare_timeout``, and a launcher ends at once when the hub
+        is gone).
+        """,
+    ).tag(config=True)
+
     # state
     pid = 0
     port = 0
@@ -212,6 +238,8 @@ class LocalBackend(SystemAccountMixin, Backend):
         super().__init__(spawner, **kwargs)
         self.proc = None
         self._hierarchy = None
+        #: the prepared launcher's stdin (make before break), until the start is handed over
+        self._handoff = None
 
     # -- who runs it -------------------------------------------------------
 
@@ -349,46 +377,29 @@ class LocalBackend(SystemAccountMixin, Backend):
         name = names.safe_name(self.spawner.user.name, self.spawner.name or "")
         return os.path.join(self.log_dir, f"{name}.log")
 
-    async def start(self, tier, cmd, env, volume_path, keep_root=False):
-        """Start the server; with ``keep_root`` the command itself drops to
-        the user (the image volume's mount wrapper does)."""
-        self.key = env["DS_COMPUTE_SERVER_KEY"]
-        hierarchy = self._hierarchy_or_warn()
-        procs_files = []
-        if hierarchy:
-            self.cgroup = cgroups.group_name(self.spawner.user.name, self.spawner.name or "", self.key)
-            limits = cgroups.Limits(cpu=tier.cpu or None, mem=tier.mem or None, pids=self.pids_limit or None)
-            paths = hierarchy.create(self.cgroup, limits)
-            procs_files = cgroups.join_procs_files(paths)
-            # None: the tier sets no limit
-            cpu = "no CPU limit" if tier.cpu is None else f"{tier.cpu:g} CPU"
-            mem = "no memory limit" if tier.mem is None else f"{tier.mem / 2**30:.1f} GiB memory"
-            self.emit(f"Limits for tier {tier.display_name}: {cpu}, {mem} (cgroup v{hierarchy.version})")
-        uid, gid, groups = None, None, None
-        if self.as_system_user:
-            acct = await self.system_account()
-            uid, gid, groups = acct.uid, acct.gid, list(acct.groups)
-            if uid == 0 or gid == 0 or 0 in groups:  # the policy refuses these; never, whatever it says
-                raise AccountRefused(f"Refusing to run {self.log_name} as root (uid {uid}, groups {groups})")
-            blocked = unreachable_dir(volume_path, uid, groups)
-            if blocked:
-                raise BackendError(
-                    f"The volume {volume_path} is not reachable by system account "
-                    f"{acct.name}: {blocked} does not let them through. "
-                    "Put c.LocalVolume.root under a directory every user can traverse (mode o+x).",
-                )
-        os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
-        log_path = self._log_path()
-        logf = open(log_path, "ab", buffering=0)
+    async def _account_for(self, volume_path):
+        """``(uid, gid, groups)`` to drop to, or ``(None, None, None)`` to run as the hub's user."""
+        if not self.as_system_user:
+            return None, None, None
+        acct = await self.system_account()
+        uid, gid, groups = acct.uid, acct.gid, list(acct.groups)
+        if uid == 0 or gid == 0 or 0 in groups:  # the policy refuses these; never, whatever it says
+            raise AccountRefused(f"Refusing to run {self.log_name} as root (uid {uid}, groups {groups})")
+        blocked = unreachable_dir(volume_path, uid, groups)
+        if blocked:
+            raise BackendError(
+                f"The volume {volume_path} is not reachable by system account "
+                f"{acct.name}: {blocked} does not let them through. "
+                "Put c.LocalVolume.root under a directory every user can traverse (mode o+x).",
+            )
+        return uid, gid, groups
 
-        drop = uid is not None and not keep_root
-        if uid is None and os.geteuid() == 0:
-            # run_as = "hub" with a root hub: jupyter-server refuses root without this
-            cmd = [*cmd, "--ServerApp.allow_root=True"]
+    @staticmethod
+    def _preexec(procs_files, uid, gid, groups, drop, cwd):
+        """What the child runs between fork and exec: join the cgroup (as
+        root), then drop privileges, then go to ``cwd``."""
 
         def preexec():
-            # runs in the child between fork and exec: join the cgroup first
-            # (as root), then drop privileges
             for f in procs_files:
                 with open(f, "w") as fh:
                     fh.write(str(os.getpid()))
@@ -398,7 +409,145 @@ class LocalBackend(SystemAccountMixin, Backend):
                 os.setgid(gid)
                 os.setgroups(groups)
                 os.setuid(uid)
-            os.chdir(volume_path)
+            os.chdir(cwd)
+
+        return preexec
+
+    # -- make before break: a launcher that becomes the server -----------------
+
+    prepares_ahead = True
+
+    async def prepare_ahead(self, tier, cmd, env, volume_path, key):
+        """Start a launcher (:mod:`.launcher`) as the user in the tier's cgroup,
+        with the server's modules imported; :meth:`start` hands it the start."""
+        script = _python_script(cmd[0] if cmd else "", env.get("PATH") or os.environ.get("PATH", ""))
+        if script is None:
+            raise PrepareUnsupported(f"the server command {cmd[:1]} is not a Python script")
+        python, path = script
+        self.key = key
+        self.port = random_port()
+        procs_files = self._make_cgroup(tier)
+        uid, gid, groups = await self._account_for(volume_path)
+        os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+        read_fd, write_fd = os.pipe()
+        argv = [
+            python,
+            "-m",
+            "jupyter_ds_compute.backends.launcher",
+            "--script",
+            path,
+            "--status-fd",
+            str(write_fd),
+            "--timeout",
+            f"{self.launcher_timeout:g}",
+            "--preload",
+            ",".join(self.launcher_preload),
+        ]
+        env = dict(env, DS_COMPUTE_SERVER_KEY=key)
+        t0 = time.monotonic()
+        try:
+            with open(self._log_path(), "ab", buffering=0) as logf:
+                self.proc = subprocess.Popen(
+                    argv,
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(write_fd,),
+                    preexec_fn=self._preexec(procs_files, uid, gid, groups, uid is not None, volume_path),
+                    start_new_session=True,
+                    close_fds=True,
+                )
+        except (OSError, subprocess.SubprocessError) as e:
+            os.close(read_fd)
+            raise BackendError(f"Could not start the launcher for {tier.display_name}: {e}") from None
+        finally:
+            os.close(write_fd)
+        self.pid = self.proc.pid
+        self.uid = uid if uid is not None else os.getuid()
+        self._handoff = self.proc.stdin
+        self.emit(f"Loading the server on {tier.display_name} ahead (launcher pid {self.pid})")
+        line = await _read_line(read_fd)
+        try:
+            status = json.loads(line) if line else {}
+        except ValueError:
+            status = {}
+        if not status.get("ready"):
+            code = self.proc.poll()
+            tail = await self.log_tail(10)
+            raise BackendError(
+                f"The launcher for {tier.display_name} ended before it was ready "
+                f"(exit status {code}). Last lines of its log:\n{tail}",
+                log_message=f"launcher pid {self.pid} of {self.log_name} ended while preparing ({code})",
+            )
+        for failure in status.get("failed", []):
+            self.log.warning("Launcher of %s could not preload %s", self.log_name, failure)
+        self.emit(f"{tier.display_name} ready: server modules loaded in {time.monotonic() - t0:.1f}s")
+        return HostInfo(kind="local", id=socket.gethostname())
+
+    async def _hand_over(self, cmd, env, volume_path, keep_root):
+        """Give the prepared launcher its start; False if it is gone (start as usual then)."""
+        handoff, self._handoff = self._handoff, None
+        if keep_root or self.proc is None or self.proc.poll() is not None:
+            self.log.warning(
+                "Prepared launcher of %s is gone (status %s): starting %s the usual way",
+                self.log_name,
+                None if self.proc is None else self.proc.poll(),
+                self.key,
+            )
+            handoff.close()
+            await self.stop(now=True)
+            return False
+        if os.geteuid() == 0 and self.uid == os.getuid():
+            cmd = [*cmd, "--ServerApp.allow_root=True"]
+        payload = json.dumps({"argv": list(cmd), "env": env, "cwd": volume_path}).encode()
+
+        def write():
+            try:
+                handoff.write(payload)
+                handoff.close()
+                return True
+            except OSError:  # it died just now
+                return False
+
+        if not await asyncio.to_thread(write):
+            await self.stop(now=True)
+            return False
+        self.log.info("Handed the start of %s to its prepared launcher (pid %s)", self.log_name, self.pid)
+        return True
+
+    def _make_cgroup(self, tier):
+        """The server's cgroup with the tier's limits; its ``cgroup.procs`` files (none without cgroups)."""
+        hierarchy = self._hierarchy_or_warn()
+        if not hierarchy:
+            return []
+        self.cgroup = cgroups.group_name(self.spawner.user.name, self.spawner.name or "", self.key)
+        limits = cgroups.Limits(cpu=tier.cpu or None, mem=tier.mem or None, pids=self.pids_limit or None)
+        paths = hierarchy.create(self.cgroup, limits)
+        # None: the tier sets no limit
+        cpu = "no CPU limit" if tier.cpu is None else f"{tier.cpu:g} CPU"
+        mem = "no memory limit" if tier.mem is None else f"{tier.mem / 2**30:.1f} GiB memory"
+        self.emit(f"Limits for tier {tier.display_name}: {cpu}, {mem} (cgroup v{hierarchy.version})")
+        return cgroups.join_procs_files(paths)
+
+    async def start(self, tier, cmd, env, volume_path, keep_root=False):
+        """Start the server; with ``keep_root`` the command itself drops to
+        the user (the image volume's mount wrapper does). On a prepared
+        backend (:meth:`prepare_ahead`) the launcher becomes the server."""
+        self.key = env["DS_COMPUTE_SERVER_KEY"]
+        if self._handoff is not None:
+            if await self._hand_over(cmd, env, volume_path, keep_root):
+                return self.ip, self.port
+        procs_files = self._make_cgroup(tier)
+        uid, gid, groups = await self._account_for(volume_path)
+        os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+        log_path = self._log_path()
+        logf = open(log_path, "ab", buffering=0)
+
+        drop = uid is not None and not keep_root
+        if uid is None and os.geteuid() == 0:
+            # run_as = "hub" with a root hub: jupyter-server refuses root without this
+            cmd = [*cmd, "--ServerApp.allow_root=True"]
 
         self.log.info("Spawning %s for %s", " ".join(shlex.quote(c) for c in cmd), self.log_name)
         try:
@@ -408,7 +557,7 @@ class LocalBackend(SystemAccountMixin, Backend):
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
-                preexec_fn=preexec,
+                preexec_fn=self._preexec(procs_files, uid, gid, groups, drop, volume_path),
                 start_new_session=True,
                 close_fds=True,
             )
@@ -531,6 +680,9 @@ class LocalBackend(SystemAccountMixin, Backend):
         self.pid = 0
         self.proc = None
         self.cgroup = ""
+        if self._handoff is not None:
+            self._handoff.close()
+            self._handoff = None
 
     async def log_tail(self, lines=30):
         try:
@@ -565,6 +717,39 @@ def _alive(pid):
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return False
+
+
+def _python_script(program, path):
+    """``(python, script)`` when ``program`` (found on ``path``) is a Python script, else None."""
+    import shutil
+
+    script = shutil.which(program, path=path) if program else None
+    if not script:
+        return None
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    python = first[2:].strip().decode(errors="replace").split()[0] if first[2:].strip() else ""
+    if "python" not in os.path.basename(python) or not os.access(python, os.X_OK):
+        return None
+    return python, os.path.abspath(script)
+
+
+async def _read_line(fd):
+    """One line from pipe ``fd`` (closed afterwards), without blocking the loop; "" at EOF."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    try:
+        return (await reader.readline()).decode(errors="replace").strip()
+    finally:
+        transport.close()
 
 
 def default_singleuser_cmd():

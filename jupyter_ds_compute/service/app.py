@@ -249,6 +249,26 @@ class DSComputeService(Application, PolicySettings):
 
     request_timeout = Float(30, help="Seconds to wait for one answer of the hub API.").tag(config=True)
 
+    make_before_break = Bool(
+        True,
+        help=dedent("""
+            Prepare the target machine of a switch while the old server keeps
+            serving, and stop the old one only once it is ready (the ``prepare``
+            step; docs/internals.md, "Make before break"). A backend that cannot
+            prepare ahead, or a hub whose spawner does not watch the service,
+            switches in the old order (stop, then start). False: always that order.
+            """).strip(),
+    ).tag(config=True)
+
+    prepare_timeout = Float(
+        600,
+        help=dedent("""
+            Seconds a switch waits for its target machine to be prepared (a
+            Slurm job to run, an instance to boot). When they run out the switch
+            fails, the old server untouched, and the prepared machine is released.
+            """).strip(),
+    ).tag(config=True)
+
     poll_interval = Float(0.2, help="Seconds between two polls of a server's state while waiting.").tag(
         config=True
     )
@@ -400,6 +420,8 @@ class DSComputeService(Application, PolicySettings):
             self.store,
             stop_timeout=self.stop_timeout,
             start_timeout=self.start_timeout,
+            prepare_timeout=self.prepare_timeout,
+            make_before_break=self.make_before_break,
             log=self.log,
         )
         self.tier_source = TierSource(self.hub_api, self.profiles, log=self.log)
@@ -626,6 +648,7 @@ def create_application(service: DSComputeService) -> web.Application:
         cookie_secret=service.cookie_secret,
         jinja_env=jinja_env,
         live_policy=service.live,
+        prepare_board=service.orchestrator.board,
         metrics_registry=service.metrics_registry,
         metrics_require_auth=service.metrics_require_auth,
         volume_root=service.volume_root,

@@ -9,6 +9,11 @@ start (``c.DSComputeSpawner.service_api_token`` = the service's
 
 - ``GET api/hub/budget?user=<name>&group=<g>...`` -> ``{"budget": <budget_status>}``
 - ``POST api/hub/events {"user","server_name","to_profile","policy","reason"}`` -> 204
+- ``GET api/hub/prepare?version=<n>&wait=<seconds>`` -> ``{"version", "wanted": [<intent>]}``:
+  the machines switches want prepared (:mod:`.prepare`), answered once the
+  set differs from ``version`` or after ``wait`` (at most 60) seconds
+- ``POST api/hub/prepared {"switch","status","message","host"}`` -> 204, or 404 when
+  no switch wants that machine (the spawner then releases it)
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 from tornado import web
 
 from .hubapi import HubAPIError
+from .prepare import PREPARE_STATUSES
 
 __all__ = ["hub_handlers"]
 
@@ -89,8 +95,53 @@ class EventsHandler(HubSideHandler):
         self.finish()
 
 
+def _bounded_int(text, lo, hi):
+    """``text`` as an int in ``[lo, hi]`` (plain decimal digits), else None."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
+        return None
+    value = int(text)
+    return value if lo <= value <= hi else None
+
+
+class PrepareWatchHandler(HubSideHandler):
+    async def get(self):
+        version = _bounded_int(self.get_argument("version", "0"), 0, 2**53)
+        if version is None:
+            return self.fail(400, "'version' must be a whole number.", "version")
+        wait = _bounded_int(self.get_argument("wait", "0"), 0, 60)
+        if wait is None:
+            return self.fail(400, "'wait' must be a whole number of seconds from 0 to 60.", "wait")
+        snapshot = await self.settings["prepare_board"].watch(version, wait)
+        if not self.request.connection.stream.closed():
+            self.finish(json.dumps(snapshot))
+
+
+class PreparedHandler(HubSideHandler):
+    def post(self):
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            return self.fail(400, "The request body is not valid JSON.")
+        if not isinstance(body, dict):
+            return self.fail(400, "The request body must be a JSON object.")
+        for key in ("switch", "message", "host"):
+            if not isinstance(body.get(key, ""), str):
+                return self.fail(400, f"'{key}' must be a string.", key)
+        if body.get("status") not in PREPARE_STATUSES:
+            return self.fail(400, f"'status' must be one of {', '.join(PREPARE_STATUSES)}.", "status")
+        ok = self.settings["prepare_board"].report(
+            body.get("switch", ""), body["status"], body.get("message", "")[:1000], body.get("host", "")[:200]
+        )
+        if not ok:
+            return self.fail(404, "No switch wants that machine prepared (any more): release it.", "switch")
+        self.set_status(204)
+        self.finish()
+
+
 def hub_handlers(prefix: str) -> list[tuple]:
     return [
         (prefix + "api/hub/budget", BudgetHandler),
         (prefix + "api/hub/events", EventsHandler),
+        (prefix + "api/hub/prepare", PrepareWatchHandler),
+        (prefix + "api/hub/prepared", PreparedHandler),
     ]

@@ -3,6 +3,11 @@ roll back to the previous tier on failure; reconcile after a restart.
 
 Order and races follow ``notes/hub-service.md`` (JupyterHub 6.1):
 
+0. ``prepare`` (make before break): the target machine is readied while
+   the old server keeps serving (:mod:`.prepare`: the hub's spawner watches
+   the wanted set and reports). A failure or ``prepare_timeout`` ends the
+   switch ``failed`` with the old server never touched; a backend that
+   cannot prepare ahead (or a hub that does not watch) skips the step.
 1. ``stop``: ``DELETE`` the server, poll until ``stopped and not pending``.
 2. ``patch-options``: ``PATCH`` the stopped server's ``user_options``, so a
    "Launch Server" click by the user in the gap also starts the new tier.
@@ -43,6 +48,7 @@ from .. import policy, tiers
 from . import authz
 from .accounting import running_counts
 from .hubapi import HubAPIError, HubUnavailable, server_label
+from .prepare import Board
 from .store import STEP_NAMES, Store, SwitchInFlight
 from .urls import safe_next_url
 
@@ -137,10 +143,16 @@ class Orchestrator:
         hub_wait_timeout: float | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 10,
+        prepare_timeout: float = 600,
+        make_before_break: bool = True,
         log: logging.Logger | None = None,
     ):
         self.hub = hub
         self.store = store
+        #: what switches want prepared; the hub's spawner watches it (``api/hub/prepare``)
+        self.board = Board()
+        self.prepare_timeout = prepare_timeout
+        self.make_before_break = make_before_break
         self.stop_timeout = stop_timeout
         self.start_timeout = start_timeout
         self.hub_wait_timeout = stop_timeout + start_timeout if hub_wait_timeout is None else hub_wait_timeout
@@ -479,8 +491,19 @@ class Orchestrator:
                     sw["to_profile"],
                     sw["id"],
                 )
-                await self._forward(sw, "stop")
+                await self._forward(sw, "prepare")
         except StepFailed as e:
+            if e.step == "prepare":
+                # nothing was touched: no rollback, the old server still serves
+                self.log.warning("Switch %s of %s failed while preparing: %s", sw["id"], label, e.reason)
+                self._close_steps(sw, "skipped", "not done: preparing the new machine failed")
+                self._finish(
+                    sw,
+                    "failed",
+                    f"Preparing the {sw['to_profile']} machine failed: {e.reason}. "
+                    f"Your server was not touched and still runs on {sw['from_profile']}.",
+                )
+                return
             reason = f"step {e.step} failed: {e.reason}"
             self.log.warning("Switch %s of %s failed, rolling back: %s", sw["id"], label, reason)
             await self._rollback(sw, reason)
@@ -569,6 +592,7 @@ class Orchestrator:
         user, name = sw["user"], sw["server_name"]
         target = sw["to_options"]
         steps = {
+            "prepare": lambda: self._do_prepare(sw),
             "stop": lambda: self._do_stop(user, name),
             "patch-options": lambda: self._do_patch(user, name, target),
             "start": lambda: self._do_start(user, name, target),
@@ -577,7 +601,11 @@ class Orchestrator:
         }
         names = list(STEP_NAMES[1:])
         for step_name in names[names.index(start_at) :]:
+            if self.store.get_step(sw["id"], step_name) is None:
+                continue  # a record from before that step existed
             await self._step(sw, step_name, steps[step_name])
+            if step_name == "start":
+                self.board.drop(sw["id"])  # the spawner has taken the prepared machine (or never will)
 
     async def _step(self, sw: dict, step_name: str, action) -> str:
         """Run one step, recording status, timing, message and audit."""
@@ -615,6 +643,49 @@ class Orchestrator:
         raise StepFailed(step_name, reason)
 
     # step actions (return the step's final message)
+
+    async def _do_prepare(self, sw: dict) -> str:
+        """Have the hub's spawner ready the target machine while the old server serves."""
+        sid = sw["id"]
+        if not self.make_before_break:
+            return "skipped (c.DSComputeService.make_before_break = False): stop, then start"
+        if not self.board.watched():
+            return "skipped: the hub's spawner does not watch the service (stop, then start)"
+        self.board.want(
+            sid,
+            {
+                "user": sw["user"],
+                "server_name": sw["server_name"],
+                "from_profile": sw["from_profile"],
+                "options": sw["to_options"],
+                "timeout": self.prepare_timeout,
+            },
+        )
+        t0 = time.monotonic()
+
+        def on_message(report):
+            if report.message:
+                self.store.set_step(sid, "prepare", message=report.message)
+
+        try:
+            report = await self.board.wait_report(sid, self.prepare_timeout, on_message)
+        except asyncio.TimeoutError:
+            self.board.drop(sid)
+            raise StepFailed(
+                "prepare",
+                f"the {sw['to_profile']} machine was not ready within {self.prepare_timeout:.0f}s "
+                "(c.DSComputeService.prepare_timeout); it is released",
+            ) from None
+        if report.status == "unsupported":
+            self.board.drop(sid)
+            return f"not prepared ahead ({report.message}): stop, then start"
+        if report.status != "ready":
+            self.board.drop(sid)
+            raise StepFailed("prepare", report.message or f"the spawner reported {report.status}")
+        where = f" on {report.host}" if report.host else ""
+        return f"ready{where} in {time.monotonic() - t0:.1f}s" + (
+            f" ({report.message})" if report.message else ""
+        )
 
     async def _do_stop(self, user: str, name: str) -> str:
         t0 = time.monotonic()

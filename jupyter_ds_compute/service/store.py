@@ -17,9 +17,13 @@ Tables
     the switch may wait: the outcome is unknown, and the next service start
     looks again); NULL otherwise.
 ``steps``
-    the steps of a switch in order (``validate``, ``stop``,
+    the steps of a switch in order (``validate``, ``prepare``, ``stop``,
     ``patch-options``, ``start``, ``wait-ready``, ``verify``, ``rollback``),
-    each ``pending``/``running``/``done``/``failed``/``skipped``.
+    each ``pending``/``running``/``done``/``failed``/``skipped``. A record
+    also says its ``phase`` (``STEP_PHASES``: preparing, cutting-over,
+    starting, rolling-back; ``done`` once final); :meth:`Store.get_switch`
+    adds an ``estimate`` of the phases from recent switches of the same
+    tiers.
 ``audit``
     append-only: every request (accepted or refused, with the reason),
     every step outcome and every final outcome, with who, when,
@@ -39,6 +43,7 @@ __all__ = [
     "ACTIVE_STATES",
     "FINAL_STATES",
     "STEP_NAMES",
+    "STEP_PHASES",
     "Store",
     "SwitchInFlight",
     "isoformat",
@@ -47,7 +52,22 @@ __all__ = [
 
 ACTIVE_STATES = ("pending", "running")
 FINAL_STATES = ("succeeded", "rolled_back", "failed")
-STEP_NAMES = ("validate", "stop", "patch-options", "start", "wait-ready", "verify")
+STEP_NAMES = ("validate", "prepare", "stop", "patch-options", "start", "wait-ready", "verify")
+
+#: which phase of a switch each step belongs to (``phase`` of the record)
+STEP_PHASES = {
+    "validate": "preparing",
+    "prepare": "preparing",
+    "stop": "cutting-over",
+    "patch-options": "cutting-over",
+    "start": "cutting-over",
+    "wait-ready": "starting",
+    "verify": "starting",
+    "rollback": "rolling-back",
+}
+
+#: how many recent switches of a tier pair an estimate is the median of
+ESTIMATE_SAMPLES = 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS switches (
@@ -70,6 +90,7 @@ CREATE TABLE IF NOT EXISTS switches (
 CREATE UNIQUE INDEX IF NOT EXISTS one_active_switch_per_server
     ON switches (user, server_name) WHERE state IN ('pending', 'running');
 CREATE INDEX IF NOT EXISTS switches_by_user ON switches (user, created);
+CREATE INDEX IF NOT EXISTS switches_by_pair ON switches (to_profile, state, finished);
 CREATE TABLE IF NOT EXISTS steps (
     switch_id TEXT NOT NULL REFERENCES switches (id),
     idx INTEGER NOT NULL,
@@ -232,11 +253,45 @@ class Store:
         return self.get_switch(switch_id)
 
     def get_switch(self, switch_id: str) -> dict | None:
-        """The switch record as the REST API returns it, or None."""
+        """The switch record as the REST API returns it (with its ``estimate``), or None."""
         row = self.db.execute("SELECT * FROM switches WHERE id = ?", (switch_id,)).fetchone()
         if row is None:
             return None
-        return self._switch_model(row)
+        model = self._switch_model(row)
+        model["estimate"] = self.estimate(row["from_profile"], row["to_profile"])
+        return model
+
+    def estimate(self, from_profile: str | None, to_profile: str) -> dict:
+        """How long the phases of a switch ``from_profile -> to_profile`` usually take.
+
+        ``{"prepare", "cutover", "samples"}``: medians in seconds over the last
+        :data:`ESTIMATE_SAMPLES` succeeded switches of that pair (``prepare``:
+        the prepare step; ``cutover``: from the start of ``stop`` to the end
+        of ``verify``, what the user does not get to use a server), ``None``
+        without any.
+        """
+        rows = self.db.execute(
+            "SELECT s.id, st.name, st.started, st.finished FROM"
+            " (SELECT id FROM switches WHERE from_profile IS ? AND to_profile = ? AND state = 'succeeded'"
+            "  ORDER BY finished DESC LIMIT ?) s"
+            " JOIN steps st ON st.switch_id = s.id"
+            " WHERE st.name IN ('prepare', 'stop', 'verify') AND st.status = 'done'",
+            (from_profile, to_profile, ESTIMATE_SAMPLES),
+        ).fetchall()
+        per_switch: dict[str, dict] = {}
+        for r in rows:
+            per_switch.setdefault(r["id"], {})[r["name"]] = (r["started"], r["finished"])
+        prepare, cutover = [], []
+        for steps in per_switch.values():
+            if "prepare" in steps and None not in steps["prepare"]:
+                prepare.append(steps["prepare"][1] - steps["prepare"][0])
+            if "stop" in steps and "verify" in steps and steps["stop"][0] and steps["verify"][1]:
+                cutover.append(steps["verify"][1] - steps["stop"][0])
+        return {
+            "prepare": _median(prepare),
+            "cutover": _median(cutover),
+            "samples": len(per_switch),
+        }
 
     def active_switch(self, user: str, server_name: str) -> dict | None:
         row = self.db.execute(
@@ -450,7 +505,32 @@ class Store:
             "finished": isoformat(finished),
             "duration": None if finished is None else round(finished - row["created"], 3),
             "next": row["next"],
+            "phase": _phase(row["state"], steps),
         }
+
+
+def _phase(state: str, steps) -> str:
+    """The phase of a switch (``STEP_PHASES``) from its state and step rows."""
+    if state in FINAL_STATES:
+        return "done"
+    for s in steps:
+        if s["status"] == "running":
+            return STEP_PHASES.get(s["name"], "preparing")
+    if any(s["name"] == "rollback" for s in steps):
+        return "rolling-back"
+    for s in steps:
+        if s["status"] == "pending":
+            return STEP_PHASES.get(s["name"], "preparing")
+    return "starting"
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    mid = len(values) // 2
+    value = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return round(value, 3)
 
 
 class _Transaction:

@@ -296,11 +296,16 @@ class LocalVolume(VolumeDriver):
             return f"host {fields.get('node_name', '?').strip()} (MMP sequence {seq})"
         return None
 
-    def _live_holders(self):
-        """``{pid: environ}`` of the processes on this machine using this volume (blocking)."""
+    def _live_holders(self, own_key=None):
+        """``{pid: environ}`` of the processes on this machine using this volume (blocking),
+        except those of the start being made (marker ``own_key``: a prepared launcher)."""
         vid, path = self.volume_id, self.path
         return find_processes(
-            lambda env: env.get("DS_COMPUTE_VOLUME_ID") == vid and env.get("DS_COMPUTE_VOLUME_PATH") == path
+            lambda env: (
+                env.get("DS_COMPUTE_VOLUME_ID") == vid
+                and env.get("DS_COMPUTE_VOLUME_PATH") == path
+                and (own_key is None or env.get("DS_COMPUTE_SERVER_KEY") != own_key)
+            )
         )
 
     async def attach(self, host):
@@ -312,13 +317,14 @@ class LocalVolume(VolumeDriver):
         if not os.path.isdir(self.path):
             raise VolumeError(f"Volume {self.volume_id} does not exist at {self.path}")
         me = self.spawner._log_name
-        live = await asyncio.to_thread(self._live_holders)
+        own_key = host.extra.get("server_key")
+        live = await asyncio.to_thread(self._live_holders, own_key)
         deadline, delay = time.monotonic() + self.stopping_wait, 0.1
         while live and time.monotonic() < deadline:
             # a server that is stopping may still be exiting: give it time
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
-            live = await asyncio.to_thread(self._live_holders)
+            live = await asyncio.to_thread(self._live_holders, own_key)
         if live:
             pid = min(live)
             key = live[pid].get("DS_COMPUTE_SERVER_KEY") or "no server key"
