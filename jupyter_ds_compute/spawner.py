@@ -848,15 +848,19 @@ class DSComputeSpawner(Spawner):
         backend = cls(self)
         ahead["backend"] = backend
         key = self._new_key()
-        env = {
-            k: v for k, v in self.get_env().items() if k.startswith(_AHEAD_ENV_PREFIXES) or k in _AHEAD_ENV
-        }
+        # the target tier's own command and environment where its overrides set them
+        # (the start's values win at the hand-over; see backends/launcher.py)
+        overrides = tiers.resolve_overrides(profiles, options)
+        base_env = self.get_env()
+        base_env.update({k: v for k, v in (overrides.get("environment") or {}).items() if isinstance(v, str)})
+        env = {k: v for k, v in base_env.items() if k.startswith(_AHEAD_ENV_PREFIXES) or k in _AHEAD_ENV}
         previous_profiles, self._profiles = self._profiles, profiles
         try:
             env.update(self._ds_env(tier, volume, path, key))
         finally:
             self._profiles = previous_profiles
-        cmd = volume.wrap_command(list(self.cmd))
+        target_cmd = overrides.get("cmd")
+        cmd = volume.wrap_command(list(target_cmd if isinstance(target_cmd, list) else self.cmd))
         self.log.info(
             "Preparing a %s machine for %s (switch %s)", tier.slug, self._log_name, intent["switch"]
         )
@@ -1028,7 +1032,17 @@ class DSComputeSpawner(Spawner):
 
 #: what of the hub's environment a prepared machine gets ahead (the rest comes with the start)
 _AHEAD_ENV_PREFIXES = ("PYTHON", "LD_", "JUPYTERHUB_SINGLEUSER_", "LC_", "CONDA")
-_AHEAD_ENV = ("PATH", "LANG", "TZ", "VIRTUAL_ENV")
+#: (``JUPYTERHUB_API_URL``: leftover checks and tools that read ``/proc/<pid>/environ``, which
+#: keeps a launcher's first environment, tell the hub's servers by it)
+_AHEAD_ENV = (
+    "PATH",
+    "LANG",
+    "TZ",
+    "VIRTUAL_ENV",
+    "JUPYTERHUB_API_URL",
+    "JUPYTERHUB_USER",
+    "JUPYTERHUB_SERVER_NAME",
+)
 
 _TEMPLATE = None
 
