@@ -185,3 +185,32 @@ def test_prepare_timeout_releases_the_launcher(slow_hub):
     # released: the launcher is ended, nothing else changed
     wait_for(lambda: launchers(user) == [], timeout=15, message="the unused launcher ended")
     assert main_server_pid(user) == old_pid and tier_of(hub, user) == "small"
+
+
+def test_held_cut_over_waits_for_the_go(hub):
+    """Lab's order: prepared, then the cut-over waits until the requester saved and said go."""
+    user = hub.create_user("mbbhold")
+    other = hub.create_user("mbbother")
+    token, other_token = hub.user_token(user), hub.user_token(other)
+    hub.spawn(user, {"profile": "small"})
+    api = "api/switches"
+    r = hub.service("POST", api, token, json={"profile": "gpu", "hold_cutover": "yes"})
+    assert r.status_code == 400 and r.json()["field"] == "hold_cutover", r.text
+    r = hub.service("POST", api, token, json={"profile": "gpu", "hold_cutover": True})
+    assert r.status_code == 202, r.text
+    switch_id = r.json()["id"]
+    record = wait_for(
+        lambda: (lambda rec: rec if rec["phase"] == "ready" else None)(switch_record(hub, token, switch_id)),
+        timeout=30,
+        message="prepared and held",
+    )
+    assert record["cutover"] == {"held": True, "waiting": True, "timeout": 15.0}
+    assert tier_of(hub, user) == "small"  # still serving
+    assert hub.service("POST", f"{api}/{switch_id}/go", other_token).status_code == 403
+    assert hub.service("POST", f"{api}/{switch_id}/go", token).status_code == 204
+    record = wait_switch(hub, token, switch_id)
+    assert record["state"] == "succeeded", record
+    assert "saved in" in steps_of(record)["prepare"]["message"]
+    assert hub.service("POST", f"{api}/{switch_id}/go", token).status_code == 409
+    assert tier_of(hub, user) == "gpu"
+    hub.stop_server(user)

@@ -276,3 +276,36 @@ async def test_prepared_report_reaches_the_waiting_switch():
         assert code == 204
         report = await asyncio.wait_for(waiting, 1)
     assert report.status == "ready" and report.host == "n1"
+
+
+async def test_held_cut_over_waits_for_go(hub, store):
+    o = orch(hub, store, hold_timeout=5)
+    side = FakeSpawnerSide(o.board)
+    await watched(o.board)
+    sw = new_switch(store)
+    o.holds[sw["id"]] = asyncio.Event()
+    task = asyncio.ensure_future(o.run(sw["id"]))
+    await asyncio.sleep(0.3)
+    assert o.cutover(sw["id"]) == {"held": True, "waiting": True, "timeout": 5}
+    assert hub.calls == []  # prepared, not stopped: waiting for the requester to save
+    assert "waiting for JupyterLab" in store.get_step(sw["id"], "prepare")["message"]
+    assert o.release_hold(sw["id"]) is True
+    rec = await task
+    side.stop()
+    assert rec["state"] == "succeeded"
+    assert "saved in" in {s["name"]: s for s in rec["steps"]}["prepare"]["message"]
+    assert o.release_hold(sw["id"]) is False  # over: nothing waits
+    assert o.cutover(sw["id"]) is None
+
+
+async def test_held_cut_over_goes_on_after_its_timeout(hub, store):
+    o = orch(hub, store, hold_timeout=0.3)
+    side = FakeSpawnerSide(o.board)
+    await watched(o.board)
+    sw = new_switch(store)
+    o.holds[sw["id"]] = asyncio.Event()
+    rec = await o.run(sw["id"])
+    side.stop()
+    assert rec["state"] == "succeeded"
+    assert "no word from JupyterLab within 0s" in {s["name"]: s for s in rec["steps"]}["prepare"]["message"]
+    assert [c[0] for c in hub.calls] == ["DELETE", "PATCH", "POST"]

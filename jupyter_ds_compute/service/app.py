@@ -260,6 +260,16 @@ class DSComputeService(Application, PolicySettings):
             """).strip(),
     ).tag(config=True)
 
+    cutover_hold_timeout = Float(
+        15,
+        help=dedent("""
+            Seconds the cut-over of a switch waits, once its machine is prepared, for
+            the requester that asked for it (JupyterLab sends ``"hold_cutover": true``,
+            saves the user's open documents, then ``POST api/switches/<id>/go``).
+            Then it cuts over anyway.
+            """).strip(),
+    ).tag(config=True)
+
     prepare_timeout = Float(
         600,
         help=dedent("""
@@ -422,6 +432,7 @@ class DSComputeService(Application, PolicySettings):
             start_timeout=self.start_timeout,
             prepare_timeout=self.prepare_timeout,
             make_before_break=self.make_before_break,
+            hold_timeout=self.cutover_hold_timeout,
             log=self.log,
         )
         self.tier_source = TierSource(self.hub_api, self.profiles, log=self.log)

@@ -370,7 +370,25 @@ class SwitchHandler(APIHandler):
         self.require_user()
         record = self.get_switch_or_404(switch_id)
         record["now"] = isoformat(utcnow())
+        record["cutover"] = self.orchestrator.cutover(switch_id)
+        if record["cutover"] and record["cutover"]["waiting"]:
+            record["phase"] = "ready"  # prepared; the cut-over waits for the requester's "go"
         self.write_json(record)
+
+
+class SwitchGoHandler(APIHandler):
+    """``POST api/switches/<id>/go``: the requester (Lab) has saved; cut over now."""
+
+    def post(self, switch_id):
+        caller = self.require_user()
+        record = self.get_switch_or_404(switch_id)
+        refusal = authz.act_refusal(caller, record["user"], record["server_name"])
+        if refusal:
+            raise self.refused(APIError(403, refusal))
+        if not self.orchestrator.release_hold(switch_id):
+            raise APIError(409, "That switch does not wait for a go (it was not held, or it is over).")
+        self.set_status(204)
+        self.finish()
 
 
 class TiersHandler(APIHandler):
@@ -591,6 +609,7 @@ def default_handlers(prefix: str) -> list[tuple]:
         (prefix + "api/health", HealthHandler),
         (prefix + "api/switches", SwitchListHandler),
         (prefix + r"api/switches/([A-Za-z0-9_-]+)", SwitchHandler),
+        (prefix + r"api/switches/([A-Za-z0-9_-]+)/go", SwitchGoHandler),
         (prefix + "api/tiers", TiersHandler),
         (prefix + "api/policy", PolicyHandler),
         (prefix + "metrics", MetricsHandler),

@@ -145,6 +145,7 @@ class Orchestrator:
         backoff_max: float = 10,
         prepare_timeout: float = 600,
         make_before_break: bool = True,
+        hold_timeout: float = 15,
         log: logging.Logger | None = None,
     ):
         self.hub = hub
@@ -153,6 +154,11 @@ class Orchestrator:
         self.board = Board()
         self.prepare_timeout = prepare_timeout
         self.make_before_break = make_before_break
+        #: switches whose requester (Lab) saves the user's work before the cut-over:
+        #: set by :meth:`release_hold` (``POST api/switches/<id>/go``), waited for at most ``hold_timeout``
+        self.holds: dict[str, asyncio.Event] = {}
+        self.hold_timeout = hold_timeout
+        self._holding: set[str] = set()
         self.stop_timeout = stop_timeout
         self.start_timeout = start_timeout
         self.hub_wait_timeout = stop_timeout + start_timeout if hub_wait_timeout is None else hub_wait_timeout
@@ -260,6 +266,10 @@ class Orchestrator:
         keep_state = body.pop("keep_state", False)
         if not isinstance(keep_state, bool):
             raise refuse(400, "'keep_state' must be true or false.", field="keep_state")
+        # a client (Lab) that saves the user's work before the cut-over, then says go
+        hold_cutover = body.pop("hold_cutover", False)
+        if not isinstance(hold_cutover, bool):
+            raise refuse(400, "'hold_cutover' must be true or false.", field="hold_cutover")
         # by the token's scopes (never the admin flag); servers!group= needs the owner's groups first
         refusal = authz.act_refusal(caller, owner, server_name) if caller is not None else None
         if refusal and not (owner != caller["name"] and authz.group_filtered(caller)):
@@ -364,6 +374,8 @@ class Orchestrator:
                 validate_message=reason or f"{tier.display_name} allowed for {owner}",
             )
             record["keep_state"] = keep_state
+            if hold_cutover and caller is not None:
+                self.holds[record["id"]] = asyncio.Event()
         except SwitchInFlight as e:
             raise refuse(
                 409,
@@ -463,6 +475,9 @@ class Orchestrator:
                 sw = self.store.get_switch(switch_id)
                 continue
             break
+        self.board.drop(switch_id)  # whatever was prepared and not used is released
+        self.holds.pop(switch_id, None)
+        self._holding.discard(switch_id)
         self.log.info(
             "Switch %s of %s finished in %.1fs: %s",
             switch_id,
@@ -603,6 +618,8 @@ class Orchestrator:
         for step_name in names[names.index(start_at) :]:
             if self.store.get_step(sw["id"], step_name) is None:
                 continue  # a record from before that step existed
+            if step_name == "stop":
+                await self._hold(sw)
             await self._step(sw, step_name, steps[step_name])
             if step_name == "start":
                 self.board.drop(sw["id"])  # the spawner has taken the prepared machine (or never will)
@@ -686,6 +703,51 @@ class Orchestrator:
         return f"ready{where} in {time.monotonic() - t0:.1f}s" + (
             f" ({report.message})" if report.message else ""
         )
+
+    def cutover(self, switch_id: str) -> dict | None:
+        """The hold of a switch for its API record: ``{"held", "waiting", "timeout"}``, or None."""
+        if switch_id not in self.holds:
+            return None
+        return {
+            "held": True,
+            "waiting": switch_id in self._holding,
+            "timeout": self.hold_timeout,
+        }
+
+    def release_hold(self, switch_id: str) -> bool:
+        """``go``: the requester saved what it had; False when nothing waits for it."""
+        event = self.holds.get(switch_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    async def _hold(self, sw: dict) -> None:
+        """Before the stop: give a requester that asked for it (``hold_cutover``) the
+        chance to save the user's open documents, then cut over (at most ``hold_timeout``)."""
+        event = self.holds.get(sw["id"])
+        if event is None or event.is_set():
+            return
+        self._holding.add(sw["id"])
+        message = self.store.get_step(sw["id"], "prepare")["message"]
+        self.store.set_step(
+            sw["id"], "prepare", message=f"{message}; waiting for JupyterLab to save your open documents"
+        )
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(event.wait(), self.hold_timeout)
+            why = f"saved in {time.monotonic() - t0:.1f}s"
+        except asyncio.TimeoutError:
+            why = f"no word from JupyterLab within {self.hold_timeout:.0f}s"
+            self.log.info(
+                "Switch %s of %s: %s; cutting over",
+                sw["id"],
+                server_label(sw["user"], sw["server_name"]),
+                why,
+            )
+        finally:
+            self._holding.discard(sw["id"])
+        self.store.set_step(sw["id"], "prepare", message=f"{message}; {why}")
 
     async def _do_stop(self, user: str, name: str) -> str:
         t0 = time.monotonic()
