@@ -445,6 +445,8 @@ class FakeService:
                     reply = fake.switch_reply
                 code, answer = reply(body) if callable(reply) else reply
                 self.set_status(code)
+                if answer in (b"", ""):  # a 204 (tornado refuses even an empty chunk then)
+                    return self.finish()
                 self.finish(answer if isinstance(answer, (bytes, str)) else json.dumps(answer))
 
             get = post = handle

@@ -551,6 +551,99 @@ def test_switch_record_is_bounded(run, jp_fetch, fake_service):
     assert time.monotonic() - t0 < 3.0  # service_timeout=1.0 in jp_server_config
 
 
+# -- go: Lab saved the open documents of a held switch, cut over now -----------------------
+def test_switch_go_forwards_to_service(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    fake_service.switch_reply = (204, b"")
+    resp = run(jp_fetch("ds-compute", "api", "switches", SWITCH_ID, "go", method="POST", body=b""))
+    assert resp.code == 204 and resp.body == b""
+    (call,) = fake_service.calls
+    assert call["method"] == "POST" and call["path"] == f"/services/ds-compute/api/switches/{SWITCH_ID}/go"
+    assert call["auth"] == "token server-token-of-alice"
+
+
+def test_switch_hold_cutover_forwarded(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    body = {"profile": "gpu", "hold_cutover": True}
+    code, _ = run(fetch_json(jp_fetch, "switch", method="POST", body=json.dumps(body)))
+    assert code == 202
+    assert fake_service.calls[0]["body"]["hold_cutover"] is True
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, {}])
+def test_switch_hold_cutover_must_be_boolean(run, jp_fetch, fake_service, value):
+    run(fake_service.start())
+    body = {"profile": "gpu", "hold_cutover": value}
+    code, reply = run(fetch_error(jp_fetch, "switch", method="POST", body=json.dumps(body)))
+    assert code == 400 and reply["field"] == "hold_cutover" and "hold_cutover" in reply["message"]
+    assert fake_service.calls == []
+
+
+@pytest.mark.parametrize("bad_id", ["sw1", "0123456789AB", "0123456789abc", "..", "a%2Fb"])
+def test_switch_go_bad_id(run, jp_fetch, fake_service, bad_id):
+    run(fake_service.start())
+    code, body = run(fetch_error(jp_fetch, "switches", bad_id, "go", method="POST", body=b""))
+    assert code == 400
+    assert body["field"] == "id" and "id" in body["message"]
+    assert fake_service.calls == []
+
+
+@pytest.mark.parametrize(
+    "reply,message",
+    [
+        ((409, {"message": "That switch does not wait for a go"}), "does not wait"),
+        ((403, {"message": "you may not act on that server"}), "may not act"),
+        ((404, {"message": "No such switch"}), "No such switch"),
+        ((404, b"<html>Not Found</html>"), "non-JSON"),
+        ((409, {}), "answered 409"),
+    ],
+)
+def test_switch_go_service_refusals_passed_through(run, jp_fetch, fake_service, reply, message):
+    run(fake_service.start())
+    fake_service.switch_reply = reply
+    code, body = run(fetch_error(jp_fetch, "switches", SWITCH_ID, "go", method="POST", body=b""))
+    assert code == reply[0]
+    assert message in body["message"]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        (500, {"message": "Internal error in the ds-compute service; see its log."}),
+        (502, b"Bad Gateway"),
+        (202, {"id": SWITCH_ID}),
+    ],
+)
+def test_switch_go_bad_service_answer_is_502(run, jp_fetch, fake_service, reply):
+    run(fake_service.start())
+    fake_service.switch_reply = reply
+    code, body = run(fetch_error(jp_fetch, "switches", SWITCH_ID, "go", method="POST", body=b""))
+    assert code == 502
+    assert SWITCH_ID in body["message"]
+
+
+def test_switch_go_service_unreachable_or_slow(run, jp_fetch, jp_serverapp, fake_service):
+    run(fake_service.start())
+    fake_service.delay = 5.0
+    t0 = time.monotonic()
+    code, body = run(fetch_error(jp_fetch, "switches", SWITCH_ID, "go", method="POST", body=b""))
+    assert code == 502 and "could not reach" in body["message"]
+    assert time.monotonic() - t0 < 3.0  # service_timeout=1.0 in jp_server_config
+    url = closed_port_url()
+    jp_serverapp.web_app.settings["ds_compute"].context.service_url = url
+    code, body = run(fetch_error(jp_fetch, "switches", SWITCH_ID, "go", method="POST", body=b""))
+    assert code == 502 and url in body["message"]
+
+
+def test_switch_go_only_owner(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    code, reply = run(
+        fetch_error(jp_fetch, "switches", SWITCH_ID, "go", method="POST", body=b"", headers=BOB)
+    )
+    assert code == 403 and "owner" in reply["message"]
+    assert fake_service.calls == []
+
+
 # -- not under JupyterHub --------------------------------------------------------------
 class TestStandalone:
     @pytest.fixture
@@ -570,6 +663,9 @@ class TestStandalone:
 
     def test_switch_record_is_409(self, run, jp_fetch):
         code, body = run(fetch_error(jp_fetch, "switches", "0123456789ab"))
+        assert code == 409
+        assert "not running under JupyterHub" in body["message"]
+        code, body = run(fetch_error(jp_fetch, "switches", "0123456789ab", "go", method="POST", body=b""))
         assert code == 409
         assert "not running under JupyterHub" in body["message"]
 

@@ -451,6 +451,45 @@ class DSComputeExtension(ExtensionApp):
             }
         return 200, reply
 
+    async def switch_go(self, switch_id: str) -> tuple[int, dict | None]:
+        """The service's ``POST api/switches/<id>/go`` (asked with this server's token):
+        Lab saved the open documents of a ``hold_cutover`` switch, cut over now.
+
+        ``(204, None)`` when the service took it; its own 4xx (409: the switch
+        waits for no go, 404: no such switch, 403: not this user's) with a
+        message; 502 with a message when the service cannot be reached, times
+        out or answers anything else (a 5xx included). Never raises.
+        ``switch_id`` must already match ``handlers.SWITCH_ID``.
+        """
+        ctx = self.context
+        if not ctx.service_url:
+            return 503, {
+                "message": "DS_COMPUTE_SERVICE_URL is not set: this server does not know the ds-compute service"
+            }
+        resp = await self._service("POST", f"api/switches/{switch_id}/go", {}, self.service_timeout)
+        if resp.code == 599:
+            self.log.warning(
+                "ds-compute: go for switch %s: service %s unreachable: %s",
+                switch_id,
+                ctx.service_url,
+                resp.error,
+            )
+            return 502, {
+                "message": f"could not reach the ds-compute service at {ctx.service_url}: {resp.error}"
+            }
+        if resp.code in (200, 204):
+            self.log.info("ds-compute: switch %s: go (the open documents were saved)", switch_id)
+            return 204, None
+        reply = service_reply(resp)
+        if 400 <= resp.code < 500:
+            reply.setdefault("message", f"the ds-compute service answered {resp.code}")
+            return resp.code, reply
+        self.log.warning("ds-compute: go for switch %s: service answered %s: %s", switch_id, resp.code, reply)
+        message = reply.get("message") or f"the ds-compute service answered {resp.code}"
+        return 502, {
+            "message": f"the ds-compute service did not take the go for switch {switch_id}: {message}"
+        }
+
     async def envs_model(self, wait: float = 0.0) -> dict:
         scanner = self.env_scanner
         ksm = self.kernel_spec_manager

@@ -80,6 +80,12 @@ class SwitchHandler(DSComputeHandler):
                 "keep_state must be true or false (save and restore the kernels' variables)",
                 field="keep_state",
             )
+        if "hold_cutover" in body and not isinstance(body["hold_cutover"], bool):
+            return self.reply_error(
+                400,
+                "hold_cutover must be true or false (wait for Lab to save before the cut-over)",
+                field="hold_cutover",
+            )
         if "state_saved_by" in body and not isinstance(body["state_saved_by"], str):
             return self.reply_error(
                 400, "state_saved_by must be the id of the kernel that saved itself", field="state_saved_by"
@@ -111,6 +117,28 @@ class SwitchRecordHandler(DSComputeHandler):
         self.finish(json.dumps(reply))
 
 
+class SwitchGoHandler(DSComputeHandler):
+    """``POST switches/<id>/go``: Lab saved the open documents of a switch it
+    asked to hold (``hold_cutover``); the service cuts over now."""
+
+    @web.authenticated
+    async def post(self, switch_id):
+        self.check_owner()
+        if not self.ds.context.under_hub:
+            return self.reply_error(409, "not running under JupyterHub: there are no switches", field=None)
+        if not SWITCH_ID.fullmatch(switch_id):
+            return self.reply_error(
+                400,
+                "id must be the id of a switch: 12 lowercase hex digits, as POST switch answered",
+                field="id",
+            )
+        status, reply = await self.ds.switch_go(switch_id)
+        self.set_status(status)
+        if reply is None:
+            return self.finish()
+        self.finish(json.dumps(reply))
+
+
 class EnvsHandler(DSComputeHandler):
     @web.authenticated
     async def get(self):
@@ -138,6 +166,8 @@ def default_handlers(prefix: str) -> list[tuple[str, type]]:
         (rf"{prefix}/api/status", StatusHandler),
         (rf"{prefix}/api/tiers", TiersHandler),
         (rf"{prefix}/api/switch", SwitchHandler),
+        # before the record's catch-all: (.*) would take "<id>/go" as an id (and 400 it)
+        (rf"{prefix}/api/switches/([^/]*)/go", SwitchGoHandler),
         (rf"{prefix}/api/switches/(.*)", SwitchRecordHandler),
         (rf"{prefix}/api/envs", EnvsHandler),
         (rf"{prefix}/api/state", StateHandler),
