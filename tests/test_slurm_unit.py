@@ -5,12 +5,14 @@ one-call-per-interval contract, the launcher."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from fakes import FakeSpawner
@@ -307,3 +309,166 @@ def test_launcher_reports_port_and_rewrites_service_url(tmp_path):
     ).stdout.strip()  # fmt: skip
     port = int((tmp_path / "job-77.port").read_text())
     assert out == f"http://127.0.0.1:{port}/user/alice/"
+
+
+# -- make before break: the prepared job and its start file -----------------------------------
+
+
+@pytest.mark.parametrize("user", ["alice", "bob-with-a-long-name", "Ünïcode"])
+@pytest.mark.parametrize("user_options", [None, {"profile": "gpu", "partition": "small", "cmd": ["id"]}])
+def test_prepared_script_carries_no_user_value(user, user_options):
+    b = backend(user_options=user_options, user=user)
+    script = b.prepared_script(tier("gpu"))
+    # the same script for every user: operator config only (the spool dir is in the job's env)
+    assert script == backend().prepared_script(tier("gpu"))
+    assert user not in script and "alice" not in script and b._workdir() not in script
+    last = shlex.split(script.strip().splitlines()[-1])
+    assert last == ["exec", "/venv/bin/python", "-m", "jupyter_ds_compute.backends.slurm_launch",
+                    "--wait-start", "--timeout", "900", "--ip", "0.0.0.0"]  # fmt: skip
+    assert "#SBATCH --exclusive=user" in script  # the tier's operator lines, as for a start
+
+
+def test_prepared_timeout_zero_does_not_prepare():
+    from jupyter_ds_compute.backends.base import PrepareUnsupported
+
+    cfg = Config()
+    cfg.SlurmBackend.prepared_timeout = 0
+    with pytest.raises(PrepareUnsupported):
+        asyncio.run(backend(config=cfg).prepare_ahead(tier("small"), CMD, {}, "/vol/alice", "alice/k"))
+
+
+def _start():
+    return {"argv": ["/venv/bin/jupyterhub-singleuser"], "env": {"JUPYTERHUB_API_TOKEN": "s3cret"},
+            "exported": {"PATH": "/usr/bin"}, "cwd": "/vol/alice"}  # fmt: skip
+
+
+def test_start_file_is_private_and_complete(tmp_path):
+    from jupyter_ds_compute.backends.slurm import write_start_file
+
+    workdir = tmp_path / "alice"
+    workdir.mkdir(mode=0o700)
+    old = os.umask(0)
+    try:
+        path = write_start_file(str(workdir), "42", _start())
+    finally:
+        os.umask(old)
+    assert path == str(workdir / "job-42.start")
+    st = os.stat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and stat.S_ISREG(st.st_mode)
+    assert json.loads(open(path).read()) == _start()
+    assert os.listdir(workdir) == ["job-42.start"]  # no temporary left
+    # written again (a second start of the same job id): replaced
+    write_start_file(str(workdir), "42", dict(_start(), cwd="/elsewhere"))
+    assert json.loads(open(path).read())["cwd"] == "/elsewhere"
+
+
+def test_start_file_appears_only_whole(tmp_path, monkeypatch):
+    from jupyter_ds_compute.backends import slurm
+
+    final = tmp_path / "job-7.start"
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst, **kw):
+        # at the rename the final name does not exist yet and the temporary is complete
+        fd = os.open(src, os.O_RDONLY, dir_fd=kw["src_dir_fd"])
+        seen.append((final.exists(), json.loads(os.read(fd, 1 << 20))))
+        os.close(fd)
+        return real_replace(src, dst, **kw)
+
+    monkeypatch.setattr(slurm.os, "replace", replace)
+    slurm.write_start_file(str(tmp_path), "7", _start())
+    assert seen == [(False, _start())]
+    # a failed write leaves nothing: no final file, no temporary
+    monkeypatch.setattr(slurm.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        slurm.write_start_file(str(tmp_path), "8", _start())
+    assert sorted(os.listdir(tmp_path)) == ["job-7.start"]
+
+
+def test_start_file_does_not_follow_links(tmp_path):
+    from jupyter_ds_compute.backends.slurm import write_start_file
+
+    outside = tmp_path / "outside"
+    outside.write_text("untouched")
+    workdir = tmp_path / "spool"
+    workdir.mkdir()
+    (workdir / "job-5.start").symlink_to(outside)  # the user owns the directory: they could
+    write_start_file(str(workdir), "5", _start())
+    assert outside.read_text() == "untouched"
+    assert not os.path.islink(workdir / "job-5.start")
+    # nor a directory that is a link
+    (tmp_path / "link").symlink_to(workdir)
+    with pytest.raises(OSError):
+        write_start_file(str(tmp_path / "link"), "6", _start())
+    with pytest.raises(ValueError):
+        write_start_file(str(workdir), "6; id", _start())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another account needs root")
+def test_start_file_belongs_to_the_user(tmp_path):
+    from jupyter_ds_compute.backends.slurm import write_start_file
+
+    path = write_start_file(str(tmp_path), "9", _start(), uid=65534, gid=65534)
+    st = os.stat(path)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o600)
+
+
+def test_start_env_keeps_what_the_job_set():
+    from jupyter_ds_compute.backends.slurm_launch import start_env
+
+    exported = {"PATH": "/usr/bin", "DS_COMPUTE_STARTED_AT": "1", "OLD_ONLY": "x"}
+    current = dict(exported, PATH="/opt/cuda/bin:/usr/bin", SLURM_JOB_ID="42", CUDA_VISIBLE_DEVICES="0")
+    start = {"env": {"PATH": "/usr/bin", "DS_COMPUTE_STARTED_AT": "2", "JUPYTERHUB_API_TOKEN": "t"},
+             "exported": exported}  # fmt: skip
+    assert start_env(start, current) == {
+        "PATH": "/opt/cuda/bin:/usr/bin",  # the prologue's (module load), as in a start
+        "DS_COMPUTE_STARTED_AT": "2",  # the start's
+        "JUPYTERHUB_API_TOKEN": "t",
+        "SLURM_JOB_ID": "42",  # Slurm's
+        "CUDA_VISIBLE_DEVICES": "0",
+    }  # OLD_ONLY: exported at prepare time only, gone
+
+
+def test_waiting_launcher_takes_the_start_file(tmp_path):
+    from jupyter_ds_compute.backends.slurm import write_start_file
+
+    env = dict(os.environ, SLURM_JOB_ID="78", DS_COMPUTE_SLURM_DIR=str(tmp_path), OLD="prepare-time")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_ds_compute.backends.slurm_launch", "--wait-start",
+         "--timeout", "30", "--ip", "127.0.0.1"],  # fmt: skip
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path),
+    )  # fmt: skip
+    waiting = tmp_path / "job-78.waiting"
+    deadline = time.monotonic() + 20
+    while not waiting.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert waiting.exists() and proc.poll() is None
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    script = (
+        "import os; e = os.environ; "
+        "print(os.getcwd(), e.get('OLD'), e['TOKEN'], e['SLURM_JOB_ID'], e['JUPYTERHUB_SERVICE_URL'])"
+    )
+    start = {"argv": [sys.executable, "-c", script],
+             "env": {"TOKEN": "s3cret", "PATH": os.environ["PATH"],
+                     "JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:0/u/"},
+             "exported": {k: v for k, v in env.items() if k != "SLURM_JOB_ID"}, "cwd": str(vol)}  # fmt: skip
+    write_start_file(str(tmp_path), "78", start)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    port = int((tmp_path / "job-78.port").read_text())
+    assert out.split() == [str(vol), "None", "s3cret", "78", f"http://127.0.0.1:{port}/u/"]
+    # the token is on disk no longer than the launcher needs it
+    assert not (tmp_path / "job-78.start").exists() and not waiting.exists()
+
+
+def test_waiting_launcher_exits_by_itself(tmp_path):
+    env = dict(os.environ, SLURM_JOB_ID="79", DS_COMPUTE_SLURM_DIR=str(tmp_path))
+    r = subprocess.run(
+        [sys.executable, "-m", "jupyter_ds_compute.backends.slurm_launch", "--wait-start",
+         "--timeout", "0.3"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0 and "not started within" in r.stderr
+    assert os.listdir(tmp_path) == []

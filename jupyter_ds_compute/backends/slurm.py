@@ -44,6 +44,22 @@ and submitting account; every such job but the one the state names is
 ``scancel``\ ed. The hub calls ``start`` only for a server it believes
 stopped, so nothing found then is a server it tracks.
 
+Make before break (:meth:`SlurmBackend.prepare_ahead`): a switch submits
+the target job while the old server still serves. Its script is the same
+template, but the launcher (:mod:`.slurm_launch` ``--wait-start``) waits for
+the start instead of starting the server; the job name, argv and template
+rules are those of a start, and the script carries no per-user value (the
+spool directory travels in the job's environment). At the cut-over
+:meth:`~SlurmBackend.start` writes the start (argv, environment with the
+server's token, working directory) to ``job-<id>.start`` in the server's
+spool directory: 0600, owned by the user, in their 0700 directory, written
+under a temporary name and renamed (:func:`write_start_file`); the launcher
+reads it as JSON (never sourced by a shell), deletes it and ``exec``\ s the
+server with that environment (Slurm's own variables, and what the
+``prologue`` changed, kept). A waiting job nobody starts exits by itself
+after :attr:`SlurmBackend.prepared_timeout` (the spawner ``scancel``\ s it
+first when the switch fails or does not take it).
+
 Volumes: the local volume driver's directory mode, on a path every node
 sees (``c.LocalVolume.root`` on the shared file system); so must be
 :attr:`SlurmBackend.spool_dir`.
@@ -52,10 +68,12 @@ sees (``c.LocalVolume.root`` on the shared file system); so must be
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import pwd
 import re
+import secrets
 import shlex
 import string
 import subprocess
@@ -66,7 +84,7 @@ from jupyterhub.utils import exponential_backoff
 from traitlets import Bool, CaselessStrEnum, Float, List, Unicode, default
 
 from .. import names
-from .base import Backend, BackendError, HostInfo
+from .base import Backend, BackendError, HostInfo, PrepareUnsupported
 from .local import SystemAccountMixin, unreachable_dir
 from .squeue import FORMAT, SqueuePoller, SqueueUnavailable, parse
 
@@ -92,6 +110,48 @@ WHY = {
     "BOOT_FAIL": "its node failed to boot",
     "DEADLINE": "it reached its deadline",
 }
+
+
+def write_start_file(workdir, job_id, start, uid=None, gid=None):
+    """Write ``start`` (JSON-able) to ``<workdir>/job-<job_id>.start`` for the job's launcher.
+
+    Only its owner can read it (0600, ``uid``/``gid`` when the hub writes for
+    another account); written under a random temporary name (``O_EXCL``,
+    ``O_NOFOLLOW``, relative to the directory opened without following a
+    link: the directory belongs to the user) and renamed, so the launcher
+    never reads half a start. Blocking (a shared file system): call it in a
+    thread. Returns the path.
+    """
+    if not re.fullmatch(r"[0-9]+(_[0-9]+)?", str(job_id)):
+        raise ValueError(f"not a Slurm job id: {job_id!r}")
+    name = f"job-{job_id}.start"
+    tmp = f".{name}.{secrets.token_hex(8)}"
+    data = json.dumps(start).encode()
+    dfd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
+        try:
+            try:
+                if uid is not None:
+                    os.fchown(fd, uid, gid if gid is not None else -1)
+                os.fchmod(fd, 0o600)  # whatever the umask
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(dfd)
+    return os.path.join(workdir, name)
 
 
 def _batchspawner():
@@ -238,6 +298,22 @@ class SlurmBackend(SystemAccountMixin, Backend):
 
     stop_timeout = Float(30.0, help="""Seconds ``stop`` waits for Slurm to end the job.""").tag(config=True)
 
+    prepared_timeout = Float(
+        900,
+        help="""
+        Seconds a job prepared for a switch (make before break) waits for its
+        start once it runs, before it exits by itself: a backstop, the spawner
+        ``scancel``\\ s an unused one after the switch's ``prepare_timeout``.
+        ``0``: do not prepare ahead (switches stop the old server first).
+
+        Example::
+
+            c.SlurmBackend.prepared_timeout = 1200
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
     run_as = CaselessStrEnum(
         ["auto", "system", "hub"],
         "auto",
@@ -268,6 +344,10 @@ class SlurmBackend(SystemAccountMixin, Backend):
         super().__init__(spawner, **kwargs)
         self._job = None
         self._ended_logged = False
+        #: a prepared job (make before break): what sbatch exported to it, until its start
+        self._exported = None
+        #: the sbatch of :meth:`prepare_ahead` while it runs (a release waits for its job id)
+        self._submitting = None
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -411,9 +491,20 @@ class SlurmBackend(SystemAccountMixin, Backend):
 
     def script(self, tier, cmd, workdir):
         """The job script: operator config and quoted values only."""
-        s = self.settings(tier)
         launch = [self.python, "-m", "jupyter_ds_compute.backends.slurm_launch", "--port-dir", workdir,
                   "--ip", self.server_ip, "--", *cmd]  # fmt: skip
+        return self._render(tier, launch)
+
+    def prepared_script(self, tier):
+        """The script of a job prepared ahead: its launcher waits for the start
+        (:mod:`.slurm_launch` ``--wait-start``). Operator config only, the same
+        for every user: the spool directory comes in the job's environment."""
+        launch = [self.python, "-m", "jupyter_ds_compute.backends.slurm_launch", "--wait-start",
+                  "--timeout", f"{self.prepared_timeout:g}", "--ip", self.server_ip]  # fmt: skip
+        return self._render(tier, launch)
+
+    def _render(self, tier, launch):
+        s = self.settings(tier)
         with open(self.script_template) as f:
             template = string.Template(f.read())
         return template.substitute(
@@ -447,6 +538,7 @@ class SlurmBackend(SystemAccountMixin, Backend):
         os.makedirs(self.spool_dir, mode=0o755, exist_ok=True)
         workdir = self._workdir()
         os.makedirs(workdir, mode=0o700, exist_ok=True)
+        os.chmod(workdir, 0o700)  # the start file of a prepared job carries the server's token
         if self.as_system_user:
             acct = self.system_account_now()
             os.chown(workdir, acct.uid, acct.gid)
@@ -458,26 +550,24 @@ class SlurmBackend(SystemAccountMixin, Backend):
                 )
         return workdir
 
-    async def start(self, tier, cmd, env, volume_path, keep_root=False):
-        if keep_root:
-            raise BackendError(
-                "The slurm backend cannot mount volume images: use c.LocalVolume.mode = 'directory'"
-            )
-        if self.as_system_user:
-            acct = await self.system_account()
+    async def _ready_paths(self, volume_path):
+        """The spool directory made and both it and the volume reachable by the
+        job's account; returns ``(account name, account or None)``."""
+        acct = await self.system_account() if self.as_system_user else None
         self.workdir = self._ensure_workdir()
-        if self.as_system_user:
+        if acct is not None:
             blocked = unreachable_dir(volume_path, acct.uid, list(acct.groups))
             if blocked:
                 raise BackendError(
                     f"The volume {volume_path} is not reachable by {acct.name}: "
                     f"{blocked} does not let them through (c.LocalVolume.root must be traversable, o+x)."
                 )
-        await self._end_leftovers(acct.name if self.as_system_user else pwd.getpwuid(os.getuid()).pw_name)
-        argv = self.sbatch_argv(tier, self.workdir, volume_path)
-        script = self.script(tier, cmd, self.workdir)
+        return (acct.name if acct is not None else pwd.getpwuid(os.getuid()).pw_name), acct
+
+    async def _submit(self, tier, argv, script, env):
+        """sbatch as the user; sets :attr:`job_id` and tracks it."""
         self.log.debug("Job script for %s:\n%s", self.log_name, script)
-        rc, out, err = await self._run(argv, input=script, env=self.job_env(env))
+        rc, out, err = await self._run(argv, input=script, env=env)
         if rc:
             raise BackendError(
                 f"Slurm refused the job for tier {tier.display_name}: {err or out}",
@@ -490,11 +580,91 @@ class SlurmBackend(SystemAccountMixin, Backend):
         self._ended_logged = False
         self.poller.track(self.job_id)
         self.emit(f"Submitted Slurm job {self.job_id}: {self.job_summary(tier)}")
+
+    async def start(self, tier, cmd, env, volume_path, keep_root=False):
+        """Submit the server's job and wait for its port; on a backend prepared
+        ahead (:meth:`prepare_ahead`), hand the start to the job already running."""
+        if keep_root:
+            raise BackendError(
+                "The slurm backend cannot mount volume images: use c.LocalVolume.mode = 'directory'"
+            )
+        account, acct = await self._ready_paths(volume_path)
+        if self._exported is not None and self.job_id:
+            if await self._start_prepared(account, acct, cmd, env, volume_path):
+                address = self.node_address.format(node=self.host)
+                self.emit(f"Job {self.job_id} running on {self.host}, server port {self.port}")
+                return address, self.port
+        await self._end_leftovers(account)
+        argv = self.sbatch_argv(tier, self.workdir, volume_path)
+        await self._submit(tier, argv, self.script(tier, cmd, self.workdir), self.job_env(env))
         self.host = await self._wait_running()
         self.port = await self._wait_port()
         address = self.node_address.format(node=self.host)
         self.emit(f"Job {self.job_id} running on {self.host}, server port {self.port}")
         return address, self.port
+
+    # -- make before break: a job that waits for its start ---------------------------------
+
+    prepares_ahead = True
+
+    async def prepare_ahead(self, tier, cmd, env, volume_path, key):
+        """Submit the target job now (same name, argv and template rules as a
+        start); its launcher waits for the start file. Returns once the job
+        runs and its launcher waits (Slurm's pending reason is reported meanwhile)."""
+        if self.prepared_timeout <= 0:
+            raise PrepareUnsupported("c.SlurmBackend.prepared_timeout = 0: jobs are not prepared ahead")
+        self.settings(tier)  # a broken tier fails the switch before anything is submitted
+        _, _ = await self._ready_paths(volume_path)
+        # not _end_leftovers: the old server's job has the same name and still serves
+        env = dict(env, DS_COMPUTE_SERVER_KEY=key, DS_COMPUTE_SLURM_DIR=self.workdir)
+        exported = self.job_env(env)
+        argv = self.sbatch_argv(tier, self.workdir, volume_path)
+        # shielded: a release while sbatch runs still learns the job id (stop() waits for it)
+        script = self.prepared_script(tier)
+        self._submitting = asyncio.ensure_future(self._submit(tier, argv, script, exported))
+        try:
+            await asyncio.shield(self._submitting)
+        finally:
+            if self._submitting.done():
+                self._submitting = None
+        self._exported = exported
+        self.host = await self._wait_running()
+        await self._wait_file(f"job-{self.job_id}.waiting", "its launcher started")
+        self.emit(f"Job {self.job_id} running on {self.host}: the server starts there at the cut-over")
+        return HostInfo(kind="shared-fs", id=f"slurm:{self.settings(tier)['partition'] or 'default'}",
+                        extra={"node": self.host, "job_id": self.job_id})  # fmt: skip
+
+    async def _start_prepared(self, account, acct, cmd, env, volume_path):
+        """Write the prepared job's start file and wait for its port; False if
+        the job is gone (the start then submits a new one)."""
+        exported, self._exported = self._exported, None
+        info, kind, detail = await self._status(self.startup_poll_interval)
+        if kind != "running":
+            self.log.warning(
+                "Prepared Slurm job %s of %s is %s (%s): submitting a new job",
+                self.job_id,
+                self.log_name,
+                kind,
+                detail,
+            )
+            await self.stop(now=True)
+            return False
+        if info is not None and info.host:
+            self.host = info.host
+        await self._end_leftovers(account)  # never the prepared job: it is self.job_id
+        start = {"argv": list(cmd), "env": self.job_env(env), "exported": exported, "cwd": volume_path}
+        await asyncio.to_thread(
+            write_start_file,
+            self.workdir,
+            self.job_id,
+            start,
+            acct.uid if acct is not None else None,
+            acct.gid if acct is not None else None,
+        )
+        self.log.info("Handed the start of %s to its prepared Slurm job %s", self.log_name, self.job_id)
+        self.emit(f"Starting the server in the prepared Slurm job {self.job_id} on {self.host}")
+        self.port = await self._wait_port()
+        return True
 
     # -- leftovers of a start the hub lost ---------------------------------------------
 
@@ -591,6 +761,20 @@ class SlurmBackend(SystemAccountMixin, Backend):
                 shown = message
             await asyncio.sleep(self.startup_poll_interval)
 
+    async def _wait_file(self, name, what):
+        """Wait for ``name`` in the spool directory (written by the job); fail if the job ends first."""
+        path = os.path.join(self.workdir, name)
+        while not os.path.exists(path):
+            _, kind, detail = await self._status(self.startup_poll_interval)
+            if kind in ("ended", "gone"):
+                tail = await self.log_tail()
+                raise BackendError(
+                    f"Slurm job {self.job_id} ended before {what}: {detail}. "
+                    f"Last lines of its output:\n{tail}",
+                    log_message=f"job {self.job_id} of {self.log_name} ended before {what}: {detail}\n{tail}",
+                )
+            await asyncio.sleep(self.startup_poll_interval / 5)
+
     async def _wait_port(self):
         path = os.path.join(self.workdir, f"job-{self.job_id}.port")
         while True:
@@ -633,6 +817,14 @@ class SlurmBackend(SystemAccountMixin, Backend):
         return 0 if info is not None and info.state == "COMPLETED" else 1
 
     async def stop(self, now=False):
+        if self._submitting is not None:
+            # released while its sbatch ran: wait for the job id, then cancel that job
+            try:
+                await asyncio.wait_for(asyncio.shield(self._submitting), self.command_timeout + 5)
+            except Exception:
+                pass
+            self._submitting = None
+        self._exported = None
         if not self.job_id:
             return
         rc, out, err = await self._run([*self.scancel, self.job_id])
@@ -650,15 +842,17 @@ class SlurmBackend(SystemAccountMixin, Backend):
                     "Slurm job %s of %s did not end within %ss", self.job_id, self.log_name, self.stop_timeout
                 )
         self.poller.untrack(self.job_id)
-        self._remove_port_file()
+        self._remove_job_files()
         self.job_id, self.host, self.port = "", "", 0
 
-    def _remove_port_file(self):
+    def _remove_job_files(self):
+        """The job's port file, and what a prepared job left (its start file carries a token)."""
         if self.workdir and self.job_id:
-            try:
-                os.unlink(os.path.join(self.workdir, f"job-{self.job_id}.port"))
-            except OSError:
-                pass
+            for suffix in ("port", "start", "waiting"):
+                try:
+                    os.unlink(os.path.join(self.workdir, f"job-{self.job_id}.{suffix}"))
+                except OSError:
+                    pass
 
     async def log_tail(self, lines=30):
         if not (self.workdir and self.job_id):

@@ -9,15 +9,30 @@ job).  This replaces batchspawner's ``batchspawner-singleuser``, which
 reports the port through a hub API handler that ``setattr``s any key a
 server posts onto its spawner.
 
+    python -m jupyter_ds_compute.backends.slurm_launch --wait-start --timeout S --ip 0.0.0.0
+
+A job prepared ahead for a switch (make before break) starts this way: the
+spool directory comes from ``$DS_COMPUTE_SLURM_DIR`` (the script names no
+user). It says it waits (``DIR/job-<id>.waiting``), then waits for the hub
+to write ``DIR/job-<id>.start``: JSON ``{"argv", "env", "exported", "cwd"}``,
+0600, renamed into place. It reads it (data, never run by a shell), deletes
+it, and starts ``argv`` as above with ``env`` as the environment, keeping
+what the job itself set (Slurm's variables such as ``SLURM_JOB_ID`` and
+``CUDA_VISIBLE_DEVICES``, and what the prologue changed: every variable
+whose value differs from ``exported``, what sbatch exported at prepare
+time). Nobody starts it within ``--timeout`` seconds: it exits (status 0).
+
 Standard library only: it runs on the compute node before the server.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
+import time
 from urllib.parse import urlparse, urlunparse
 
 
@@ -27,24 +42,74 @@ def free_port(ip):
         return s.getsockname()[1]
 
 
+def _put(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def wait_start(port_dir, job, timeout, interval=0.1):
+    """The start the hub writes for prepared job ``job`` (deleted once read), or None after ``timeout``."""
+    path = os.path.join(port_dir, f"job-{job}.start")
+    _put(os.path.join(port_dir, f"job-{job}.waiting"), f"{os.getpid()}\n")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(interval)
+            continue
+        with os.fdopen(fd, "rb") as f:
+            start = json.loads(f.read())
+        os.unlink(path)  # the server's token stays on disk no longer than needed
+        return start
+
+
+def start_env(start, current):
+    """The server's environment: the start's, plus what the job set itself
+    (every variable of ``current`` whose value is not what sbatch exported)."""
+    exported = start.get("exported") or {}
+    env = {str(k): str(v) for k, v in (start.get("env") or {}).items()}
+    env.update({k: v for k, v in current.items() if exported.get(k) != v})
+    return env
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="slurm_launch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port-dir", required=True)
+    parser.add_argument("--port-dir", default=os.environ.get("DS_COMPUTE_SLURM_DIR"))
     parser.add_argument("--ip", default="0.0.0.0")
+    parser.add_argument("--wait-start", action="store_true", help="a prepared job: wait for the start file")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds --wait-start waits")
     parser.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if not args.port_dir:
+        parser.error("no --port-dir (nor $DS_COMPUTE_SLURM_DIR)")
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    job = os.environ.get("SLURM_JOB_ID", "0")
+    if args.wait_start:
+        start = wait_start(args.port_dir, job, args.timeout)
+        try:
+            os.unlink(os.path.join(args.port_dir, f"job-{job}.waiting"))
+        except OSError:
+            pass
+        if start is None:
+            print(f"[ds-compute] job {job}: not started within {args.timeout:.0f}s; exiting", file=sys.stderr)
+            return 0
+        env = start_env(start, os.environ)
+        os.environ.clear()
+        os.environ.update(env)
+        cmd = [str(a) for a in start["argv"]]
+        if start.get("cwd"):
+            os.chdir(start["cwd"])
     if not cmd:
         parser.error("no command")
     port = free_port(args.ip)
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:0/"))
     host = f"[{args.ip}]" if ":" in args.ip else args.ip
     os.environ["JUPYTERHUB_SERVICE_URL"] = urlunparse(url._replace(netloc=f"{host}:{port}"))
-    job = os.environ.get("SLURM_JOB_ID", "0")
-    path = os.path.join(args.port_dir, f"job-{job}.port")
-    with open(path + ".tmp", "w") as f:
-        f.write(f"{port}\n")
-    os.replace(path + ".tmp", path)
+    _put(os.path.join(args.port_dir, f"job-{job}.port"), f"{port}\n")
     print(
         f"[ds-compute] job {job} on {socket.gethostname()}: server port {port}", file=sys.stderr, flush=True
     )
@@ -52,4 +117,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
