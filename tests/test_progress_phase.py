@@ -55,6 +55,7 @@ def test_step_labels_keep_the_step_name():
     "phase,text",
     [
         ("preparing", "Preparing the gpu machine \u2014 your server keeps running, keep working"),
+        ("ready", "Ready on the new machine \u2014 saving your work in JupyterLab, then cutting over"),
         ("cutting-over", "Cutting over \u2014 your server is briefly unavailable"),
         ("starting", "Starting on gpu"),
         ("rolling-back", "Going back to small"),
@@ -106,6 +107,7 @@ def test_phase_words_and_estimates():
             ["phase", prep],
             ["phase", cut],
             ["phase", start],
+            ["phase", dict(prep, phase="ready")],
             ["phase", dict(prep, phase="rolling-back")],
             ["phase", dict(prep, phase="done")],
             ["phase", {k: v for k, v in prep.items() if k != "phase"}],  # an older service
@@ -123,6 +125,7 @@ def test_phase_words_and_estimates():
         "Preparing the gpu machine \u2014 your server keeps running, keep working",
         "Cutting over \u2014 your server is briefly unavailable",
         "Starting on gpu",
+        "Ready on the new machine \u2014 saving your work in JupyterLab, then cutting over",
         "Going back to small",
         "",
         "",

@@ -19,9 +19,15 @@ import {
 import {
   FOLLOW_INTERVAL,
   FOLLOW_MAX_ERRORS,
+  ISaveOutcome,
+  SAVE_FAILED_PAUSE,
   followAction,
   preparingFailedMessage,
-  preparingMessage
+  preparingMessage,
+  saveBudget,
+  saveFailedMessage,
+  saveProblem,
+  savingMessage
 } from './follow';
 import { IDSComputeModel, notUnderHub } from './model';
 import { DSComputeError, requestAPI } from './request';
@@ -467,6 +473,9 @@ export async function switchMachine(options: ISwitchOptions): Promise<void> {
       body: JSON.stringify({
         profile: tier.slug,
         next: window.location.pathname + window.location.search,
+        // once the new machine is ready the service waits (briefly) for Lab
+        // to save the open documents before it stops this server
+        hold_cutover: true,
         ...(keepState ? { keep_state: true } : {})
       })
     });
@@ -487,7 +496,7 @@ export async function switchMachine(options: ISwitchOptions): Promise<void> {
   }
   // Make before break: while the new machine is prepared this server keeps
   // serving, so Lab stays until the cut-over begins.
-  if (!(await followPreparation(reply, tier, trans))) {
+  if (!(await followPreparation(reply, tier, trans, app, isDirty))) {
     model.switching = false;
     void model.refresh();
     return;
@@ -500,15 +509,19 @@ export async function switchMachine(options: ISwitchOptions): Promise<void> {
 /**
  * Poll `GET switches/<id>` every FOLLOW_INTERVAL ms while the record's
  * `phase` is `preparing`, with a notification saying how long it usually
- * takes (updated in place). Resolves true to go to the progress page: the
- * cut-over began, the server or the service went away, or the record has no
- * `phase` (an older service); false when the switch failed before the
- * cut-over (the notification then carries the record's error).
+ * takes (updated in place). Once it is `ready` (the held cut-over waits),
+ * save every open document and say go. Resolves true to go to the progress
+ * page: Lab said go, the cut-over began, the server or the service went
+ * away, or the record has no `phase` (an older service); false when the
+ * switch failed before the cut-over (the notification then carries the
+ * record's error).
  */
 async function followPreparation(
   reply: ISwitchReply,
   tier: ITier,
-  trans: TranslationBundle
+  trans: TranslationBundle,
+  app: JupyterFrontEnd,
+  isDirty: () => boolean
 ): Promise<boolean> {
   if (typeof reply.id !== 'string' || !reply.id) {
     return true;
@@ -541,6 +554,44 @@ async function followPreparation(
     if (action.kind === 'go') {
       return true;
     }
+    if (action.kind === 'save') {
+      const show = (message: string, type: 'in-progress' | 'warning') => {
+        if (
+          notification === null ||
+          !Notification.update({
+            id: notification,
+            message,
+            type,
+            autoClose: false
+          })
+        ) {
+          notification = Notification.emit(message, type, {
+            autoClose: false
+          });
+        }
+      };
+      show(savingMessage(label, trans), 'in-progress');
+      const problem = saveProblem(
+        await saveOpenDocuments(app, isDirty, saveBudget(record)),
+        trans
+      );
+      if (problem) {
+        show(saveFailedMessage(label, problem, trans), 'warning');
+      }
+      try {
+        await requestAPI<null>(`switches/${encodeURIComponent(reply.id)}/go`, {
+          method: 'POST'
+        });
+      } catch (error) {
+        // 409: the hold already ended (the service cut over without us);
+        // anything else: the service cuts over when its hold ends anyway
+        console.warn('ds-compute: go for switch %s:', reply.id, error);
+      }
+      if (problem) {
+        await sleep(SAVE_FAILED_PAUSE); // let the user read it first
+      }
+      return true;
+    }
     if (action.kind === 'failed') {
       const message = preparingFailedMessage(label, action.error, trans);
       const options = { autoClose: false as const };
@@ -571,6 +622,40 @@ async function followPreparation(
       });
     }
     await sleep(FOLLOW_INTERVAL);
+  }
+}
+
+/**
+ * Save every open document (the same `docmanager:save-all` as *Save all and
+ * switch*), for at most `budgetMs`: a document's save that fails shows its
+ * own error dialog and resolves, so whether any is still dirty afterwards
+ * is checked too.
+ */
+async function saveOpenDocuments(
+  app: JupyterFrontEnd,
+  isDirty: () => boolean,
+  budgetMs: number
+): Promise<ISaveOutcome> {
+  if (!app.commands.hasCommand('docmanager:save-all')) {
+    return { dirtyAfter: isDirty() };
+  }
+  let timer = 0;
+  const timedOut = new Promise<'timeout'>(resolve => {
+    timer = window.setTimeout(() => resolve('timeout'), budgetMs);
+  });
+  try {
+    const saved = await Promise.race([
+      app.commands.execute('docmanager:save-all'),
+      timedOut
+    ]);
+    if (saved === 'timeout') {
+      return { timedOut: true };
+    }
+    return { dirtyAfter: isDirty() };
+  } catch (error) {
+    return { error: (error as Error).message || String(error) };
+  } finally {
+    window.clearTimeout(timer);
   }
 }
 

@@ -154,8 +154,21 @@ export interface ISwitchRecord {
   to_profile?: string;
   /** `pending`, `running`, `succeeded`, `rolled_back`, `failed`. */
   state: string;
-  /** `preparing`, `cutting-over`, `starting`, `rolling-back`, `done`. */
+  /**
+   * `preparing`, `ready` (prepared; a held cut-over waits for Lab's go),
+   * `cutting-over`, `starting`, `rolling-back`, `done`.
+   */
   phase?: string;
+  /**
+   * A switch requested with `hold_cutover`: whether the cut-over waits for
+   * `POST switches/<id>/go` now, and for at most `timeout` seconds; null
+   * (or missing, from an older service) for a switch not held.
+   */
+  cutover?: {
+    held: boolean;
+    waiting: boolean;
+    timeout: number;
+  } | null;
   steps?: ISwitchStep[];
   error?: string | null;
   /** Medians (seconds) of recent succeeded switches of the same tiers. */

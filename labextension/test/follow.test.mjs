@@ -72,6 +72,79 @@ test('Lab goes to the progress page once the cut-over began', () => {
   );
 });
 
+test('ready (a held cut-over waits): save, then go', () => {
+  const ready = record({
+    phase: 'ready',
+    cutover: { held: true, waiting: true, timeout: 15 }
+  });
+  assert.deepEqual(follow.followAction(ready), { kind: 'save' });
+  // once Lab said go (or the hold ended) the phase moves on: go
+  assert.deepEqual(
+    follow.followAction(
+      record({
+        phase: 'cutting-over',
+        cutover: { held: true, waiting: false, timeout: 15 }
+      })
+    ),
+    { kind: 'go' }
+  );
+  // failed while held: nothing was stopped, stay
+  assert.equal(
+    follow.followAction({
+      ...ready,
+      state: 'failed',
+      error: 'boom',
+      steps: [{ name: 'stop', status: 'skipped' }]
+    }).kind,
+    'failed'
+  );
+});
+
+test('the save gets the hold less a margin for the go', () => {
+  const held = timeout =>
+    record({ phase: 'ready', cutover: { held: true, waiting: true, timeout } });
+  assert.equal(follow.saveBudget(held(15)), 12_000);
+  assert.equal(follow.saveBudget(held(30)), 27_000);
+  // a short hold still leaves a second to save
+  assert.equal(follow.saveBudget(held(2)), 1000);
+  // no word (an older service, a bad value): the service's default
+  for (const cutover of [undefined, null]) {
+    assert.equal(follow.saveBudget(record({ cutover })), 12_000);
+  }
+  for (const timeout of [0, -1, NaN, Infinity, '15']) {
+    assert.equal(follow.saveBudget(held(timeout)), 12_000);
+  }
+  assert.equal(follow.saveBudget(null), 12_000);
+});
+
+test('a save that failed is said, and the switch goes on', () => {
+  assert.equal(follow.saveProblem({}, trans), null);
+  assert.equal(
+    follow.saveProblem(
+      { error: null, timedOut: false, dirtyAfter: false },
+      trans
+    ),
+    null
+  );
+  assert.equal(follow.saveProblem({ error: 'disk full' }, trans), 'disk full');
+  assert.equal(
+    follow.saveProblem({ timedOut: true, dirtyAfter: true }, trans),
+    'saving took too long'
+  );
+  assert.equal(
+    follow.saveProblem({ dirtyAfter: true }, trans),
+    'some documents still have unsaved changes'
+  );
+  assert.equal(
+    follow.savingMessage('GPU', trans),
+    'Saving your work; moving to the GPU machine…'
+  );
+  assert.equal(
+    follow.saveFailedMessage('GPU', 'disk full', trans),
+    'Could not save all your work (disk full); moving to the GPU machine anyway — unsaved changes will be lost.'
+  );
+});
+
 test('an older service (no phase) or no record: go at once', () => {
   const old = record();
   delete old.phase;
