@@ -59,6 +59,10 @@ def main(argv=None) -> int:
     for name in filter(None, (m.strip() for m in args.preload.split(","))):
         try:
             importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+                failed.append(f"{name}: {type(e).__name__}: {e}")  # a dependency of it is missing
+            # else: not installed here, nothing to load ahead
         except Exception as e:  # the server itself will say what is wrong
             failed.append(f"{name}: {type(e).__name__}: {e}")
     with os.fdopen(args.status_fd, "w") as status:
