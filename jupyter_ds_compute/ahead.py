@@ -43,7 +43,7 @@ WATCH_WAIT = 25
 
 
 class AheadWatch:
-    """One long-poll loop per (service url, token) in this hub process."""
+    """One long-poll loop per (service url, token) in this hub process (and event loop)."""
 
     _instances: dict = {}
 
@@ -64,9 +64,14 @@ class AheadWatch:
         url, token = spawner.service_api_url, spawner.service_api_token
         if not (url and token):
             return None
-        watch = cls._instances.get((url, token))
+        loop = asyncio.get_running_loop()
+        key = (url, token, loop)
+        watch = cls._instances.get(key)
         if watch is None:
-            watch = cls._instances[(url, token)] = cls(url, token, log=spawner.log)
+            # a loop that ended (tests run one per test) takes its watch with it
+            for old in [k for k in cls._instances if k[2].is_closed()]:
+                del cls._instances[old]
+            watch = cls._instances[key] = cls(url, token, log=spawner.log)
         watch.spawners[(spawner.user.name, spawner.name or "")] = spawner
         watch.ensure_running()
         return watch

@@ -191,16 +191,17 @@ async def test_estimate_is_the_median_of_recent_switches(hub, store):
 
 async def test_board_watch_answers_on_change_only():
     board = Board()
-    snap = await board.watch(0, 0)
-    assert snap == {"version": 0, "wanted": []}
-    waiter = asyncio.ensure_future(board.watch(0, 5))
+    snap = await board.watch(0, 0)  # a new watch (or another service's version) answers at once
+    v0 = snap["version"]
+    assert snap == {"version": v0, "wanted": []} and v0 > 10**12  # starts at the clock, in ms
+    waiter = asyncio.ensure_future(board.watch(v0, 5))
     await asyncio.sleep(0.05)
     assert not waiter.done()
     board.want("s1", {"user": "a", "server_name": "", "options": {"profile": "gpu"}})
     snap = await asyncio.wait_for(waiter, 1)
-    assert snap["version"] == 1 and snap["wanted"][0]["switch"] == "s1"
+    assert snap["version"] == v0 + 1 and snap["wanted"][0]["switch"] == "s1"
     # an old version answers at once
-    assert (await board.watch(0, 5))["version"] == 1
+    assert (await board.watch(v0, 5))["version"] == v0 + 1
     assert board.report("nope", "ready") is False
     board.drop("s1")
     assert board.report("s1", "ready") is False

@@ -42,7 +42,9 @@ class Board:
     """The wanted set, its version, the spawner's reports, and who waits for them."""
 
     def __init__(self):
-        self.version = 0
+        # versions start at the clock (ms), so a restarted service never repeats the
+        # version a hub's watch last saw (it would wait instead of answering)
+        self.version = int(time.time() * 1000)
         self.wanted: dict[str, dict] = {}
         self.reports: dict[str, Report] = {}
         self._changed = asyncio.Event()
