@@ -54,7 +54,7 @@ HUB_ACTIONS: dict[str, list[tuple[str, str, str]]] = {
         ("ec2:GetConsoleOutput", ANY, "the boot log of a failed start"),
         ("iam:PassRole", SERVER_ROLE, "launch with the servers' instance profile"),
         ("ssm:PutParameter", LAUNCH_PARAMETERS, "hand over the launch spec (SecureString)"),
-        ("ssm:GetParameter", LAUNCH_PARAMETERS, "read the server's exit status"),
+        ("ssm:GetParameter", LAUNCH_PARAMETERS, "read the server's exit status; a prepared instance booted"),
         ("ssm:DeleteParameters", LAUNCH_PARAMETERS, "remove the spec and exit status"),
         ("ssm:GetParametersByPath", LAUNCH_PATH, "every server's exit status in one call (poll)"),
         ("kms:Encrypt", ANY, "SecureString with the default key (alias/aws/ssm)"),
@@ -96,7 +96,7 @@ SERVER_ACTIONS: dict[str, list[tuple[str, str, str]]] = {
     "server-bootstrap": [
         ("ssm:GetParameter", OWN_LAUNCH_PARAMETER, "read its launch spec"),
         ("ssm:DeleteParameter", OWN_LAUNCH_PARAMETER, "delete it at boot (the token)"),
-        ("ssm:PutParameter", OWN_LAUNCH_PARAMETER, "its exit status (.exit)"),
+        ("ssm:PutParameter", OWN_LAUNCH_PARAMETER, "its exit status (.exit), that it waits (.waiting)"),
         ("kms:Decrypt", ANY, "the SecureString"),
     ],
     "efs-client": [

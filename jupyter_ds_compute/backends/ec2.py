@@ -358,11 +358,27 @@ class EC2Backend(Backend, aws.AWS):
     # -- prepare ---------------------------------------------------------------
 
     async def prepare(self, tier):
+        if self._prepared:
+            return await self._take_prepared(tier)
+        inst = await self._acquire(tier, self.spawner.volume.zone())
+        # the answer that showed ours running shows the others too
+        await self._end_leftovers()
+        await self._resolve_address(inst)
+        self.host = self._host_info()
+        return self.host
+
+    def _host_info(self):
+        return HostInfo(
+            kind="ec2", id=self.instance_id, zone=self.zone, extra={"instance_type": self.instance_type}
+        )
+
+    async def _acquire(self, tier, zone):
+        """Launch (or restart) an instance for ``tier`` in ``zone`` (None: any allowed subnet)
+        and wait until it runs; returns its description."""
         self.instance_type = self._tier_setting(
             tier, "instance_type", self.instance_types, self.default_instance_type
         )
         self.tier_slug = tier.slug
-        zone = self.spawner.volume.zone()
         subnets = await self._subnets(zone)
         inst = None
         self._reused = False
@@ -376,13 +392,109 @@ class EC2Backend(Backend, aws.AWS):
         self.poller.track(self.instance_id)
         self.zone = inst.get("Placement", {}).get("AvailabilityZone")
         inst = await self._wait_running()
-        # the answer that showed ours running shows the others too
-        await self._end_leftovers()
         self.zone = inst["Placement"]["AvailabilityZone"]
+        return inst
+
+    # -- make before break: an instance readied while the old server serves ---------
+
+    prepares_ahead = True
+
+    #: made by ``prepare_ahead`` and not (yet) taken by a start: ``stop`` terminates it
+    _prepared = False
+
+    async def prepare_ahead(self, tier, cmd, env, volume_path, key):
+        """Launch the target instance while the old one serves: in the volume's zone
+        (EBS; any allowed subnet with EFS), wait until it runs, has its address and
+        its bootstrap waits for the launch spec (``<prefix><id>.waiting``).
+
+        The old server's instance is not touched: no leftover check here (it
+        would end the old server); the start that takes this instance does it.
+        ``start`` then only writes the launch spec; ``stop(now=True)`` of an
+        instance never taken terminates it.
+        """
+        zone = self.spawner.volume.zone()
+        where = f" in {zone}, where your volume is" if zone else ""
+        self.emit(f"Launching your {tier.display_name} instance{where} while your server keeps running")
+        self._prepared = True
+        inst = await self._acquire(tier, zone)
         await self._resolve_address(inst)
-        self.host = HostInfo(
-            kind="ec2", id=self.instance_id, zone=self.zone, extra={"instance_type": self.instance_type}
+        await self._wait_bootstrap()
+        self.host = self._host_info()
+        self.log.info(
+            "%s: instance %s (%s, %s) prepared for the switch to %s",
+            self.log_name,
+            self.instance_id,
+            self.instance_type,
+            self.zone,
+            tier.slug,
         )
+        return self.host
+
+    @property
+    def waiting_parameter(self):
+        """Written by the bootstrap once it waits for its launch spec."""
+        return self.spec_parameter + ".waiting"
+
+    async def _wait_bootstrap(self):
+        """Until the instance's bootstrap says it waits for its launch spec (it booted)."""
+        started = time.monotonic()
+        self.emit(f"Waiting for instance {self.instance_id} to boot")
+
+        async def probe():
+            try:
+                await self.aws("ssm", "get_parameter", Name=self.waiting_parameter)
+                return True
+            except Exception as e:
+                if aws.error_code(e) != "ParameterNotFound":
+                    raise
+            inst = await self.poller.instance(self.instance_id, max_age=self.poll_interval)
+            state = (inst or {}).get("State", {}).get("Name")
+            if state not in ("pending", "running"):
+                self._fail(f"Instance {self.instance_id} ended while booting ({state}).")
+            return False
+
+        try:
+            await aws.wait_until(
+                probe,
+                what=f"the bootstrap of {self.instance_id}",
+                timeout=self.launch_timeout,
+                first=1,
+                cap=2,
+            )
+        except aws.WaitTimeout as e:
+            self._fail(
+                f"Instance {self.instance_id} did not finish booting in {self.launch_timeout:g}s.",
+                log_message=str(e),
+            )
+        self.emit(f"Instance {self.instance_id} booted ({time.monotonic() - started:.1f}s)")
+
+    async def _take_prepared(self, tier):
+        """``prepare`` of the start that takes the prepared instance: no launch.
+
+        Checks what AWS would not: the instance still runs, it is the tier's,
+        and (EBS) it is in the volume's zone. Then ends this server's other
+        instances (a prepared one abandoned by a restarted hub) with an answer
+        fetched now, after the old server's stop: never this one.
+        """
+        if tier.slug != self.tier_slug:
+            self._fail(
+                f"The instance prepared for tier {self.tier_slug} cannot serve tier {tier.slug}.",
+            )
+        self._launched_at = time.monotonic()
+        inst = await self.poller.instance(self.instance_id, max_age=0, since=self._launched_at)
+        state = (inst or {}).get("State", {}).get("Name")
+        if state != "running":
+            self._fail(f"The instance {self.instance_id} prepared for this switch is {state or 'gone'}.")
+        zone = self.spawner.volume.zone()
+        if zone and inst["Placement"]["AvailabilityZone"] != zone:
+            self._fail(
+                f"The instance {self.instance_id} prepared for this switch is in "
+                f"{inst['Placement']['AvailabilityZone']}, but your volume is in {zone}."
+            )
+        self._prepared = False
+        await self._end_leftovers()
+        self.emit(f"Using instance {self.instance_id}, prepared while your server ran")
+        self.host = self._host_info()
         return self.host
 
     async def _launch(self, tier, subnets):
@@ -708,7 +820,8 @@ class EC2Backend(Backend, aws.AWS):
         return int(report.get("status") or 0) or 1
 
     async def _delete_parameters(self, spec=True):
-        names = [self.spec_parameter + ".exit"] + ([self.spec_parameter] if spec else [])
+        names = [self.spec_parameter + ".exit", self.waiting_parameter]
+        names += [self.spec_parameter] if spec else []
         try:
             await self.aws("ssm", "delete_parameters", Names=names)
         except Exception:
@@ -731,13 +844,15 @@ class EC2Backend(Backend, aws.AWS):
                 "Instance %s is not tagged as %s's: not touching it", self.instance_id, self.log_name
             )
             return
-        if self.on_stop == "stop" and state != "stopped":
+        # a prepared instance no start took never ran a server: nothing to keep
+        on_stop = "terminate" if self._prepared else self.on_stop
+        if on_stop == "stop" and state != "stopped":
             self.emit(f"Stopping instance {self.instance_id}")
             asked = time.monotonic()
             r = await self.aws("ec2", "stop_instances", InstanceIds=[self.instance_id], Force=bool(now))
             if self._current_state(r, "StoppingInstances") not in ("stopped", "terminated"):
                 await self._wait_state({"stopped", "terminated"}, since=asked)
-        elif self.on_stop == "terminate":
+        elif on_stop == "terminate":
             self.emit(f"Terminating instance {self.instance_id}")
             asked = time.monotonic()
             try:
@@ -780,12 +895,13 @@ class EC2Backend(Backend, aws.AWS):
     async def release(self):
         if not self.instance_id:
             return
-        if self.on_stop == "stop":
+        if self.on_stop == "stop" and not self._prepared:
             self.log.info("Keeping stopped instance %s of %s for reuse", self.instance_id, self.log_name)
         self.poller.untrack(self.instance_id)
         self.instance_id = ""
         self.ip = ""
         self.host = None
+        self._prepared = False
 
     async def log_tail(self, lines=30):
         if not self.instance_id:

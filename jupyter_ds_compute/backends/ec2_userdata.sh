@@ -6,7 +6,9 @@
 # <prefix><instance-id>, which this script deletes as soon as it has read it
 # (the hub deletes it too at stop). Then it mounts the user's volume and runs
 # the server as the configured uid/gid until it exits; its exit status and
-# the tail of its log go to <prefix><instance-id>.exit for the hub.
+# the tail of its log go to <prefix><instance-id>.exit for the hub. While it
+# waits for the spec, <prefix><instance-id>.waiting says so (a switch prepares
+# the instance ahead and hands the spec over at its cut-over).
 #
 # The machine image needs: bash, python3 with boto3, jupyterhub-singleuser
 # (and jupyter-ds-compute for the server extension), util-linux (setpriv,
@@ -69,6 +71,12 @@ def report_exit(status, tail):
         log(f"could not report exit: {e!r}")
 
 
+# tell the hub we are up and waiting (a switch prepared this instance ahead and
+# hands over the spec at its cut-over); gone again once the spec is read
+try:
+    ssm.put_parameter(Name=param + ".waiting", Type="String", Overwrite=True, Value=str(int(time.time())))
+except Exception as e:
+    log(f"could not say we wait: {e!r}")
 deadline = time.monotonic() + float(os.environ["DS_SPEC_TIMEOUT"])
 while True:
     try:
@@ -83,6 +91,10 @@ try:
     ssm.delete_parameter(Name=param)  # the token must not outlive the boot
 except Exception as e:
     log(f"could not delete {param}: {e!r}")
+try:
+    ssm.delete_parameter(Name=param + ".waiting")
+except Exception as e:
+    log(f"could not delete {param}.waiting: {e!r}")
 if raw.startswith("z:"):
     raw = zlib.decompress(base64.b64decode(raw[2:])).decode()
 spec = json.loads(raw)
