@@ -23,6 +23,22 @@ A thread polls the moto server. When an instance tagged by a hub reaches
 - when the instance leaves ``running`` (stop/terminate), ends its processes
   (SIGTERM, then SIGKILL), like the OS shutdown would.
 
+Realistic timing (moto is instant: its instances are ``running`` as soon as
+they are launched). ``launch_delay`` seconds after the emulator first sees
+an instance, it publishes the address (until then the instance has no
+address the hub can use: the backend's address wait, which every start and
+every prepared start goes through, lasts that long); ``boot_delay`` seconds
+later it runs the user-data (the OS boot before cloud-init), so the
+bootstrap's ``.waiting`` report and the spec read come no earlier. EBS
+attach/detach times are the moto server's (``MotoServer.set_delays``: the
+emulator reads the same delayed answers, so a device appears only once the
+attach is over). Defaults 0: tests stay fast; the benchmark uses the issue's
+25 s / 15 s (and 5 s / 5 s attach/detach).
+
+Calls of the emulator carry ``app/ds-compute-emulator`` in their User-Agent
+and those of the emulated instances ``app/ds-compute-instance``, so the moto
+server counts the hub's calls apart (``stats()["callers"]["hub"]``).
+
 Needs root (namespaces, loop devices, mounts).
 """
 
@@ -35,6 +51,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -70,15 +87,28 @@ class Instance:
         self.port = free_port()
         self.proc = None
         self.devices = {}
+        self.seen = time.monotonic()
+        self.addressed = False
 
 
 class InstanceEmulator:
-    def __init__(self, endpoint_url, workdir, region="us-east-1", interval=0.2, image_size_gib=1):
+    def __init__(
+        self,
+        endpoint_url,
+        workdir,
+        region="us-east-1",
+        interval=0.2,
+        image_size_gib=1,
+        launch_delay=0.0,
+        boot_delay=0.0,
+    ):
         self.endpoint_url = endpoint_url
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.region = region
         self.interval = interval
+        self.launch_delay = launch_delay
+        self.boot_delay = boot_delay
         self.image_size = image_size_gib * 2**30
         self.instances: dict[str, Instance] = {}
         self.loops: dict[str, str] = {}  # volume id -> /dev/loopN (one per volume, kept)
@@ -91,6 +121,7 @@ class InstanceEmulator:
             region_name=region,
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
+            config=__import__("botocore.config").config.Config(user_agent_appid="ds-compute-emulator"),
         )
         self.ec2 = boto3.client("ec2", **kw)
         self.efs = boto3.client("efs", **kw)
@@ -139,10 +170,18 @@ class InstanceEmulator:
             if states.get(iid) != "running":
                 self._shutdown(inst)
                 del self.instances[iid]
-        self._map_volumes()
         for iid, state in states.items():
             if state == "running" and iid not in self.instances:
-                self._boot(iid)
+                self.instances[iid] = Instance(iid, self.workdir)
+        now = time.monotonic()
+        for inst in self.instances.values():
+            if not inst.addressed and now - inst.seen >= self.launch_delay:
+                self._address(inst)
+        self._map_volumes()
+        for inst in self.instances.values():
+            booted = now - inst.seen >= self.launch_delay + self.boot_delay
+            if inst.addressed and inst.proc is None and booted:
+                self._boot(inst)
 
     def _map_volumes(self):
         r = self.ec2.describe_volumes(Filters=[{"Name": "tag-key", "Values": ["ds-compute:hub"]}])
@@ -185,10 +224,17 @@ class InstanceEmulator:
                     os.chmod(src, int(info["Permissions"], 8))
             (self.efs_map / ap["AccessPointId"]).write_text(str(src))
 
-    def _boot(self, iid):
-        inst = Instance(iid, self.workdir)
-        self.instances[iid] = inst
-        self.ec2.create_tags(Resources=[iid], Tags=[{"Key": ADDRESS_TAG, "Value": f"127.0.0.1:{inst.port}"}])
+    def _address(self, inst):
+        """The instance runs (after ``launch_delay``): it has an address."""
+        self.ec2.create_tags(
+            Resources=[inst.id], Tags=[{"Key": ADDRESS_TAG, "Value": f"127.0.0.1:{inst.port}"}]
+        )
+        inst.addressed = True
+
+    def _boot(self, inst):
+        """The OS booted (after ``boot_delay`` more): cloud-init runs the user-data."""
+        iid = inst.id
+        inst.proc = False  # tried (a missing user-data is an error, not retried)
         raw = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"].get(
             "Value"
         )
@@ -210,6 +256,7 @@ class InstanceEmulator:
             "DS_COMPUTE_INSTANCE_ID": iid,
             "DS_COMPUTE_DEVICE_DIR": str(inst.devdir),
             "DS_TEST_EFS_MAP": str(self.efs_map),
+            "AWS_SDK_UA_APP_ID": "ds-compute-instance",
         }
         log = open(inst.dir / "console.log", "ab")
         inst.proc = subprocess.Popen(
@@ -226,7 +273,7 @@ class InstanceEmulator:
 
     def _shutdown(self, inst, grace=5.0):
         proc = inst.proc
-        if proc is not None and proc.poll() is None:
+        if proc and proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -235,7 +282,7 @@ class InstanceEmulator:
                 proc.wait(grace)
             except subprocess.TimeoutExpired:
                 pass
-        if proc is not None:
+        if proc:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -9,10 +9,21 @@ Run as ``python tests/aws/motoserver.py --port N`` (tests start it through
 - throttling: token buckets per action like EC2's (e.g. RunInstances burst 5,
   refill 2/s) answering ``RequestLimitExceeded`` (HTTP 503);
 - attachments stuck in ``attaching`` (``DescribeVolumes`` answers rewritten);
-- counts of calls per action (for benchmarks and assertions).
+- counts of calls per action (for benchmarks and assertions), and per caller
+  (the ``app/<id>`` of the User-Agent: the instance emulator and the emulated
+  instances set one, the hub none);
+- EBS attach and detach that take time (moto's are instant): for
+  ``delays["attach"]`` seconds after an ``AttachVolume`` the volume's
+  attachment reads ``attaching`` in ``DescribeVolumes`` answers, and for
+  ``delays["detach"]`` seconds after a ``DetachVolume`` or the
+  ``Terminate``/``StopInstances`` of the instance it was attached to, the
+  volume reads ``in-use`` with a ``detaching`` attachment (moto has already
+  detached it). The instance emulator reads the same answers, so the device
+  shows up on the "instance" only once the attach is over.
 
 Control endpoints (JSON): ``POST /_fault/arm`` a rule, ``POST /_fault/reset``,
-``GET /_fault/stats``, ``POST /_fault/rate`` ``{"RunInstances": [burst, per_s]}``.
+``GET /_fault/stats``, ``POST /_fault/rate`` ``{"RunInstances": [burst, per_s]}``,
+``POST /_fault/delays`` ``{"attach": 5, "detach": 5}`` (kept across resets).
 """
 
 from __future__ import annotations
@@ -56,6 +67,11 @@ class FaultMiddleware:
     def __init__(self, app):
         self.app = app
         self.lock = threading.Lock()
+        self.delays = {}
+        #: volume id -> (attach time, instance id, device) of its last AttachVolume
+        self.attached = {}
+        #: volume id -> (until, instance id, device) of an emulated detach
+        self.detaching = {}
         self.reset()
 
     def reset(self):
@@ -63,6 +79,7 @@ class FaultMiddleware:
             self.rules = []
             self.buckets = {}
             self.calls = {}
+            self.callers = {}
             self.faults = {}
 
     # -- control -------------------------------------------------------------
@@ -80,8 +97,19 @@ class FaultMiddleware:
                 self.buckets = {k: TokenBucket(*v) for k, v in data.items()}
         elif path == "/_fault/calls":
             with self.lock:
-                self.calls, self.faults = {}, {}
-        out = json.dumps({"calls": self.calls, "faults": self.faults, "rules": self.rules}).encode()
+                self.calls, self.faults, self.callers = {}, {}, {}
+        elif path == "/_fault/delays":
+            with self.lock:
+                self.delays = {k: float(v) for k, v in data.items() if v}
+        out = json.dumps(
+            {
+                "calls": self.calls,
+                "callers": self.callers,
+                "faults": self.faults,
+                "rules": self.rules,
+                "delays": self.delays,
+            }
+        ).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])
         return [out]
 
@@ -127,9 +155,17 @@ class FaultMiddleware:
         if path.startswith("/_fault/"):
             return self._control(environ, start_response, path, body)
         action, params = self._action(environ, body)
+        caller = re.search(r"\bapp/([\w.-]+)", environ.get("HTTP_USER_AGENT", ""))
+        caller = caller.group(1) if caller else "hub"
         with self.lock:
             self.calls[action] = self.calls.get(action, 0) + 1
+            per = self.callers.setdefault(caller, {})
+            per[action] = per.get(action, 0) + 1
         rule = self._fault(action, params)
+        if self.delays and not (rule and rule.get("error")):
+            self._note_volume_change(action, params)
+            if action == "DescribeVolumes" and not rule:
+                return self._rewrite(environ, start_response, self._delay_volumes)
         if rule and rule.get("error"):
             out = EC2_ERROR.format(
                 code=rule["error"], message=rule.get("message", rule["error"]), rid="fault"
@@ -145,6 +181,70 @@ class FaultMiddleware:
         if rule and rule.get("rewrite") == "attaching":
             return self._rewrite_attaching(environ, start_response, rule)
         return self.app(environ, start_response)
+
+    # -- attach/detach that take time ----------------------------------------------
+
+    def _note_volume_change(self, action, params):
+        now = time.monotonic()
+        with self.lock:
+            if action == "AttachVolume" and params.get("VolumeId"):
+                self.attached[params["VolumeId"]] = (
+                    now,
+                    params.get("InstanceId", ""),
+                    params.get("Device", ""),
+                )
+                self.detaching.pop(params["VolumeId"], None)
+            elif action == "DetachVolume" and params.get("VolumeId"):
+                vid = params["VolumeId"]
+                _, iid, dev = self.attached.pop(vid, (0, params.get("InstanceId", ""), ""))
+                self.detaching[vid] = (now + self.delays.get("detach", 0), iid, dev)
+            elif action in ("TerminateInstances", "StopInstances"):
+                ids = {v for k, v in params.items() if k.startswith("InstanceId.")}
+                for vid, (_, iid, dev) in list(self.attached.items()):
+                    if iid in ids:
+                        del self.attached[vid]
+                        self.detaching[vid] = (now + self.delays.get("detach", 0), iid, dev)
+
+    _VOLUME = re.compile(
+        r"(<volumeId>(vol-[0-9a-f]+)</volumeId>.*?<status>)(available|in-use)(</status>.*?)"
+        r"(<attachmentSet/>|<attachmentSet>.*?</attachmentSet>)",
+        re.S,
+    )
+
+    def _delay_volumes(self, text):
+        now = time.monotonic()
+
+        def fix(m):
+            vid, status, atts = m.group(2), m.group(3), m.group(5)
+            with self.lock:
+                detach = self.detaching.get(vid)
+                attach = self.attached.get(vid)
+            if detach and now < detach[0] and status == "available":
+                item = (
+                    f"<item><volumeId>{vid}</volumeId><instanceId>{detach[1]}</instanceId>"
+                    f"<device>{detach[2]}</device><status>detaching</status></item>"
+                )
+                return f"{m.group(1)}in-use{m.group(4)}<attachmentSet>{item}</attachmentSet>"
+            if attach and now < attach[0] + self.delays.get("attach", 0):
+                atts = atts.replace("<status>attached</status>", "<status>attaching</status>")
+            return m.group(1) + status + m.group(4) + atts
+
+        return self._VOLUME.sub(fix, text)
+
+    def _rewrite(self, environ, start_response, edit):
+        """Run moto, then ``edit(text)`` its answer."""
+        captured = {}
+
+        def capture(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: None
+
+        body = b"".join(self.app(environ, capture))
+        out = edit(body.decode()).encode()
+        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(out))))
+        start_response(captured["status"], headers)
+        return [out]
 
     def _rewrite_attaching(self, environ, start_response, rule):
         captured = {}
@@ -255,6 +355,10 @@ class MotoServer:
 
     def clear_calls(self):
         return self.control("POST", "calls")
+
+    def set_delays(self, attach=0.0, detach=0.0):
+        """EBS attach/detach that take ``attach``/``detach`` seconds (0: instant, moto's)."""
+        return self.control("POST", "delays", {"attach": attach, "detach": detach})
 
     def env(self):
         """Environment for boto3 clients of this server."""
