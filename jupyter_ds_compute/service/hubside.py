@@ -97,7 +97,7 @@ class EventsHandler(HubSideHandler):
 
 def _bounded_int(text, lo, hi):
     """``text`` as an int in ``[lo, hi]`` (plain decimal digits), else None."""
-    if not (text.isascii() and text.isdigit()) or len(text) > 12:
+    if not (text.isascii() and text.isdigit()) or len(text) > 16:  # 2**53 has 16 digits (versions are ms since the epoch)
         return None
     value = int(text)
     return value if lo <= value <= hi else None
