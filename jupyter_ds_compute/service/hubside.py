@@ -97,7 +97,8 @@ class EventsHandler(HubSideHandler):
 
 def _bounded_int(text, lo, hi):
     """``text`` as an int in ``[lo, hi]`` (plain decimal digits), else None."""
-    if not (text.isascii() and text.isdigit()) or len(text) > 16:  # 2**53 has 16 digits (versions are ms since the epoch)
+    # up to 16 digits: 2**53 (watch versions are milliseconds since the epoch)
+    if not (text.isascii() and text.isdigit()) or len(text) > 16:
         return None
     value = int(text)
     return value if lo <= value <= hi else None
