@@ -10,7 +10,11 @@ The rules, each used at spawn (hub side) and at switch (service side):
 - :func:`period_start`, :func:`applicable_budgets`, :func:`budget_state`,
   :func:`budget_refusal`: spending limits per user and per group over a
   period, warned at a fraction, refusing expensive tiers when spent;
-- :func:`idle_action`: what to do with a server idle on an expensive tier.
+- :func:`idle_action`: what to do with a server idle on an expensive tier;
+- :func:`parse_duration`, :func:`request_refusal`, :func:`decision_refusal`,
+  :func:`granted_duration`, :func:`grant_phase`: requests for a tier the
+  user may not use, their approval and the grant's expiry (docs/internals.md,
+  "Requests and grants").
 
 :class:`PolicySettings` declares the settings of these rules (budgets, the
 period, the warn fraction, the polling and idle intervals) once, as traits:
@@ -22,6 +26,8 @@ the same traits (``hubconfig.check_config``).
 from __future__ import annotations
 
 import calendar
+import math
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from textwrap import dedent
@@ -34,9 +40,16 @@ __all__ = [
     "IDLE_ACTIONS",
     "PolicySettings",
     "applicable_budgets",
+    "MAX_REASON_LENGTH",
     "budget_refusal",
     "budget_state",
     "cap_refusal",
+    "decision_refusal",
+    "grant_group",
+    "grant_phase",
+    "granted_duration",
+    "parse_duration",
+    "request_refusal",
     "group_refusal",
     "idle_action",
     "period_start",
@@ -250,6 +263,144 @@ def idle_action(
     return ("downshift", default_profile)
 
 
+# -- requests and grants ------------------------------------------------------------
+
+#: the units of a duration such as ``"7d"`` (seconds each)
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+#: the longest request or decision reason accepted (characters)
+MAX_REASON_LENGTH = 1000
+
+_DURATION_RE = re.compile(r"^\s*([0-9]{1,9}(?:\.[0-9]{1,6})?)\s*([smhdw]?)\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """A duration in seconds from ``"7d"``, ``"12h"``, ``"30m"``, ``"45s"``,
+    ``"90"`` or a number of seconds; must be > 0.
+
+    Raises ValueError with a message that names the accepted forms (callers
+    prefix the field or key).
+    """
+    if isinstance(value, bool):
+        seconds = None
+    elif isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        seconds = float(m.group(1)) * DURATION_UNITS[m.group(2) or "s"] if m else None
+    else:
+        seconds = None
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ValueError(
+            f"must be a duration like '7d', '12h', '30m', '45s' or a number of seconds > 0, not {shown}"
+        )
+    return seconds
+
+
+def grant_group(allowed_groups: Iterable[str] | None) -> str | None:
+    """The JupyterHub group a grant of a tier adds its user to: the tier's
+    first ``allowed_groups`` entry (None: the tier is open to all, nothing to grant)."""
+    groups = list(allowed_groups or ())
+    return groups[0] if groups else None
+
+
+def request_refusal(
+    *,
+    display_name: str,
+    allowed_groups: Iterable[str] | None,
+    max_grant: float | None,
+    user_groups: Iterable[str] | None,
+    duration: float,
+    pending: bool = False,
+    granted: bool = False,
+) -> tuple[str, str] | None:
+    """Why a user may not request tier ``display_name`` for ``duration`` seconds:
+    ``(field, message)``, or None.
+
+    A tier can be requested only if it has ``max_grant`` and is limited by
+    ``allowed_groups``; not if the user may use it already (by a group, or a
+    grant still running), nor while a request of theirs for it is
+    ``pending``; and not for longer than ``max_grant``.
+    """
+    what = f"tier {display_name!r}"
+    if max_grant is None or grant_group(allowed_groups) is None:
+        return ("profile", f"{what} cannot be requested (it has no max_grant, or is open to everyone)")
+    if granted:
+        return ("profile", f"you may use {what} already: a grant of it is running")
+    if group_refusal(allowed_groups, user_groups) is None:
+        return ("profile", f"you may use {what} already (you are in one of its groups)")
+    if pending:
+        return ("profile", f"a request of yours for {what} is pending already")
+    if duration > max_grant:
+        return (
+            "duration",
+            f"{what} may be granted for at most {_short_duration(max_grant)}, not {_short_duration(duration)}",
+        )
+    return None
+
+
+def decision_refusal(
+    *,
+    decider: str,
+    requester: str,
+    is_admin: bool,
+    decider_groups: Iterable[str] | None,
+    approvers: Iterable[str] | None,
+    display_name: str,
+) -> str | None:
+    """Why ``decider`` may not approve or deny ``requester``'s request for a
+    tier with ``approvers`` (group names), or None.
+
+    Admins (the ``custom:ds-compute:admin`` scope) and members of one of the
+    tier's ``approvers`` groups decide; nobody decides their own request.
+    """
+    if decider == requester:
+        return "nobody may decide their own request; another approver or an admin must"
+    if is_admin:
+        return None
+    if set(approvers or ()) & set(decider_groups or ()):
+        return None
+    groups = ", ".join(approvers or ()) or "none"
+    return (
+        f"only admins and members of the approvers groups of tier {display_name!r} ({groups}) "
+        "may decide requests for it"
+    )
+
+
+def granted_duration(requested: float, approved: float | None, max_grant: float) -> float:
+    """How long an approval grants: ``approved`` (None: what was requested),
+    at most what was requested and the tier's ``max_grant``; ValueError if longer."""
+    if approved is None:
+        return min(requested, max_grant)
+    if approved > requested:
+        raise ValueError(
+            f"may only shorten the request ({_short_duration(requested)}), not lengthen it to "
+            f"{_short_duration(approved)}"
+        )
+    if approved > max_grant:
+        raise ValueError(f"is longer than the tier's max_grant ({_short_duration(max_grant)})")
+    return approved
+
+
+def grant_phase(now: float, expires: float, notice_before: float) -> str:
+    """``active``, ``notice`` (within ``notice_before`` seconds of ``expires``:
+    the user is told) or ``expired`` (``now >= expires``)."""
+    if now >= expires:
+        return "expired"
+    if now >= expires - max(0.0, notice_before):
+        return "notice"
+    return "active"
+
+
+def _short_duration(seconds: float) -> str:
+    """``7d``, ``36h``, ``90m``, ``45s``: the largest unit (up to days) that divides exactly."""
+    for unit in ("d", "h", "m"):
+        if seconds >= DURATION_UNITS[unit] and seconds % DURATION_UNITS[unit] == 0:
+            return f"{int(seconds // DURATION_UNITS[unit])}{unit}"
+    return f"{seconds:g}s"
+
+
 class PolicySettings(Configurable):
     """The settings of the policy rules, shared by the service and the hub.
 
@@ -324,7 +475,41 @@ class PolicySettings(Configurable):
         help="Seconds between two idle checks (only if some tier has ``idle_downshift_after``).",
     ).tag(config=True)
 
-    @validate("accounting_interval", "idle_check_interval")
+    grant_check_interval = Float(
+        30.0,
+        help=dedent("""
+            Seconds between two checks of the grants (approved requests): the
+            notice before a grant ends, then its end (the user leaves the
+            tier's group; a server on the tier is switched down)::
+
+                c.DSComputeService.grant_check_interval = 10
+
+            .. versionadded:: 0.1
+            """).strip(),
+    ).tag(config=True)
+
+    grant_expiry_notice = Float(
+        600.0,
+        help=dedent("""
+            Seconds before a grant ends at which its user is told (a notice in
+            Lab's status bar and the audit log) that a server on the tier will be
+            moved to their default tier. 0: no notice before the end::
+
+                c.DSComputeService.grant_expiry_notice = 3600
+
+            .. versionadded:: 0.1
+            """).strip(),
+    ).tag(config=True)
+
+    @validate("grant_expiry_notice")
+    def _validate_notice(self, proposal):
+        if proposal["value"] < 0:
+            raise ValueError(
+                f"grant_expiry_notice must be a number of seconds >= 0, got {proposal['value']!r}"
+            )
+        return proposal["value"]
+
+    @validate("accounting_interval", "idle_check_interval", "grant_check_interval")
     def _validate_interval(self, proposal):
         if proposal["value"] <= 0:
             raise ValueError(
@@ -350,6 +535,8 @@ class PolicySettings(Configurable):
         "accounting_interval",
         "idle_check_interval",
         "idle_action",
+        "grant_check_interval",
+        "grant_expiry_notice",
     )
 
     def settings(self) -> dict:

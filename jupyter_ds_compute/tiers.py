@@ -35,7 +35,7 @@ from typing import Any
 from jupyterhub.traitlets import ByteSpecification
 from traitlets import TraitError
 
-from .policy import group_refusal
+from .policy import group_refusal, parse_duration
 
 __all__ = [
     "OTHER_CHOICE",
@@ -79,6 +79,8 @@ _PROFILE_FIELDS = frozenset(
         "allowed_groups",
         "max_servers",
         "idle_downshift_after",
+        "max_grant",
+        "approvers",
         "backend",
         "volume",
         "extra",
@@ -468,12 +470,39 @@ def _check_resources(c: _Checker, p: dict) -> None:
             "idle_downshift_after",
             f"must be a number of seconds > 0 or None, got {_shown(idle)}",
         )
+    _check_grant(c, p)
     for key in ("backend", "volume"):
         value = p.get(key)
         if value is not None and (not isinstance(value, str) or not value):
             c.fail(key, f"must be a non-empty string or None, got {_shown(value)}")
     if "extra" in p:
         c.dict_(p["extra"], "extra")
+
+
+def _check_grant(c: _Checker, p: dict) -> None:
+    """``max_grant`` (a duration, stored as seconds) makes a tier limited by
+    ``allowed_groups`` requestable; ``approvers`` (group names) may decide
+    its requests besides admins (docs/internals.md, "Requests and grants")."""
+    value = p.get("max_grant")
+    if value is None:
+        p.pop("max_grant", None)
+    else:
+        try:
+            p["max_grant"] = parse_duration(value)
+        except ValueError as e:
+            c.fail("max_grant", str(e))
+        if not p.get("allowed_groups"):
+            c.fail(
+                "max_grant",
+                "needs allowed_groups: a grant adds the user to the tier's first allowed group "
+                "(a tier open to everyone needs no grant)",
+            )
+    if p.get("approvers") is None:
+        p.pop("approvers", None)
+        return
+    c.groups(p, "approvers", "")
+    if p.get("max_grant") is None:
+        c.fail("approvers", "needs max_grant: only a tier that can be requested has approvers")
 
 
 def _check_option(c: _Checker, key: Any, option: Any) -> None:
@@ -670,6 +699,10 @@ class Tier:
     volume: str | None
     extra: dict = field(default_factory=dict, hash=False)
     raw: dict = field(default_factory=dict, hash=False, repr=False)
+    #: seconds a request may be granted for; None: the tier cannot be requested
+    max_grant: float | None = None
+    #: groups whose members decide requests for the tier (besides admins)
+    approvers: tuple[str, ...] = ()
 
     @classmethod
     def from_profile(cls, profile: dict) -> "Tier":
@@ -695,6 +728,8 @@ class Tier:
             volume=profile.get("volume"),
             extra=_copy(profile.get("extra") or {}),
             raw=profile,
+            max_grant=profile.get("max_grant"),
+            approvers=tuple(profile.get("approvers") or ()),
         )
 
     @property
@@ -768,6 +803,8 @@ def for_user(profiles: Any, user_groups=None) -> list[dict]:
                 "default": p is default,
                 "max_servers": tier.max_servers,
                 "idle_downshift_after": tier.idle_downshift_after,
+                # a refused tier with max_grant can be requested (api/requests)
+                "max_grant": tier.max_grant,
             }
         )
     return out
