@@ -47,7 +47,9 @@ SERVICE_NAME = "ds-compute"
 #: ``read:groups``: members of groups with a budget; ``read:users:activity``:
 #: the admin page's last activity of users without a server;
 #: ``admin:server_state`` (read only through the REST API): each server's
-#: spawner state, where the admin page finds the volume driver's describe()
+#: spawner state, where the admin page finds the volume driver's describe().
+#: Added when the hub has loaded its config (:func:`grant_scopes`): ``groups!group=<g>``
+#: for the groups a grant adds users to, and nothing for other groups.
 SERVICE_SCOPES = [
     "servers",
     "read:users:groups",
@@ -169,6 +171,23 @@ def _service_entry(c, spawner_token):
         "oauth_client_allowed_scopes": list(OAUTH_SCOPES),
         "display": True,
     }
+
+
+def grant_scopes(profile_list) -> list[str]:
+    """``groups!group=<g>`` for each group a grant may add users to: the first
+    ``allowed_groups`` entry of every tier with ``max_grant`` (docs/internals.md,
+    "Requests and grants"). Only the static list is known here: for a callable
+    ``profile_list``, give the service's role those scopes yourself."""
+    if profile_list is None or callable(profile_list):
+        return []
+    from .policy import grant_group
+
+    out = []
+    for p in normalize_profile_list(profile_list):
+        group = grant_group(p.get("allowed_groups")) if p.get("max_grant") is not None else None
+        if group and f"groups!group={group}" not in out:
+            out.append(f"groups!group={group}")
+    return out
 
 
 def service_environment(config):
@@ -406,6 +425,12 @@ def _finish(config, banner):
     for spec in services:
         if spec.get("name") == SERVICE_NAME:
             spec.setdefault("environment", {}).update(service_environment(config))
+    role = next((r for r in roles if r.get("name") == f"{SERVICE_NAME}-service"), None)
+    if role is not None:
+        extra = [
+            g for g in grant_scopes(config.DSComputeSpawner.get("profile_list")) if g not in role["scopes"]
+        ]
+        role["scopes"] = list(role["scopes"]) + extra
     if callable(banner):
         banner = banner()
     if banner:

@@ -16,6 +16,10 @@ gets a 403 page. An action on a server also needs the server scopes of
 - ``POST admin/action`` (HubOAuth cookie + ``_xsrf`` form field):
   ``action=switch`` (through the orchestrator, same checks as the API),
   ``stop`` (hub API ``DELETE``), ``start`` (hub API ``POST`` with the tier).
+- ``POST admin/requests/<id>`` (cookie + ``_xsrf``): approve (optionally
+  for a shorter duration) or deny (with a reason) a pending request for a
+  tier; the page lists them with the requester's spending and budget this
+  period (docs/internals.md, "Requests and grants").
 - ``GET admin/audit?user=&event=``: the audit log.
 """
 
@@ -29,6 +33,7 @@ from tornado import web
 from .. import formatting, policy, tiers
 from . import authz
 from .accounting import parse_time
+from .grants import GrantRefused
 from .handlers import APIError, PageHandler
 from .hubapi import HubAPIError
 from .store import isoformat, utcnow
@@ -104,6 +109,7 @@ class AdminHandler(AdminBase):
         ]
         self.render_page(
             "admin.html",
+            requests=await self._pending(users, now),
             rows=shown,
             total=len(rows),
             tiers=tiers.tiers_of(self.profiles),
@@ -115,6 +121,33 @@ class AdminHandler(AdminBase):
             period=settings["budget_period"],
             audit=self.store.list_audit(limit=15),
         )
+
+    async def _pending(self, users: list[dict], now: float) -> list[dict]:
+        """The pending requests with each requester's spending and budget this period."""
+        groups_of = {u["name"]: u.get("groups") or [] for u in users}
+        out = []
+        for q in self.store.list_requests(states=("pending",)):
+            try:
+                tier = tiers.get_tier(self.profiles, q["profile"])
+                name, max_grant = tier.display_name, tier.max_grant
+            except tiers.TierOptionsError:
+                name, max_grant = q["profile"], None
+            try:
+                usage = await self.live.budget(q["user"], groups_of.get(q["user"], []))
+            except HubAPIError as e:
+                self.log.warning("Budget of %s for the admin page: %s", q["user"], e)
+                usage = {"spent": 0.0, "budget": None, "state": "unknown"}
+            created = parse_time(q["created"]) or now
+            out.append(
+                dict(
+                    q,
+                    tier_name=name,
+                    max_grant=max_grant,
+                    usage=dict(usage, spent=usage.get("user_spent", usage.get("spent", 0.0))),
+                    asked_ago=formatting.duration(max(0.0, now - created)) + " ago",
+                )
+            )
+        return out
 
     def _row(self, u, name, srv, costs, intervals, now):
         user = u["name"]
@@ -241,6 +274,41 @@ class AdminActionHandler(AdminBase):
         self.redirect(f"{self.prefix}admin?" + urlencode(args))
 
 
+class AdminRequestHandler(AdminBase):
+    """``POST admin/requests/<id>``: approve (``decision=approve``, optional
+    shorter ``duration``) or deny (``decision=deny``, ``reason``) a request;
+    the same rules as ``POST api/requests/<id>/decision``."""
+
+    @web.authenticated
+    async def post(self, request_id):
+        self.check_admin()
+        decision = self.get_body_argument("decision", "")
+        if decision not in ("approve", "deny"):
+            return self._back(error="Choose Approve or Deny.")
+        body = {"approve": decision == "approve"}
+        duration = self.get_body_argument("duration", "").strip()
+        reason = self.get_body_argument("reason", "").strip()
+        if duration:
+            body["duration"] = duration
+        if reason:
+            body["reason"] = reason
+        try:
+            record = await self.settings["grants"].decide(self.current_user, request_id, body)
+        except GrantRefused as e:
+            return self._back(error=e.message)
+        if record["state"] == "approved":
+            msg = (
+                f"Approved {record['user']}'s request for {record['profile']} until {record['expires']} "
+                f"({formatting.duration(record['granted'])})."
+            )
+        else:
+            msg = f"Denied {record['user']}'s request for {record['profile']}."
+        self._back(msg=msg)
+
+    def _back(self, **args):
+        self.redirect(f"{self.prefix}admin?" + urlencode(args))
+
+
 class AuditHandler(AdminBase):
     @web.authenticated
     def get(self):
@@ -259,4 +327,5 @@ def admin_handlers(prefix: str) -> list[tuple]:
         (prefix + "admin/?", AdminHandler),
         (prefix + "admin/action", AdminActionHandler),
         (prefix + "admin/audit", AuditHandler),
+        (prefix + r"admin/requests/([^/]+)", AdminRequestHandler),
     ]

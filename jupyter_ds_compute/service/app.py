@@ -87,6 +87,7 @@ from .._version import __version__
 from ..policy import PolicySettings
 from .accounting import LivePolicy
 from .admin import admin_handlers
+from .grants import Grants
 from .handlers import default_handlers
 from .hubapi import HubAPI
 from .hubside import hub_handlers
@@ -455,6 +456,15 @@ class DSComputeService(Application, PolicySettings):
             self.policy_settings(),
             log=self.log,
         )
+        self.grants = Grants(
+            self.hub_api,
+            self.store,
+            self.orchestrator,
+            self.live,
+            self.tier_source,
+            self.policy_settings(),
+            log=self.log,
+        )
         self.metrics_registry = make_registry(self.store, self.live, known)
         self.web_app = create_application(self)
         return self.web_app
@@ -479,6 +489,7 @@ class DSComputeService(Application, PolicySettings):
         self.live.start()
         if self.profiles:
             self.idle.start()
+        self.grants.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -490,6 +501,7 @@ class DSComputeService(Application, PolicySettings):
         self.log.info("Stopping; switches in flight are resumed at the next start")
         server.stop()
         await self.idle.stop_loop()
+        await self.grants.stop_loop()
         await self.live.stop()
         await self.orchestrator.stop()
         self.store.close()
@@ -659,6 +671,7 @@ def create_application(service: DSComputeService) -> web.Application:
         cookie_secret=service.cookie_secret,
         jinja_env=jinja_env,
         live_policy=service.live,
+        grants=service.grants,
         prepare_board=service.orchestrator.board,
         metrics_registry=service.metrics_registry,
         metrics_require_auth=service.metrics_require_auth,

@@ -32,6 +32,8 @@ from tornado import web
 from .. import formatting, tiers
 from . import authz
 from .accounting import parse_time
+from .grants import GrantRefused
+from .grants import public as grants_public
 from .hubapi import HubAPIError
 from .orchestrator import SwitchRefused, token_server
 from .store import isoformat, utcnow
@@ -441,7 +443,7 @@ class TiersHandler(APIHandler):
             if tier["allowed"] and tier["slug"] in live:
                 kind, reason = live[tier["slug"]]
                 tier.update(allowed=False, reason=reason)
-            out.append(dict(tier, policy=kind))
+            out.append(dict(tier, policy=kind, **request_state(self.store, user, tier)))
         self.write_json({"tiers": out, "budget": budget, "notices": notices(self.store, user, server_name)})
 
 
@@ -470,27 +472,122 @@ class PolicyHandler(APIHandler):
         self.write_json({"budget": budget, "notices": notices(self.store, user, server_name)})
 
 
+def request_state(store, user: str, tier: dict) -> dict:
+    """What ``api/tiers`` says of requests for ``tier`` (a :func:`tiers.for_user` entry):
+    ``requestable`` (refused by its groups, and it has ``max_grant``), the
+    pending ``request`` (``{"id", "created", "duration"}``) and the running
+    ``grant`` (``{"id", "expires"}``) of ``user``, None when there is none."""
+    record = store.open_request(user, tier["slug"])
+    pending = record if record and record["state"] == "pending" else None
+    grant = record if record and record["state"] == "approved" else None
+    return {
+        "requestable": bool(
+            tier["reason"]
+            and not tier["allowed"]
+            and tier.get("max_grant")
+            and pending is None
+            and grant is None
+        ),
+        "request": (
+            {"id": pending["id"], "created": pending["created"], "duration": pending["duration"]}
+            if pending
+            else None
+        ),
+        "grant": {"id": grant["id"], "expires": grant["expires"]} if grant else None,
+    }
+
+
+#: audit events shown as notices: (event, outcome) -> kind; grant events are the user's, whatever the server
+NOTICE_KINDS = {
+    ("policy:idle", "downshift"): "idle-downshift",
+    ("policy:idle", "stop"): "idle-stop",
+    ("policy:grant", "downshift"): "grant-downshift",
+    ("access:decision", "approved"): "request-approved",
+    ("access:decision", "denied"): "request-denied",
+    ("access:grant", "expiring"): "grant-expiring",
+    ("access:grant", "expired"): "grant-expired",
+}
+
+
 def notices(store, user: str, server_name: str, max_age: float = 86400) -> list[dict]:
-    """Policy actions on ``user``'s server in the last ``max_age`` seconds, newest first."""
+    """Policy actions on ``user``'s server (idle, a grant's end), and the
+    answers to their requests and their grants' notices (whatever the
+    server), in the last ``max_age`` seconds, newest first (:data:`NOTICE_KINDS`)."""
     since = utcnow() - max_age
     out = []
-    for event in store.list_audit(limit=20, user=user):
-        if event["event"] != "policy:idle" or event["outcome"] not in ("downshift", "stop"):
+    # a switch audits each of its steps: look far enough back to find the policy events among them
+    for event in store.list_audit(limit=200, user=user):
+        kind = NOTICE_KINDS.get((event["event"], event["outcome"]))
+        if kind is None or (parse_time(event["time"]) or 0) < since:
             continue
-        if (event["server_name"] or "") != (server_name or ""):
+        if event["event"].startswith("access:"):
+            message = event["reason"]
+        elif (event["server_name"] or "") != (server_name or ""):
             continue
-        if (parse_time(event["time"]) or 0) < since:
-            continue
+        elif event["outcome"] == "stop":
+            message = f"Your server was stopped: {event['reason']}"
+        else:
+            message = f"Your server was moved to the default tier: {event['reason']}"
         out.append(
             {
                 "time": event["time"],
-                "kind": f"idle-{event['outcome']}",
+                "kind": kind,
                 "from_profile": event["from_profile"],
                 "to_profile": event["to_profile"],
-                "message": f"Your server was {'moved to the default tier' if event['outcome'] == 'downshift' else 'stopped'}: {event['reason']}",
+                "message": message,
             }
         )
     return out
+
+
+class RequestListHandler(APIHandler):
+    """``POST api/requests {"profile", "duration", "reason"}``: ask for a tier
+    (for oneself); ``GET api/requests``: one's own requests, and the pending
+    ones the caller may decide (``decidable``: admins, a tier's approvers)."""
+
+    @property
+    def grants(self):
+        return self.settings["grants"]
+
+    async def get(self):
+        caller = self.require_user()
+        try:
+            decidable = await self.grants.decidable(caller)
+        except GrantRefused as e:
+            raise APIError(e.status, e.message) from None
+        self.write_json(
+            {
+                "requests": [grants_public(r) for r in self.store.list_requests(user=caller["name"])],
+                "decidable": [grants_public(r) for r in decidable],
+            }
+        )
+
+    async def post(self):
+        caller = self.require_user()
+        if caller.get("kind", "user") != "user":
+            raise self.refused(APIError(403, "Only users may request tiers."))
+        body = self.get_json_body()
+        try:
+            record = await self.grants.request(caller, body)
+        except GrantRefused as e:
+            raise APIError(e.status, e.message, **({"field": e.field} if e.field else {})) from None
+        self.write_json(grants_public(record), status=201)
+
+
+class RequestDecisionHandler(APIHandler):
+    """``POST api/requests/<id>/decision {"approve", "duration", "reason"}``:
+    approve (optionally for a shorter ``duration``) or deny (``reason`` required)."""
+
+    async def post(self, request_id):
+        caller = self.require_user()
+        if caller.get("kind", "user") != "user":
+            raise self.refused(APIError(403, "Only users (admins, approvers) may decide requests."))
+        body = self.get_json_body()
+        try:
+            record = await self.settings["grants"].decide(caller, request_id, body)
+        except GrantRefused as e:
+            raise APIError(e.status, e.message, **({"field": e.field} if e.field else {})) from None
+        self.write_json(grants_public(record))
 
 
 #: the scope a token needs for ``GET metrics`` (JupyterHub's own, for ``/hub/metrics``)
@@ -612,6 +709,8 @@ def default_handlers(prefix: str) -> list[tuple]:
         (prefix + r"api/switches/([A-Za-z0-9_-]+)/go", SwitchGoHandler),
         (prefix + "api/tiers", TiersHandler),
         (prefix + "api/policy", PolicyHandler),
+        (prefix + "api/requests", RequestListHandler),
+        (prefix + r"api/requests/([^/]+)/decision", RequestDecisionHandler),
         (prefix + "metrics", MetricsHandler),
         (prefix + r"switches/([A-Za-z0-9_-]+)", ProgressPageHandler),
         (prefix.rstrip("/") + "/?", IndexHandler),

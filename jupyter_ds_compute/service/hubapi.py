@@ -6,7 +6,8 @@ given. Scopes needed by the service's token: ``servers`` (read, start,
 delete, patch ``user_options``, ``/progress``), ``read:users:groups``
 (the owner's groups for tier checks), ``list:users`` (accounting, idle
 checks, the admin page), ``read:groups`` (members of budgeted groups) and
-``admin:server_state`` (each server's spawner state: the admin page's volumes).
+``admin:server_state`` (each server's spawner state: the admin page's volumes);
+``groups!group=<g>`` for the groups grants add users to (requests and grants).
 List endpoints are followed page after page (:meth:`HubAPI.get_paginated`).
 
 A call the hub did not answer (connection refused or reset, no answer within
@@ -244,6 +245,18 @@ class HubAPI:
         return data
 
     # actions
+
+    async def add_group_member(self, group: str, user: str) -> None:
+        """Add ``user`` to ``group`` (a grant). Needs ``groups!group=<group>``."""
+        await self.request("POST", f"/groups/{quote(group, safe='')}/users", {"users": [user]})
+
+    async def remove_group_member(self, group: str, user: str) -> None:
+        """Remove ``user`` from ``group`` (a grant's end); a group that is gone is fine."""
+        try:
+            await self.request("DELETE", f"/groups/{quote(group, safe='')}/users", {"users": [user]})
+        except HubAPIError as e:
+            if e.status != 404 or isinstance(e, HubUnavailable):
+                raise
 
     async def stop_server(self, user: str, server_name: str = "") -> int:
         """DELETE the server: 204 stopped, 202 stop pending."""

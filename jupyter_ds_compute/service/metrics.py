@@ -14,6 +14,9 @@ metric                                              type       labels
 ``ds_compute_cost_accrued_total``                   counter    ``tier`` (unit of ``hourly_cost``)
 ``ds_compute_policy_refusals_total``                counter    ``policy`` (group/cap/budget), ``tier``
 ``ds_compute_idle_downshifts_total``                counter    ``from_tier``, ``to_tier``, ``action``
+``ds_compute_access_requests_total``                counter    ``tier``, ``outcome`` (pending, refused,
+                                                               approved, denied, expiring, expired)
+``ds_compute_grant_downshifts_total``               counter    ``from_tier``, ``to_tier``
 ==================================================  =========  ===============================
 """
 
@@ -97,7 +100,8 @@ class DSComputeCollector:
         )
         for r in db.execute(
             "SELECT SUBSTR(event, 8) AS p, COALESCE(to_profile, '') AS t, COUNT(*) AS n FROM audit"
-            " WHERE event LIKE 'policy:%' AND event != 'policy:idle' AND outcome = 'refused' GROUP BY p, t"
+            " WHERE event LIKE 'policy:%' AND event NOT IN ('policy:idle', 'policy:grant') AND outcome = 'refused'"
+            " GROUP BY p, t"
         ):
             refusals.add_metric([r["p"], r["t"]], r["n"])
         yield refusals
@@ -113,6 +117,30 @@ class DSComputeCollector:
         ):
             idle.add_metric([r["f"], r["t"], r["outcome"]], r["n"])
         yield idle
+
+        access = CounterMetricFamily(
+            "ds_compute_access_requests",
+            "Requests for a tier, their decisions and the grants' ends (refused: the request or decision).",
+            labels=["tier", "outcome"],
+        )
+        for r in db.execute(
+            "SELECT COALESCE(to_profile, '') AS t, outcome, COUNT(*) AS n FROM audit"
+            " WHERE event IN ('access:request', 'access:decision', 'access:grant') GROUP BY t, outcome"
+        ):
+            access.add_metric([r["t"], r["outcome"] or ""], r["n"])
+        yield access
+
+        grant = CounterMetricFamily(
+            "ds_compute_grant_downshifts",
+            "Servers moved to the default tier because the grant of their tier ended.",
+            labels=["from_tier", "to_tier"],
+        )
+        for r in db.execute(
+            "SELECT COALESCE(from_profile, '') AS f, COALESCE(to_profile, '') AS t, COUNT(*) AS n FROM audit"
+            " WHERE event = 'policy:grant' AND outcome = 'downshift' GROUP BY f, t"
+        ):
+            grant.add_metric([r["f"], r["t"]], r["n"])
+        yield grant
 
 
 def make_registry(store, live, profiles) -> CollectorRegistry:

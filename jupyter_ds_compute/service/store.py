@@ -24,6 +24,12 @@ Tables
     starting, rolling-back; ``done`` once final); :meth:`Store.get_switch`
     adds an ``estimate`` of the phases from recent switches of the same
     tiers.
+``requests``
+    requests for a tier the user may not use, and the grants they become
+    (docs/internals.md, "Requests and grants"): ``state`` is ``pending``,
+    ``approved`` (a grant: ``expires``, the ``grant_group`` the user was
+    added to), ``denied`` or ``expired``. Partial unique indexes keep one
+    pending request and one grant per user and tier even if two requests race.
 ``audit``
     append-only: every request (accepted or refused, with the reason),
     every step outcome and every final outcome, with who, when,
@@ -42,6 +48,8 @@ from datetime import datetime, timezone
 __all__ = [
     "ACTIVE_STATES",
     "FINAL_STATES",
+    "REQUEST_STATES",
+    "RequestExists",
     "STEP_NAMES",
     "STEP_PHASES",
     "Store",
@@ -116,7 +124,33 @@ CREATE TABLE IF NOT EXISTS audit (
     reason TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_by_ts ON audit (ts);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    duration REAL NOT NULL,
+    reason TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    decided REAL,
+    decided_by TEXT,
+    decision_reason TEXT,
+    granted REAL,
+    expires REAL,
+    grant_group TEXT,
+    noticed REAL,
+    ended REAL,
+    settled INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_pending_request
+    ON requests (user, profile) WHERE state = 'pending';
+CREATE UNIQUE INDEX IF NOT EXISTS one_grant
+    ON requests (user, profile) WHERE state = 'approved';
+CREATE INDEX IF NOT EXISTS requests_by_state ON requests (state, expires);
 """
+
+#: the states of a request (``requests.state``)
+REQUEST_STATES = ("pending", "approved", "denied", "expired")
 
 
 def utcnow() -> float:
@@ -141,6 +175,14 @@ class SwitchInFlight(Exception):
     def __init__(self, switch_id: str):
         super().__init__(switch_id)
         self.switch_id = switch_id
+
+
+class RequestExists(Exception):
+    """The user has a pending request (or a running grant) for that tier already."""
+
+    def __init__(self, existing: dict):
+        super().__init__(existing["id"])
+        self.existing = existing
 
 
 def sqlite_path(db_url: str) -> str:
@@ -400,6 +442,135 @@ class Store:
             "SELECT * FROM steps WHERE switch_id = ? AND name = ?", (switch_id, name)
         ).fetchone()
         return None if row is None else self._step_model(row)
+
+    # requests and grants
+
+    def create_request(self, *, user: str, profile: str, duration: float, reason: str) -> dict:
+        """Record a ``pending`` request; :class:`RequestExists` if one is pending
+        (or a grant runs) for that user and tier."""
+        request_id = uuid.uuid4().hex[:12]
+        try:
+            with self._tx():
+                existing = self.db.execute(
+                    "SELECT * FROM requests WHERE user = ? AND profile = ? AND state IN ('pending', 'approved')",
+                    (user, profile),
+                ).fetchone()
+                if existing is not None:
+                    raise RequestExists(self._request_model(existing))
+                self.db.execute(
+                    "INSERT INTO requests (id, user, profile, duration, reason, state, created)"
+                    " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                    (request_id, user, profile, float(duration), reason, utcnow()),
+                )
+        except sqlite3.IntegrityError:  # pragma: no cover - raced with another insert
+            existing = self.open_request(user, profile)
+            if existing is None:
+                raise
+            raise RequestExists(existing) from None
+        return self.get_request(request_id)
+
+    def get_request(self, request_id: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+        return None if row is None else self._request_model(row)
+
+    def open_request(self, user: str, profile: str) -> dict | None:
+        """The user's pending request or running grant for ``profile`` (None: neither)."""
+        row = self.db.execute(
+            "SELECT * FROM requests WHERE user = ? AND profile = ? AND state IN ('pending', 'approved')",
+            (user, profile),
+        ).fetchone()
+        return None if row is None else self._request_model(row)
+
+    def list_requests(
+        self, user: str | None = None, states: tuple[str, ...] | None = None, limit: int = 200
+    ) -> list[dict]:
+        """Newest first, optionally for one user and in some states."""
+        where, args = [], []
+        if user is not None:
+            where.append("user = ?")
+            args.append(user)
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(states)
+        sql = "SELECT * FROM requests" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self.db.execute(sql + " ORDER BY created DESC LIMIT ?", (*args, int(limit))).fetchall()
+        return [self._request_model(r) for r in rows]
+
+    def decide_request(
+        self,
+        request_id: str,
+        *,
+        approve: bool,
+        decided_by: str,
+        reason: str,
+        granted: float | None = None,
+        grant_group: str | None = None,
+    ) -> dict | None:
+        """``pending`` -> ``approved`` (expires ``granted`` seconds from now) or
+        ``denied``; None when it is not pending any more (decided meanwhile)."""
+        now = utcnow()
+        with self._tx():
+            cur = self.db.execute(
+                "UPDATE requests SET state = ?, decided = ?, decided_by = ?, decision_reason = ?,"
+                " granted = ?, expires = ?, grant_group = ? WHERE id = ? AND state = 'pending'",
+                (
+                    "approved" if approve else "denied",
+                    now,
+                    decided_by,
+                    reason,
+                    granted if approve else None,
+                    now + granted if approve else None,
+                    grant_group if approve else None,
+                    request_id,
+                ),
+            )
+            if cur.rowcount != 1:
+                return None
+        return self.get_request(request_id)
+
+    def grants_due(self, before: float) -> list[dict]:
+        """Running grants (``approved``) that expire before ``before``, soonest first."""
+        rows = self.db.execute(
+            "SELECT * FROM requests WHERE state = 'approved' AND expires < ? ORDER BY expires", (before,)
+        ).fetchall()
+        return [self._request_model(r) for r in rows]
+
+    def unsettled_grants(self) -> list[dict]:
+        """Expired grants whose servers on the tier may still need a downshift."""
+        rows = self.db.execute(
+            "SELECT * FROM requests WHERE state = 'expired' AND settled = 0 ORDER BY ended"
+        ).fetchall()
+        return [self._request_model(r) for r in rows]
+
+    def update_request(self, request_id: str, **values) -> None:
+        """Set ``noticed``, ``ended``, ``settled`` or ``state`` of a request."""
+        allowed = {"noticed", "ended", "settled", "state"}
+        if not values or set(values) - allowed:
+            raise ValueError(f"update_request sets only {', '.join(sorted(allowed))}")
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self._tx():
+            self.db.execute(f"UPDATE requests SET {sets} WHERE id = ?", (*values.values(), request_id))
+
+    def _request_model(self, row) -> dict:
+        return {
+            "id": row["id"],
+            "user": row["user"],
+            "profile": row["profile"],
+            "duration": row["duration"],
+            "reason": row["reason"],
+            "state": row["state"],
+            "created": isoformat(row["created"]),
+            "decided": isoformat(row["decided"]),
+            "decided_by": row["decided_by"],
+            "decision_reason": row["decision_reason"],
+            "granted": row["granted"],
+            "expires": isoformat(row["expires"]),
+            "expires_ts": row["expires"],
+            "grant_group": row["grant_group"],
+            "noticed": isoformat(row["noticed"]),
+            "ended": isoformat(row["ended"]),
+            "settled": bool(row["settled"]),
+        }
 
     # audit
 
