@@ -17,6 +17,17 @@ Start (``prepare`` → volume attach → ``start``):
    device found by volume id, formatted only if empty; EFS: access point),
    and runs the server as :attr:`EC2Backend.instance_uid`.
 
+Make before break (a switch, :meth:`EC2Backend.prepare_ahead`): the target
+instance is launched while the old one serves — in the volume's zone (EBS),
+in any allowed subnet (EFS) — and is ready once it runs, has its address and
+its bootstrap reports ``<prefix><instance-id>.waiting``. At the cut-over the
+old server stops (the EBS volume is detached), and ``prepare`` of that start
+launches nothing: it checks the instance still runs in the volume's zone
+and ends this server's other instances; the volume attaches; ``start``
+writes the launch spec. An instance never taken is terminated by
+``stop(now=True)``; one a restarted hub forgot is a leftover of the next
+start.
+
 Stop (``stop`` → volume detach → ``release``): terminate (default) or stop
 the instance and wait for it (the OS shutdown ends the server and unmounts
 the volume), the volume driver detaches and waits ``available``; a stopped
