@@ -472,3 +472,57 @@ def test_waiting_launcher_exits_by_itself(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0 and "not started within" in r.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_prepared_script_preloads_a_python_server(tmp_path):
+    server = tmp_path / "my-singleuser"
+    server.write_text(f"#!{sys.executable}\nprint('server')\n")
+    server.chmod(0o755)
+    cfg = Config()
+    cfg.SlurmBackend.python = sys.executable
+    b = backend(config=cfg)
+    b.python = sys.executable
+    words = shlex.split(b.prepared_script(tier("small"), [str(server), "--debug"], "/usr/bin").splitlines()[-1])
+    assert words[words.index("--script") + 1] == str(server)
+    assert "jupyterhub.singleuser" in words[words.index("--preload") + 1].split(",")
+    # not a Python script (or another interpreter's): the launcher execs it, nothing preloaded
+    assert "--script" not in b.prepared_script(tier("small"), ["/bin/sh"], "/usr/bin")
+    assert "--script" not in backend().prepared_script(tier("small"), [str(server)], "/usr/bin")
+
+
+@pytest.mark.parametrize("same_program", [True, False])
+def test_waiting_launcher_runs_the_preloaded_server_in_process(tmp_path, same_program):
+    from jupyter_ds_compute.backends.slurm import write_start_file
+
+    server = tmp_path / "server"
+    server.write_text(
+        f"#!{sys.executable}\nimport os, sys\n"
+        "print(os.getpid(), 'xml.dom.minidom' in sys.modules, sys.argv[1:], os.environ['TOKEN'])\n"
+    )
+    server.chmod(0o755)
+    env = dict(os.environ, SLURM_JOB_ID="80", DS_COMPUTE_SLURM_DIR=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_ds_compute.backends.slurm_launch", "--wait-start", "--timeout", "30",
+         "--ip", "127.0.0.1", "--script", str(server), "--preload", "xml.dom.minidom,no_such_module_x"],  # fmt: skip
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path),
+    )  # fmt: skip
+    waiting = tmp_path / "job-80.waiting"
+    deadline = time.monotonic() + 20
+    while not waiting.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = json.loads(waiting.read_text())
+    assert status["pid"] == proc.pid and status["failed"][0].startswith("no_such_module_x: ")
+    argv = [str(server) if same_program else sys.executable, *([] if same_program else [str(server)]), "--x"]
+    # the start's variables read at import time are those the job preloaded with (else: exec'd)
+    server_env = {k: v for k, v in env.items() if k.startswith(("PYTHON", "LD_", "JUPYTERHUB_SINGLEUSER_"))}
+    server_env.update(TOKEN="t", PATH=os.environ["PATH"])
+    start = {"argv": argv, "env": server_env, "exported": env, "cwd": str(tmp_path)}
+    write_start_file(str(tmp_path), "80", start)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    pid, preloaded, args, token = out.split(maxsplit=3)
+    # in this process with the modules already imported; another program is exec'd (fresh imports)
+    assert preloaded == str(same_program)
+    if same_program:
+        assert int(pid) == proc.pid
+    assert eval(args) == ["--x"] and token.strip() == "t"

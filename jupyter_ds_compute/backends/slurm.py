@@ -85,7 +85,7 @@ from traitlets import Bool, CaselessStrEnum, Float, List, Unicode, default
 
 from .. import names
 from .base import Backend, BackendError, HostInfo, PrepareUnsupported
-from .local import SystemAccountMixin, unreachable_dir
+from .local import LocalBackend, SystemAccountMixin, _python_script, unreachable_dir
 from .squeue import FORMAT, SqueuePoller, SqueueUnavailable, parse
 
 TEMPLATE = os.path.join(os.path.dirname(__file__), "slurm_job.sh")
@@ -219,6 +219,27 @@ class SlurmBackend(SystemAccountMixin, Backend):
         .. versionadded:: 0.1
         """,
     ).tag(config=True)
+
+    launcher_preload = List(
+        Unicode(),
+        help="""
+        Modules a job prepared for a switch imports while it waits for its start
+        (the old server still serving), so that at the cut-over the server
+        starts with them imported. Used when the server command is a Python
+        script of :attr:`python`'s interpreter. Default: the local backend's
+        list (``c.LocalBackend.launcher_preload``'s default).
+
+        Example::
+
+            c.SlurmBackend.launcher_preload = ["jupyterhub.singleuser", "jupyterlab", "my_server_ext"]
+
+        .. versionadded:: 0.2
+        """,
+    ).tag(config=True)
+
+    @default("launcher_preload")
+    def _default_launcher_preload(self):
+        return list(LocalBackend.class_traits()["launcher_preload"].default())
 
     # -- where and how -----------------------------------------------------------------
 
@@ -495,12 +516,17 @@ class SlurmBackend(SystemAccountMixin, Backend):
                   "--ip", self.server_ip, "--", *cmd]  # fmt: skip
         return self._render(tier, launch)
 
-    def prepared_script(self, tier):
+    def prepared_script(self, tier, cmd=(), path=""):
         """The script of a job prepared ahead: its launcher waits for the start
         (:mod:`.slurm_launch` ``--wait-start``). Operator config only, the same
-        for every user: the spool directory comes in the job's environment."""
+        for every user: the spool directory comes in the job's environment.
+        When the server command ``cmd`` (found on ``path``) is a Python script
+        of :attr:`python`, the launcher preloads its modules and runs it."""
         launch = [self.python, "-m", "jupyter_ds_compute.backends.slurm_launch", "--wait-start",
                   "--timeout", f"{self.prepared_timeout:g}", "--ip", self.server_ip]  # fmt: skip
+        script = _python_script(cmd[0], path) if cmd and self.launcher_preload else None
+        if script is not None and os.path.realpath(script[0]) == os.path.realpath(self.python):
+            launch += ["--script", script[1], "--preload", ",".join(self.launcher_preload)]
         return self._render(tier, launch)
 
     def _render(self, tier, launch):
@@ -620,7 +646,7 @@ class SlurmBackend(SystemAccountMixin, Backend):
         exported = self.job_env(env)
         argv = self.sbatch_argv(tier, self.workdir, volume_path)
         # shielded: a release while sbatch runs still learns the job id (stop() waits for it)
-        script = self.prepared_script(tier)
+        script = self.prepared_script(tier, cmd, env.get("PATH") or os.environ.get("PATH", ""))
         self._submitting = asyncio.ensure_future(self._submit(tier, argv, script, exported))
         try:
             await asyncio.shield(self._submitting)
@@ -629,8 +655,16 @@ class SlurmBackend(SystemAccountMixin, Backend):
                 self._submitting = None
         self._exported = exported
         self.host = await self._wait_running()
-        await self._wait_file(f"job-{self.job_id}.waiting", "its launcher started")
-        self.emit(f"Job {self.job_id} running on {self.host}: the server starts there at the cut-over")
+        self.emit(f"Job {self.job_id} running on {self.host}: loading the server ahead")
+        waiting = await self._wait_file(f"job-{self.job_id}.waiting", "its launcher was ready")
+        try:
+            status = json.loads(waiting)
+        except ValueError:
+            status = {}
+        for failure in status.get("failed") or []:
+            self.log.warning("Prepared job %s of %s could not preload %s", self.job_id, self.log_name, failure)
+        loaded = f", server modules loaded in {status['seconds']:.1f}s" if "seconds" in status else ""
+        self.emit(f"Job {self.job_id} ready on {self.host}{loaded}: the server starts there at the cut-over")
         return HostInfo(kind="shared-fs", id=f"slurm:{self.settings(tier)['partition'] or 'default'}",
                         extra={"node": self.host, "job_id": self.job_id})  # fmt: skip
 
@@ -762,9 +796,14 @@ class SlurmBackend(SystemAccountMixin, Backend):
             await asyncio.sleep(self.startup_poll_interval)
 
     async def _wait_file(self, name, what):
-        """Wait for ``name`` in the spool directory (written by the job); fail if the job ends first."""
+        """The text of ``name`` in the spool directory once the job wrote it; fail if the job ends first."""
         path = os.path.join(self.workdir, name)
-        while not os.path.exists(path):
+        while True:
+            try:
+                with open(path) as f:
+                    return f.read()
+            except FileNotFoundError:
+                pass
             _, kind, detail = await self._status(self.startup_poll_interval)
             if kind in ("ended", "gone"):
                 tail = await self.log_tail()

@@ -1,4 +1,4 @@
-"""Inside a Slurm job: pick a free port, report it, exec the server.
+r"""Inside a Slurm job: pick a free port, report it, exec the server.
 
     python -m jupyter_ds_compute.backends.slurm_launch --port-dir DIR --ip 0.0.0.0 -- CMD...
 
@@ -13,7 +13,12 @@ server posts onto its spawner.
 
 A job prepared ahead for a switch (make before break) starts this way: the
 spool directory comes from ``$DS_COMPUTE_SLURM_DIR`` (the script names no
-user). It says it waits (``DIR/job-<id>.waiting``), then waits for the hub
+user). With ``--script S --preload MODS`` it first imports the server's
+modules (as the local backend's :mod:`.launcher` does), so that at the start
+the server script ``S`` runs in this process with them already imported
+(unless the start names another program or changes a variable read at
+import time: then it is ``exec``\ d). It says it waits
+(``DIR/job-<id>.waiting``: JSON with the preload's seconds), then waits for the hub
 to write ``DIR/job-<id>.start``: JSON ``{"argv", "env", "exported", "cwd"}``,
 0600, renamed into place. It reads it (data, never run by a shell), deletes
 it, and starts ``argv`` as above with ``env`` as the environment, keeping
@@ -22,18 +27,24 @@ what the job itself set (Slurm's variables such as ``SLURM_JOB_ID`` and
 whose value differs from ``exported``, what sbatch exported at prepare
 time). Nobody starts it within ``--timeout`` seconds: it exits (status 0).
 
-Standard library only: it runs on the compute node before the server.
+Standard library only (and :func:`.launcher.import_env`) until the preload: it runs on the
+compute node before the server.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import runpy
+import shutil
 import socket
 import sys
 import time
 from urllib.parse import urlparse, urlunparse
+
+from .launcher import import_env
 
 
 def free_port(ip):
@@ -48,10 +59,26 @@ def _put(path, text):
     os.replace(path + ".tmp", path)
 
 
-def wait_start(port_dir, job, timeout, interval=0.1):
+def preload(script, modules):
+    """Import ``modules`` as the server script ``script`` would; ``(seconds, failures)``."""
+    # ``python -m`` put the working directory (the user's volume) first on
+    # sys.path; the script would have had its own directory there
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        sys.path[0] = os.path.dirname(script)
+    t0 = time.monotonic()
+    failed = []
+    for name in filter(None, (m.strip() for m in modules.split(","))):
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # the server itself will say what is wrong
+            failed.append(f"{name}: {type(e).__name__}: {e}")
+    return time.monotonic() - t0, failed
+
+
+def wait_start(port_dir, job, timeout, interval=0.1, status=None):
     """The start the hub writes for prepared job ``job`` (deleted once read), or None after ``timeout``."""
     path = os.path.join(port_dir, f"job-{job}.start")
-    _put(os.path.join(port_dir, f"job-{job}.waiting"), f"{os.getpid()}\n")
+    _put(os.path.join(port_dir, f"job-{job}.waiting"), json.dumps(dict(status or {}, pid=os.getpid())) + "\n")
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -82,14 +109,22 @@ def main(argv=None):
     parser.add_argument("--ip", default="0.0.0.0")
     parser.add_argument("--wait-start", action="store_true", help="a prepared job: wait for the start file")
     parser.add_argument("--timeout", type=float, default=900, help="seconds --wait-start waits")
+    parser.add_argument("--script", help="--wait-start: the server's Python script, run in this process")
+    parser.add_argument("--preload", default="", help="--wait-start: comma-separated modules to import ahead")
     parser.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if not args.port_dir:
         parser.error("no --port-dir (nor $DS_COMPUTE_SLURM_DIR)")
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     job = os.environ.get("SLURM_JOB_ID", "0")
+    in_process = False
     if args.wait_start:
-        start = wait_start(args.port_dir, job, args.timeout)
+        status = {}
+        if args.script:
+            seconds, failed = preload(args.script, args.preload)
+            status = {"seconds": round(seconds, 3), "failed": failed}
+        loaded = import_env(os.environ)
+        start = wait_start(args.port_dir, job, args.timeout, status=status)
         try:
             os.unlink(os.path.join(args.port_dir, f"job-{job}.waiting"))
         except OSError:
@@ -103,6 +138,10 @@ def main(argv=None):
         cmd = [str(a) for a in start["argv"]]
         if start.get("cwd"):
             os.chdir(start["cwd"])
+        if args.script and cmd:
+            program = shutil.which(cmd[0], path=env.get("PATH")) or cmd[0]
+            in_process = os.path.realpath(program) == os.path.realpath(args.script)
+            in_process = in_process and import_env(env) == loaded
     if not cmd:
         parser.error("no command")
     port = free_port(args.ip)
@@ -113,6 +152,11 @@ def main(argv=None):
     print(
         f"[ds-compute] job {job} on {socket.gethostname()}: server port {port}", file=sys.stderr, flush=True
     )
+    if in_process:
+        # the server script in this process, its modules already imported
+        sys.argv = [args.script, *cmd[1:]]
+        runpy.run_path(args.script, run_name="__main__")
+        return 0
     os.execvp(cmd[0], cmd)
 
 
