@@ -496,3 +496,11 @@ async def test_end_retried_when_the_hub_fails(parts):
     far = store.get_request(grant["id"])["expires_ts"] + 1
     await grants.check(now=far)
     assert store.get_request(grant["id"])["state"] == "approved"  # tried again next round
+
+
+def test_grant_scopes_are_the_grant_groups_only():
+    from jupyter_ds_compute import hubconfig
+
+    assert hubconfig.grant_scopes(PROFILES) == ["groups!group=gpu-users"]  # not vip: Locked has no max_grant
+    assert hubconfig.grant_scopes(lambda spawner: PROFILES) == []  # a callable: the operator's role
+    assert hubconfig.grant_scopes(None) == []

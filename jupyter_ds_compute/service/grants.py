@@ -99,9 +99,9 @@ class Grants:
                 ) from None
             return self.tier_source.known
 
-    async def groups_of(self, user: str, model: dict | None = None) -> list[str]:
-        if model is not None and model.get("name") == user and "groups" in model:
-            return list(model.get("groups") or [])
+    async def groups_of(self, user: str) -> list[str]:
+        """``user``'s groups as the hub has them now (an identity model's are up to a
+        minute old: HubAuth caches it, and grants change groups)."""
         try:
             found = await self.hub.get_user(user)
         except HubAPIError as e:
@@ -153,7 +153,7 @@ class Grants:
         tier = self.tier_of(profiles, slug)
         duration = _duration(body, "duration", required=True)
         reason = _text(body, "reason", required=True)
-        groups = await self.groups_of(user, caller)
+        groups = await self.groups_of(user)
         open_one = self.store.open_request(user, tier.slug)
         refusal = policy.request_refusal(
             display_name=tier.display_name,
@@ -201,7 +201,7 @@ class Grants:
         except tiers.TierOptionsError:  # the tier is gone: admins only
             approvers, name = (), record["profile"]
         is_admin = authz.is_admin(caller)
-        groups = [] if is_admin or not approvers else await self.groups_of(caller["name"], caller)
+        groups = [] if is_admin or not approvers else await self.groups_of(caller["name"])
         return policy.decision_refusal(
             decider=caller["name"],
             requester=record["user"],

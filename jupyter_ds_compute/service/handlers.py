@@ -408,17 +408,16 @@ class TiersHandler(APIHandler):
         user = self.get_argument("user", None) or caller["name"]
         if not authz.can_read(caller, user):
             raise APIError(403, f"Seeing {user}'s tiers needs read:servers for them (or being {user}).")
-        if user == caller["name"] and "groups" in caller:
-            groups = caller.get("groups") or []
-        else:
-            try:
-                model = await self.hub.get_user(user)
-            except HubAPIError as e:
-                self.log.error("Could not read user %s from the hub: %s", user, e)
-                raise APIError(502, "Could not ask JupyterHub about the user; try again shortly.") from None
-            if model is None:
-                raise APIError(404, f"No such user: {user}.")
-            groups = model.get("groups") or []
+        # the hub's groups now, not the identity's (HubAuth caches it for a minute): a grant
+        # adds and its end removes a group (docs/internals.md, "Requests and grants")
+        try:
+            model = await self.hub.get_user(user)
+        except HubAPIError as e:
+            self.log.error("Could not read user %s from the hub: %s", user, e)
+            raise APIError(502, "Could not ask JupyterHub about the user; try again shortly.") from None
+        if model is None:
+            raise APIError(404, f"No such user: {user}.")
+        groups = model.get("groups") or []
         server_name = self.get_argument("server_name", None)
         if server_name is None:
             server_name = self._token_server(caller, user)
