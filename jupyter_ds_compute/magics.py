@@ -43,6 +43,10 @@ USAGE = """\
                                 move this server (and its volume) to TIER; the
                                 kernel restarts. KEY=VALUE are tier options.
                                 --keep-state: your kernels' variables come along
+%ds_compute request TIER --for 7d --why "REASON"
+                                ask an admin or approver for a tier you may not
+                                use, for a while (at most the tier's max_grant)
+%ds_compute requests            your requests and their answers
 %ds_compute state               the last save/restore of the kernels' variables
 %ds_compute volume              your volume: where, how full, is it the notebook dir
 %ds_compute cost                $/h of this tier and the cost so far
@@ -240,9 +244,13 @@ def format_tiers(model: Mapping[str, Any]) -> str:
     for t in model.get("tiers") or []:
         cpu, mem, gpu = _tier_resources(t)
         if t.get("allowed", True):
-            note = ""
+            note = f"granted until {t['grant']['expires']}" if isinstance(t.get("grant"), dict) else ""
         else:
             note = "not allowed" + (f": {t['reason']}" if t.get("reason") else "")
+            if isinstance(t.get("request"), dict):
+                note += " (your request is pending)"
+            elif t.get("requestable"):
+                note += f" (ask: %ds_compute request {t.get('slug')} --for 1d --why ...)"
         rows.append(
             [
                 "*" if t.get("current") else "",
@@ -340,6 +348,61 @@ def parse_switch(args: list[str]) -> tuple[str, bool, dict[str, str]]:
     if not tier:
         raise BadUsage(f"switch needs a TIER, e.g. %ds_compute switch gpu\n\n{USAGE}")
     return tier, yes, options
+
+
+def parse_request(args: list[str]) -> dict[str, str]:
+    """``TIER --for DURATION --why REASON`` -> the body of ``POST requests``
+    (values are data: JSON to the server, never a shell or a URL)."""
+    tier, values = None, {}
+    it = iter(args)
+    for a in it:
+        key = {"--for": "duration", "--why": "reason"}.get(a.split("=", 1)[0])
+        if key:
+            value = a.split("=", 1)[1] if "=" in a else next(it, None)
+            if value is None or not value.strip():
+                raise BadUsage(f"{a} needs a value, e.g. --for 7d --why \"train the model\"\n\n{USAGE}")
+            values[key] = value
+        elif a.startswith("-"):
+            raise BadUsage(f"unknown option {a!r} for request\n\n{USAGE}")
+        elif tier is None:
+            tier = a
+        else:
+            raise BadUsage(f"request takes one TIER, got {tier!r} and {a!r}\n\n{USAGE}")
+    if not tier:
+        raise BadUsage(f'request needs a TIER, e.g. %ds_compute request gpu --for 7d --why "..."\n\n{USAGE}')
+    for key, flag in (("duration", "--for"), ("reason", "--why")):
+        if key not in values:
+            raise BadUsage(f"request needs {flag}, e.g. %ds_compute request {tier} --for 7d --why \"...\"")
+    return {"profile": tier, **values}
+
+
+def request(args: list[str], env: Mapping[str, str]) -> str:
+    body = parse_request(args)
+    status, reply = api_request("POST", "requests", body, env=env)
+    if status in (200, 201) and isinstance(reply, dict):
+        return (
+            f"Asked for {body['profile']} for {fmt.duration(reply.get('duration'))} "
+            f"(request {reply.get('id')}): an admin or approver decides. The answer shows in "
+            "Lab's status bar and in %ds_compute requests."
+        )
+    msg = _message(status, reply)
+    field = reply.get("field") if isinstance(reply, dict) else None
+    raise DSComputeError(f"Request refused: {msg}" + (f" ({field})" if field else "") + f" (HTTP {status})")
+
+
+def format_requests(model: Mapping[str, Any]) -> str:
+    rows = []
+    for r in model.get("requests") or []:
+        if r.get("state") == "approved":
+            answer = f"until {r.get('expires')}"
+        elif r.get("state") == "denied":
+            answer = r.get("decision_reason") or ""
+        else:
+            answer = ""
+        rows.append([r.get("profile"), r.get("state"), fmt.duration(r.get("duration")), answer])
+    if not rows:
+        return 'No requests. Ask with %ds_compute request TIER --for 7d --why "..."'
+    return format_table(["Tier", "State", "Asked for", "Answer"], rows)
 
 
 def own_kernel_id() -> str | None:
@@ -497,6 +560,12 @@ def run(line: str, env: Mapping[str, str] | None = None, ask: Callable[[str], st
         return fmt(get_json(path, env))
     if cmd == "switch":
         return switch(rest, env, ask)
+    if cmd == "request":
+        return request(rest, env)
+    if cmd == "requests":
+        if rest:
+            raise BadUsage(f"requests takes no arguments\n\n{USAGE}")
+        return format_requests(get_json("requests", env))
     raise BadUsage(f"unknown command {cmd!r}\n\n{USAGE}")
 
 
@@ -530,6 +599,9 @@ if Magics is not None:
               %ds_compute switch TIER --keep-state
                                               the kernels' variables come along
               %ds_compute state               the last save/restore of the variables
+              %ds_compute request TIER --for 7d --why "REASON"
+                                              ask for a tier you may not use, for a while
+              %ds_compute requests            your requests and their answers
 
             Your files and the environments under ~/envs (and conda envs on the
             volume) move with the server; what is in the kernel's memory does not.

@@ -422,3 +422,42 @@ def test_shell_not_under_hub(shell, capsys, monkeypatch):
     result = shell("%ds_compute status")
     assert result.success  # a message, not a traceback
     assert "Not running under JupyterHub" in capsys.readouterr().out
+
+
+# -- requests for a tier (issue 17) ----------------------------------------------------
+
+
+def test_parse_request():
+    args = ["gpu", "--for", "7d", "--why", "train the activity model"]
+    assert magics.parse_request(args) == {
+        "profile": "gpu",
+        "duration": "7d",
+        "reason": "train the activity model",
+    }
+    assert magics.parse_request(["gpu", "--for=2h", "--why=x; rm -rf ~"])["reason"] == "x; rm -rf ~"  # data
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [([], "needs a TIER"), (["gpu", "--why", "x"], "needs --for"), (["gpu", "--for", "1d"], "needs --why"),
+     (["gpu", "--for"], "needs a value"), (["gpu", "cpu", "--for", "1d", "--why", "x"], "one TIER"),
+     (["gpu", "--when", "now"], "unknown option")],
+)  # fmt: skip
+def test_parse_request_bad(args, problem):
+    with pytest.raises(magics.BadUsage, match=problem):
+        magics.parse_request(args)
+
+
+def test_request_through_the_server(magic, fake_service):
+    fake_service.switch_reply = (201, {"id": "0123456789ab", "state": "pending", "duration": 604800})
+    out = magic('request gpu --for 7d --why "train the activity model"')
+    assert "Asked for gpu for 7 d" in out and "0123456789ab" in out
+    call = fake_service.calls[-1]
+    assert call["path"] == "/services/ds-compute/api/requests"
+    assert call["body"] == {"profile": "gpu", "duration": "7d", "reason": "train the activity model"}
+    fake_service.switch_reply = (
+        400,
+        {"message": "Tier 'GPU' may be granted for at most 2d.", "field": "duration"},
+    )
+    with pytest.raises(magics.DSComputeError, match="at most 2d.*duration"):
+        magic('request gpu --for 7d --why "x"')

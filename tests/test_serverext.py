@@ -742,3 +742,57 @@ def test_context_from_environ():
     assert ctx.cost_so_far(now=100 + 7200) == pytest.approx(7.0)
     assert ServerContext.from_environ({"DS_COMPUTE_STARTED_AT": "soon"}).problems
     assert ServerContext.from_environ({}).cost_so_far(now=5) is None
+
+
+# -- requests for a tier (issue 17) ----------------------------------------------------
+
+
+def test_request_forwards_to_service(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    fake_service.switch_reply = (201, {"id": "0123456789ab", "state": "pending", "profile": "gpu"})
+    body = {"profile": "gpu", "duration": "7d", "reason": "train the model", "user": "bob", "extra": 1}
+    code, reply = run(fetch_json(jp_fetch, "requests", method="POST", body=json.dumps(body)))
+    assert code == 201 and reply == fake_service.switch_reply[1]
+    (call,) = fake_service.calls
+    assert call["method"] == "POST" and call["path"] == "/services/ds-compute/api/requests"
+    assert call["auth"] == "token server-token-of-alice"
+    # only what a request has: never another user
+    assert call["body"] == {"profile": "gpu", "duration": "7d", "reason": "train the model"}
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"duration": "7d", "reason": "r"}, "profile"),
+        ({"profile": "gpu", "duration": "7d", "reason": ""}, "reason"),
+        ({"profile": "gpu", "duration": True, "reason": "r"}, "duration"),
+        ({"profile": "gpu", "reason": "r"}, "duration"),
+    ],
+)
+def test_request_bad_body(run, jp_fetch, fake_service, body, field):
+    run(fake_service.start())
+    code, reply = run(fetch_error(jp_fetch, "requests", method="POST", body=json.dumps(body)))
+    assert code == 400 and reply["field"] == field
+    assert fake_service.calls == []
+
+
+def test_request_service_errors_passed_through(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    fake_service.switch_reply = (
+        400,
+        {"message": "Tier 'GPU' may be granted for at most 2d.", "field": "duration"},
+    )
+    body = {"profile": "gpu", "duration": "7d", "reason": "r"}
+    code, reply = run(fetch_error(jp_fetch, "requests", method="POST", body=json.dumps(body)))
+    assert code == 400 and reply["field"] == "duration" and "at most 2d" in reply["message"]
+    fake_service.switch_reply = (500, b"<html>oops</html>")
+    code, reply = run(fetch_error(jp_fetch, "requests", method="POST", body=json.dumps(body)))
+    assert code == 502 and "could not take the request" in reply["message"]
+
+
+def test_requests_listed(run, jp_fetch, fake_service):
+    run(fake_service.start())
+    fake_service.switch_reply = (200, {"requests": [{"id": "0123456789ab"}], "decidable": []})
+    code, reply = run(fetch_json(jp_fetch, "requests"))
+    assert code == 200 and reply["requests"][0]["id"] == "0123456789ab"
+    assert fake_service.calls[0]["method"] == "GET"

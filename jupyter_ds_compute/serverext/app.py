@@ -490,6 +490,42 @@ class DSComputeExtension(ExtensionApp):
             "message": f"the ds-compute service did not take the go for switch {switch_id}: {message}"
         }
 
+    async def forward_request(self, method: str, body: dict | None) -> tuple[int, dict]:
+        """The service's ``POST api/requests`` (ask for a tier: ``profile``,
+        ``duration``, ``reason``, passed as they are) or ``GET api/requests``
+        (the user's own), asked with this server's token.
+
+        ``(status, body)``: the service's answer and status (201, 200, its 4xx
+        with the message and field); 502 with a message when the service cannot
+        be reached, times out or answers anything but a JSON object (a 5xx
+        included). Never raises.
+        """
+        ctx = self.context
+        if not ctx.service_url:
+            return 503, {
+                "message": "DS_COMPUTE_SERVICE_URL is not set: this server does not know the ds-compute service"
+            }
+        resp = await self._service(method, "api/requests", body, self.service_timeout)
+        if resp.code == 599:
+            self.log.warning("ds-compute: requests: service %s unreachable: %s", ctx.service_url, resp.error)
+            return 502, {
+                "message": f"could not reach the ds-compute service at {ctx.service_url}: {resp.error}"
+            }
+        reply = service_reply(resp)
+        if 400 <= resp.code < 500:
+            reply.setdefault("message", f"the ds-compute service answered {resp.code}")
+            return resp.code, reply
+        complete = (
+            isinstance(reply.get("id"), str) if method == "POST" else isinstance(reply.get("requests"), list)
+        )
+        if resp.code not in (200, 201) or not complete:
+            self.log.warning("ds-compute: requests: service answered %s: %s", resp.code, reply)
+            message = reply.get("message") or f"the ds-compute service answered {resp.code}"
+            return 502, {"message": f"the ds-compute service could not take the request: {message}"}
+        if method == "POST":
+            self.log.info("ds-compute: request %s for tier %s sent", reply["id"], (body or {}).get("profile"))
+        return resp.code, reply
+
     async def envs_model(self, wait: float = 0.0) -> dict:
         scanner = self.env_scanner
         ksm = self.kernel_spec_manager

@@ -139,6 +139,52 @@ class SwitchGoHandler(DSComputeHandler):
         self.finish(json.dumps(reply))
 
 
+class RequestsHandler(DSComputeHandler):
+    """``POST requests {"profile", "duration", "reason"}``: ask for a tier this
+    user may not use (forwarded to the service's ``api/requests``, which
+    checks them); ``GET requests``: the user's requests."""
+
+    @web.authenticated
+    async def get(self):
+        self.check_owner()
+        if not self.ds.context.under_hub:
+            return self.reply_error(409, "not running under JupyterHub: there are no requests", field=None)
+        status, reply = await self.ds.forward_request("GET", None)
+        self.set_status(status)
+        self.finish(json.dumps(reply))
+
+    @web.authenticated
+    async def post(self):
+        self.check_owner()
+        if not self.ds.context.under_hub:
+            return self.reply_error(
+                409, "not running under JupyterHub: there is no tier to ask for", field=None
+            )
+        try:
+            body = json.loads(self.request.body or b"null")
+        except ValueError:
+            return self.reply_error(400, "the request body is not valid JSON", field=None)
+        if not isinstance(body, dict):
+            return self.reply_error(
+                400,
+                'the request body must be a JSON object like {"profile": "gpu", "duration": "7d", "reason": "..."}',
+                field=None,
+            )
+        for key in ("profile", "reason"):
+            if not isinstance(body.get(key), str) or not body[key].strip():
+                return self.reply_error(400, f"{key} must be a non-empty string", field=key)
+        if not isinstance(body.get("duration"), (str, int, float)) or isinstance(body.get("duration"), bool):
+            return self.reply_error(
+                400, "duration must be a duration like '7d' or a number of seconds", field="duration"
+            )
+        # only what a request has: the service names anything else, and the user is this server's owner
+        status, reply = await self.ds.forward_request(
+            "POST", {k: body[k] for k in ("profile", "duration", "reason")}
+        )
+        self.set_status(status)
+        self.finish(json.dumps(reply))
+
+
 class EnvsHandler(DSComputeHandler):
     @web.authenticated
     async def get(self):
@@ -169,6 +215,7 @@ def default_handlers(prefix: str) -> list[tuple[str, type]]:
         # before the record's catch-all: (.*) would take "<id>/go" as an id (and 400 it)
         (rf"{prefix}/api/switches/([^/]*)/go", SwitchGoHandler),
         (rf"{prefix}/api/switches/(.*)", SwitchRecordHandler),
+        (rf"{prefix}/api/requests", RequestsHandler),
         (rf"{prefix}/api/envs", EnvsHandler),
         (rf"{prefix}/api/state", StateHandler),
     ]
