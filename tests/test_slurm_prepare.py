@@ -88,7 +88,7 @@ def test_switch_prepares_the_job_before_the_stop(hub):
     assert record["state"] == "succeeded", record
     steps = steps_of(record)
     prepare, stop = steps["prepare"], steps["stop"]
-    assert prepare["status"] == "done" and prepare["message"].startswith("ready on slurm:gpu"), prepare
+    assert prepare["status"] == "done" and prepare["message"].startswith("ready on "), prepare
     assert when(stop["started"]) >= when(prepare["finished"])
     # the server on gpu runs in the job that was prepared (and running) before the stop began:
     # no second sbatch, the old job ended
@@ -97,6 +97,7 @@ def test_switch_prepares_the_job_before_the_stop(hub):
     assert prepared in (None, second)
     job = show_job(second)
     assert job["Partition"] == "gpu" and job["JobName"] == f"ds-compute-{safe_name(user, '')}"
+    assert prepare["message"].startswith(f"ready on {job['NodeList']} in "), prepare
     assert slurm_time(job["StartTime"]) <= when(stop["started"]), (job["StartTime"], stop["started"])
     assert show_job(first)["JobState"] in ENDED
     # as the user, in the job (Slurm's job id and GPU), on the volume; /proc shows the environment
@@ -147,7 +148,8 @@ def test_busy_partition_shows_the_reason_and_a_cancelled_job_fails_the_switch(hu
             return record if "pending (Resources)" in message else None
 
         record = wait_for(pending, timeout=60, interval=0.2, message="the prepare step shows Slurm's reason")
-        assert record["state"] not in ("succeeded", "failed", "rolled_back") and record["phase"] == "preparing"
+        assert record["state"] not in ("succeeded", "failed", "rolled_back")
+        assert record["phase"] == "preparing"
         # the old server still serves
         r = hub.server_api(user, "api/status", token)
         assert r.status_code == 200, r.text
@@ -165,5 +167,33 @@ def test_busy_partition_shows_the_reason_and_a_cancelled_job_fails_the_switch(hu
         assert hub.server_api(user, "api/status", token).status_code == 200
     finally:
         subprocess.run(["scancel", blocker], check=False)
+    hub.stop_server(user)
+    wait_for(lambda: not live_jobs(user), timeout=30, message="the job ended")
+
+
+def test_prepared_job_gone_at_the_cut_over_starts_a_new_job(hub):
+    """The prepared job ends between prepare and cut-over (held here, as JupyterLab
+    holds it to save documents): the start submits a new job, the switch succeeds."""
+    user = hub.create_user("slurm-mbb-gone")
+    token = hub.user_token(user)
+    hub.spawn(user, {"profile": "small"})
+    (first,) = live_jobs(user)
+    r = hub.service("POST", "api/switches", token, json={"profile": "manycore", "hold_cutover": True})
+    assert r.status_code == 202, r.text
+    switch_id = r.json()["id"]
+    wait_for(
+        lambda: switch_record(hub, token, switch_id)["phase"] == "ready",
+        timeout=60, interval=0.2, message="prepared, the cut-over held",
+    )  # fmt: skip
+    (prepared,) = live_jobs(user) - {first}
+    subprocess.run(["scancel", prepared], check=True)
+    wait_for(lambda: prepared not in live_jobs(user), timeout=20, message="the prepared job ended")
+    assert hub.service("POST", f"api/switches/{switch_id}/go", token).status_code == 204
+    record = wait_switch(hub, token, switch_id, timeout=90)
+    assert record["state"] == "succeeded", record
+    (third,) = live_jobs(user)
+    assert third not in (first, prepared) and show_job(third)["Partition"] == "manycore"
+    assert tier_of(hub, user) == "manycore"
+    assert f"Prepared Slurm job {prepared} of {user} is ended" in hub.log_path.read_text(errors="replace")
     hub.stop_server(user)
     wait_for(lambda: not live_jobs(user), timeout=30, message="the job ended")

@@ -615,16 +615,13 @@ class SlurmBackend(SystemAccountMixin, Backend):
                 "The slurm backend cannot mount volume images: use c.LocalVolume.mode = 'directory'"
             )
         account, acct = await self._ready_paths(volume_path)
-        if self._exported is not None and self.job_id:
-            if await self._start_prepared(account, acct, cmd, env, volume_path):
-                address = self.node_address.format(node=self.host)
-                self.emit(f"Job {self.job_id} running on {self.host}, server port {self.port}")
-                return address, self.port
-        await self._end_leftovers(account)
-        argv = self.sbatch_argv(tier, self.workdir, volume_path)
-        await self._submit(tier, argv, self.script(tier, cmd, self.workdir), self.job_env(env))
-        self.host = await self._wait_running()
-        self.port = await self._wait_port()
+        prepared = self._exported is not None and self.job_id
+        if not (prepared and await self._start_prepared(account, acct, cmd, env, volume_path)):
+            await self._end_leftovers(account)
+            argv = self.sbatch_argv(tier, self.workdir, volume_path)
+            await self._submit(tier, argv, self.script(tier, cmd, self.workdir), self.job_env(env))
+            self.host = await self._wait_running()
+            self.port = await self._wait_port()
         address = self.node_address.format(node=self.host)
         self.emit(f"Job {self.job_id} running on {self.host}, server port {self.port}")
         return address, self.port
@@ -640,7 +637,7 @@ class SlurmBackend(SystemAccountMixin, Backend):
         if self.prepared_timeout <= 0:
             raise PrepareUnsupported("c.SlurmBackend.prepared_timeout = 0: jobs are not prepared ahead")
         self.settings(tier)  # a broken tier fails the switch before anything is submitted
-        _, _ = await self._ready_paths(volume_path)
+        await self._ready_paths(volume_path)
         # not _end_leftovers: the old server's job has the same name and still serves
         env = dict(env, DS_COMPUTE_SERVER_KEY=key, DS_COMPUTE_SLURM_DIR=self.workdir)
         exported = self.job_env(env)
@@ -665,8 +662,8 @@ class SlurmBackend(SystemAccountMixin, Backend):
             self.log.warning("Prepared job %s of %s could not preload %s", self.job_id, self.log_name, failure)
         loaded = f", server modules loaded in {status['seconds']:.1f}s" if "seconds" in status else ""
         self.emit(f"Job {self.job_id} ready on {self.host}{loaded}: the server starts there at the cut-over")
-        return HostInfo(kind="shared-fs", id=f"slurm:{self.settings(tier)['partition'] or 'default'}",
-                        extra={"node": self.host, "job_id": self.job_id})  # fmt: skip
+        # the node, for the switch's "ready on ..." (the start's prepare() names the partition again)
+        return HostInfo(kind="shared-fs", id=self.host, extra={"job_id": self.job_id})
 
     async def _start_prepared(self, account, acct, cmd, env, volume_path):
         """Write the prepared job's start file and wait for its port; False if
