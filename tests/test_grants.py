@@ -14,7 +14,7 @@ from tornado.httpserver import HTTPServer
 
 from jupyter_ds_compute import policy, tiers
 from jupyter_ds_compute.service import store as store_module
-from jupyter_ds_compute.service.grants import Grants
+from jupyter_ds_compute.service.grants import GrantRefused, Grants
 from jupyter_ds_compute.service.handlers import default_handlers
 from jupyter_ds_compute.service.hubapi import HubAPIError
 from jupyter_ds_compute.service.orchestrator import SwitchRefused
@@ -504,3 +504,20 @@ def test_grant_scopes_are_the_grant_groups_only():
     assert hubconfig.grant_scopes(PROFILES) == ["groups!group=gpu-users"]  # not vip: Locked has no max_grant
     assert hubconfig.grant_scopes(lambda spawner: PROFILES) == []  # a callable: the operator's role
     assert hubconfig.grant_scopes(None) == []
+
+
+async def test_a_denial_during_the_approval_undoes_the_membership(parts):
+    store, hub, orch, grants = parts
+    record = await grants.request({"name": "bob", "kind": "user", "scopes": []}, ask())
+    admin = {"name": "admin", "kind": "user", "scopes": ["custom:ds-compute:admin"]}
+    add = hub.add_group_member
+
+    async def slow_add(group, user):  # another admin denies while the hub adds the member
+        await add(group, user)
+        store.decide_request(record["id"], approve=False, decided_by="other", reason="no")
+
+    hub.add_group_member = slow_add
+    with pytest.raises(GrantRefused) as e:
+        await grants.decide(admin, record["id"], {"approve": True})
+    assert e.value.status == 409
+    assert "bob" not in hub.groups["gpu-users"] and store.get_request(record["id"])["state"] == "denied"

@@ -290,9 +290,18 @@ class Grants:
             raise GrantRefused(
                 502, "Could not ask JupyterHub to grant the tier; try again shortly."
             ) from None
-        return self._record_decision(
-            caller, record, approve=True, reason=reason, granted=granted, group=group
-        )
+        try:
+            return self._record_decision(
+                caller, record, approve=True, reason=reason, granted=granted, group=group
+            )
+        except GrantRefused:
+            # decided (denied) by someone else while the hub added the member: undo the membership
+            if (self.store.get_request(record["id"]) or {}).get("state") != "approved":
+                try:
+                    await self.hub.remove_group_member(group, record["user"])
+                except HubAPIError as e:
+                    self.log.error("Could not undo %s's membership of %s: %s", record["user"], group, e)
+            raise
 
     def _record_decision(self, caller, record, *, approve, reason, granted=None, group=None) -> dict:
         decided = self.store.decide_request(
