@@ -526,3 +526,33 @@ def test_waiting_launcher_runs_the_preloaded_server_in_process(tmp_path, same_pr
     if same_program:
         assert int(pid) == proc.pid
     assert eval(args) == ["--x"] and token.strip() == "t"
+
+
+async def test_release_while_sbatch_runs_cancels_the_job_it_submitted(tmp_path):
+    """A switch given up while the prepared job's sbatch runs: stop() waits for
+    the job id and scancels that job (nothing is left queued)."""
+    calls = tmp_path / "calls"
+    sbatch = tmp_path / "sbatch"
+    sbatch.write_text(f"#!/bin/sh\ncat >/dev/null\necho sbatch >>{calls}\nsleep 1\necho 4242\n")
+    scancel = tmp_path / "scancel"
+    scancel.write_text(f'#!/bin/sh\necho "scancel $*" >>{calls}\n')
+    for f in (sbatch, scancel):
+        f.chmod(0o755)
+    cfg = Config()
+    cfg.SlurmBackend.sbatch = [str(sbatch)]
+    cfg.SlurmBackend.scancel = [str(scancel)]
+    cfg.SlurmBackend.squeue = ["true"]
+    cfg.SlurmBackend.spool_dir = str(tmp_path / "spool")
+    b = backend(config=cfg)
+    (tmp_path / "vol").mkdir()
+    task = asyncio.ensure_future(b.prepare_ahead(tier("small"), CMD, {}, str(tmp_path / "vol"), "alice/k"))
+    while not calls.exists():
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await b.stop(now=True)
+    assert calls.read_text().split("\n")[:2] == ["sbatch", "scancel 4242"]
+    assert b.job_id == "" and b.get_state() == {}
+    # the spool dir is the user's alone (the start file will carry a token)
+    assert stat.S_IMODE(os.stat(b._workdir()).st_mode) == 0o700
