@@ -206,7 +206,12 @@ def test_job_ended_by_slurm_during_start_fails_with_reason(hub):
     try:
         user = hub.create_user("slurm-unlucky")
         assert hub.spawn(user, {"profile": "gpu"}, wait=False).status_code in (201, 202, 500)
-        job_id = wait_for(lambda: next(iter(jobs_of(user)), None), timeout=30, message="the user's job")
+        # pending, not an ended job of an earlier run (Slurm shows those for MinJobAge)
+        job_id = wait_for(
+            lambda: next((j for j, f in jobs_of(user).items() if f.get("JobState") == "PENDING"), None),
+            timeout=30,
+            message="the user's job",
+        )
         wait_for(lambda: show_job(job_id).get("Reason") == "Resources", timeout=30, message="job pending")
         subprocess.run(["scancel", job_id], check=True)
         wait_for(lambda: hub.server_model(user) is None, timeout=30, interval=0.5, message="spawn failed")
