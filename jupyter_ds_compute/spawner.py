@@ -852,7 +852,9 @@ class DSComputeSpawner(Spawner):
         # (the start's values win at the hand-over; see backends/launcher.py)
         overrides = tiers.resolve_overrides(profiles, options)
         base_env = self.get_env()
-        base_env.update({k: v for k, v in (overrides.get("environment") or {}).items() if isinstance(v, str)})
+        target_env = overrides.get("environment")
+        if isinstance(target_env, dict):  # a callable is evaluated by the start itself
+            base_env.update({k: v for k, v in target_env.items() if isinstance(v, str)})
         env = {k: v for k, v in base_env.items() if k.startswith(_AHEAD_ENV_PREFIXES) or k in _AHEAD_ENV}
         previous_profiles, self._profiles = self._profiles, profiles
         try:

@@ -10,7 +10,7 @@ import time
 from datetime import datetime
 
 import pytest
-from conftest import TEST_TIERS_CONFIG, _current_hub, hub_workdir, process_uid, system_uid
+from conftest import TEST_TIERS_CONFIG, _current_hub, hub_workdir, process_uid, server_processes, system_uid
 from hubtest import Hub, wait_for
 from kernelclient import execute, start_kernel
 from test_switch_hub import main_server_pid, request_switch, switch_record, tier_of, wait_switch
@@ -89,6 +89,12 @@ def test_kernel_keeps_answering_while_the_target_is_prepared(hub):
     assert process_uid(new_pid) == system_uid(user) != 0
     status = hub.server_api(user, "ds-compute/api/status", token).json()
     assert status["tier"]["slug"] == "gpu"
+    # /proc/<pid>/environ (leftover and volume checks, ps e) shows the server's real
+    # environment, not the launcher's first one
+    env = server_processes(user)[new_pid]
+    assert env["DS_COMPUTE_TIER"] == "gpu" and env.get("JUPYTERHUB_API_TOKEN")
+    assert float(env["DS_COMPUTE_STARTED_AT"]) == pytest.approx(status["started_at"])
+    assert not [k for k in env if k.startswith("DS_COMPUTE_ENV_RESERVE")]
     # the next switch prepares again; the estimate now has a sample
     r = request_switch(hub, user, token, "small")
     record = wait_switch(hub, token, r.json()["id"])

@@ -142,7 +142,7 @@ def test_switch_with_user_token(svc_hub):
     assert body["progress_url"].startswith(f"/services/ds-compute/switches/{body['id']}")
     rec = svc_hub.wait_switch(body["id"], token)
     assert rec["state"] == "succeeded", rec
-    assert [s["status"] for s in rec["steps"]] == ["done"] * 6
+    assert [s["status"] for s in rec["steps"]] == ["done"] * 7
     assert rec["from_profile"] == "small" and rec["to_profile"] == "gpu"
     assert rec["next"] == f"/user/{user}/lab/tree/a.ipynb"
     model = svc_hub.server_model(user)

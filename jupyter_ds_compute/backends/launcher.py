@@ -14,6 +14,10 @@ import time differs from the one it was prepared with (``PYTHON*``,
 ``LD_*``, ``JUPYTERHUB_SINGLEUSER_*``), it ``exec``s the command instead
 (slower, never wrong).
 
+Its ``/proc/<pid>/environ`` is rewritten to the server's environment at the
+start (:func:`rewrite_proc_environ`), so the hub's checks that read it see
+the server as any other.
+
 It exits by itself when nobody starts it: after ``--timeout`` seconds, or at
 once when stdin is closed without a start (the hub stopped or released
 it), so a prepared machine never outlives the hub.
@@ -39,6 +43,38 @@ IMPORT_TIME_PREFIXES = ("PYTHON", "LD_", "JUPYTERHUB_SINGLEUSER_")
 
 def import_env(env) -> dict:
     return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_PREFIXES)}
+
+
+#: variables the hub adds to a launcher's first environment so that the block is big
+#: enough to hold the server's real one later (see :func:`rewrite_proc_environ`)
+RESERVE_PREFIX = "DS_COMPUTE_ENV_RESERVE_"
+
+
+def rewrite_proc_environ(env) -> bool:
+    """Put ``env`` into this process's original environment block, so that
+    ``/proc/<pid>/environ`` (read by the hub's leftover and volume checks and by
+    ``ps e``) shows the server's real environment, not the launcher's first one.
+
+    The block is the memory the kernel reports as ``env_start``..``env_end`` in
+    ``/proc/self/stat``; the hub made it large with ``DS_COMPUTE_ENV_RESERVE_*``.
+    libc's ``environ`` is emptied first (``os.environ.clear()``), so nothing
+    points into the block while it is overwritten; the caller then sets ``env``
+    again. False (nothing changed) when ``env`` does not fit.
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])  # fields 50 and 51 (env_start, env_end)
+    except (OSError, IndexError, ValueError):
+        return False
+    data = b"".join(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env.items())
+    if not start or len(data) > end - start:
+        return False
+    os.environ.clear()
+    ctypes.memmove(start, data + b"\0" * (end - start - len(data)), end - start)
+    return True
 
 
 def main(argv=None) -> int:
@@ -90,7 +126,8 @@ def main(argv=None) -> int:
     same_program = os.path.realpath(program) == os.path.realpath(args.script)
     if not same_program or import_env(env) != import_env(os.environ):
         os.execvpe(argv[0], argv, env)
-    os.environ.clear()
+    if not rewrite_proc_environ(env):
+        os.execvpe(argv[0], argv, env)  # does not fit the reserved block: start it fresh
     os.environ.update(env)
     sys.argv = [program, *argv[1:]]
     runpy.run_path(args.script, run_name="__main__")

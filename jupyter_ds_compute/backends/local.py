@@ -40,7 +40,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, defa
 
 from .. import names
 from ..accounts import AccountRefused, SystemAccounts
-from . import cgroups
+from . import cgroups, launcher
 from .base import Backend, BackendError, HostInfo, PrepareUnsupported
 
 _cgroup_warned = False
@@ -463,6 +463,9 @@ class LocalBackend(SystemAccountMixin, Backend):
             ",".join(self.launcher_preload),
         ]
         env = dict(env, DS_COMPUTE_SERVER_KEY=key)
+        # room in the launcher's environment block for the server's real one
+        # (launcher.rewrite_proc_environ): 4 x 32 KiB, each below Linux's 128 KiB per string
+        env.update({f"{launcher.RESERVE_PREFIX}{i}": "0" * 32768 for i in range(4)})
         t0 = time.monotonic()
         try:
             with open(self._log_path(), "ab", buffering=0) as logf:
