@@ -100,10 +100,11 @@ def test_switch_prepares_the_job_before_the_stop(hub):
     assert prepare["message"].startswith(f"ready on {job['NodeList']} in "), prepare
     assert slurm_time(job["StartTime"]) <= when(stop["started"]), (job["StartTime"], stop["started"])
     assert show_job(first)["JobState"] in ENDED
-    # as the user, in the job (Slurm's job id and GPU), on the volume; /proc shows the environment
-    # the job started with (the server's modules were loaded then; the start's, with the token,
-    # came through the start file: the server answers the hub below)
+    # as the user, in the job (Slurm's job id and GPU), on the volume; /proc shows the server's
+    # environment (the start's, with the token, which came through the start file), rewritten
+    # over the one the job started with
     pid, env = main_server(user)
+    assert env.get("JUPYTERHUB_API_TOKEN") and not [k for k in env if k.startswith("DS_COMPUTE_ENV_RESERVE")]
     assert process_uid(pid) == system_uid(user) != 0
     assert env["SLURM_JOB_ID"] == second and env.get("CUDA_VISIBLE_DEVICES") == "0"
     assert env["DS_COMPUTE_TIER"] == "gpu" and env["DS_COMPUTE_BACKEND"] == "slurm"

@@ -84,6 +84,7 @@ from jupyterhub.utils import exponential_backoff
 from traitlets import Bool, CaselessStrEnum, Float, List, Unicode, default
 
 from .. import names
+from . import launcher
 from .base import Backend, BackendError, HostInfo, PrepareUnsupported
 from .local import LocalBackend, SystemAccountMixin, _python_script, unreachable_dir
 from .squeue import FORMAT, SqueuePoller, SqueueUnavailable, parse
@@ -641,6 +642,8 @@ class SlurmBackend(SystemAccountMixin, Backend):
         # not _end_leftovers: the old server's job has the same name and still serves
         env = dict(env, DS_COMPUTE_SERVER_KEY=key, DS_COMPUTE_SLURM_DIR=self.workdir)
         exported = self.job_env(env)
+        # room in the job's environment block for the server's real one (launcher.rewrite_proc_environ)
+        exported.update({f"{launcher.RESERVE_PREFIX}{i}": "0" * 32768 for i in range(4)})
         argv = self.sbatch_argv(tier, self.workdir, volume_path)
         # shielded: a release while sbatch runs still learns the job id (stop() waits for it)
         script = self.prepared_script(tier, cmd, env.get("PATH") or os.environ.get("PATH", ""))
@@ -659,7 +662,9 @@ class SlurmBackend(SystemAccountMixin, Backend):
         except ValueError:
             status = {}
         for failure in status.get("failed") or []:
-            self.log.warning("Prepared job %s of %s could not preload %s", self.job_id, self.log_name, failure)
+            self.log.warning(
+                "Prepared job %s of %s could not preload %s", self.job_id, self.log_name, failure
+            )
         loaded = f", server modules loaded in {status['seconds']:.1f}s" if "seconds" in status else ""
         self.emit(f"Job {self.job_id} ready on {self.host}{loaded}: the server starts there at the cut-over")
         # the node, for the switch's "ready on ..." (the start's prepare() names the partition again)

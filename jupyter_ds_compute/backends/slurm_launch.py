@@ -44,7 +44,7 @@ import sys
 import time
 from urllib.parse import urlparse, urlunparse
 
-from .launcher import import_env
+from .launcher import import_env, rewrite_proc_environ
 
 
 def free_port(ip):
@@ -152,6 +152,11 @@ def main(argv=None):
     print(
         f"[ds-compute] job {job} on {socket.gethostname()}: server port {port}", file=sys.stderr, flush=True
     )
+    if in_process:
+        # /proc/<pid>/environ shows the server's environment, not the job's first one
+        env_now = dict(os.environ)
+        in_process = rewrite_proc_environ(env_now)
+        os.environ.update(env_now)
     if in_process:
         # the server script in this process, its modules already imported
         sys.argv = [args.script, *cmd[1:]]
