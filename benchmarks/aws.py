@@ -20,6 +20,18 @@
    compressed ``AWS_POLL_SCALE``-fold (default 5) for ``AWS_POLL_WINDOW``
    real seconds (default 12) per case; counts are per simulated minute.
 
+4. Downtime per switch through a real hub (``--downtime``; needs root, for
+   the instance emulator), with realistic delays: launch -> running 25 s
+   (the emulator withholds the address), boot 15 s (then it runs the
+   user-data), EBS attach 5 s and detach 5 s (the moto server's answers say
+   attaching/detaching). For EBS and EFS, make before break (the default)
+   and the sequential order (``c.DSComputeService.make_before_break =
+   False``): the longest window the user's server does not answer (polled
+   every 50 ms, ``benchmarks/switch.py``'s probe), the switch's wall time,
+   its prepare step and cut-over, and the hub's AWS calls per switch (the
+   moto server counts them by User-Agent, apart from the emulator's and the
+   instances'). ``--downtime-only`` runs just this part.
+
 Results go to ``benchmarks/results/aws.json``.
 
 Run from the repo root (it imports ``tests/aws``).
@@ -41,6 +53,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 
+from _common import progress  # noqa: E402
 from aws.harness import FakeSpawner, moto_server, tier  # noqa: E402
 from traitlets.config import Config  # noqa: E402
 
@@ -192,12 +205,169 @@ async def polling(moto, cfg, n):
     return out
 
 
+#: the issue's realistic delays (seconds)
+REALISTIC = {"launch": 25.0, "boot": 15.0, "attach": 5.0, "detach": 5.0}
+#: downtime targets (seconds): make before break, and what the sequential order costs
+TARGETS = {"ebs": 15.0, "efs": 5.0, "sequential_at_least": 45.0}
+DOWNTIME_ROUTE = ["gpu", "small"]
+
+
+def downtime_world(volume, mbb, switches, done, total):
+    """One hub (``volume``, make before break on or off) on its own moto server and
+    emulator: ``switches`` switches along :data:`DOWNTIME_ROUTE`; a row per switch."""
+    from aws.emulator import InstanceEmulator
+    from aws.motoserver import MotoServer
+    from conftest import hub_workdir
+    from hubtest import Hub, free_port
+    from switch import ds_switch
+    from test_aws_hub import HUB_EXTRA_CONFIG
+
+    workdir = Path(hub_workdir(f"bench-aws-{volume}-{'mbb' if mbb else 'seq'}"))
+    port = free_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    moto = MotoServer(port, str(workdir / "moto.log")).start()
+    moto.set_delays(attach=REALISTIC["attach"], detach=REALISTIC["detach"])
+    os.environ.update(env)
+    emulator = InstanceEmulator(
+        env["AWS_ENDPOINT_URL"],
+        workdir / "instances",
+        launch_delay=REALISTIC["launch"],
+        boot_delay=REALISTIC["boot"],
+    ).start()
+    hub_env = dict(
+        env,
+        DS_COMPUTE_AWS_AMI="ami-12c6146b",
+        DS_COMPUTE_AWS_ZONE="us-east-1a",
+        DS_COMPUTE_AWS_VOLUME_SIZE="1",
+        DS_COMPUTE_AWS_HUB_ID="bench",
+        DS_COMPUTE_AWS_VOLUME=volume,
+    )
+    extra = HUB_EXTRA_CONFIG + (
+        f"c.DSComputeService.make_before_break = {mbb}\n"
+        # the realistic attach takes 5 s; the test config's 5 s bound would cut it
+        "c.EBSVolume.attach_timeout = 120\n"
+    )
+    hub = Hub(workdir / "hub", extra_config=extra, env=hub_env)
+    rows = []
+    label = f"{volume} {'make before break' if mbb else 'sequential'}"
+    try:
+        hub.start()
+        user = hub.create_user(f"bench-{volume}")
+        token = hub.user_token(user)
+        progress(done, total, f"{label}: first start")
+        hub.spawn(user, {"profile": "small"}, timeout=300)
+        for i in range(switches):
+            target = DOWNTIME_ROUTE[i % len(DOWNTIME_ROUTE)]
+            progress(done + i, total, f"{label}: switch to {target}")
+            moto.clear_calls()
+            r = ds_switch(hub, user, token, target)
+            calls = moto.stats()["callers"].get("hub", {})
+            rows.append(
+                {
+                    "volume": volume,
+                    "make_before_break": mbb,
+                    "to": target,
+                    "downtime_s": r["downtime"],
+                    "wall_s": r["wall"],
+                    "prepare_s": r["steps"].get("prepare", 0.0),
+                    "cut_over_s": r["cut_over"],
+                    "aws_calls": sum(calls.values()),
+                    "aws_calls_by_action": dict(sorted(calls.items())),
+                }
+            )
+        hub.stop_server(user, timeout=300)
+    finally:
+        hub.stop()
+        emulator.stop()
+        moto.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return rows
+
+
+def downtime_section(args):
+    import statistics as st
+
+    worlds = [("ebs", True), ("ebs", False), ("efs", True), ("efs", False)]
+    total = len(worlds) * args.downtime_switches
+    rows = []
+    for k, (volume, mbb) in enumerate(worlds):
+        rows += downtime_world(volume, mbb, args.downtime_switches, k * args.downtime_switches, total)
+    progress(total, total, "done")
+    print(
+        "\n## Downtime per switch, real hub, realistic delays (launch 25 s, boot 15 s, "
+        f"attach 5 s, detach 5 s), {args.downtime_switches} switches each\n"
+    )
+    print(
+        "| volume | order | downtime median / max (s) | target | switch wall (s) | prepare (s) "
+        "| cut-over (s) | AWS calls per switch |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    summary = []
+    for volume, mbb in worlds:
+        mine = [r for r in rows if r["volume"] == volume and r["make_before_break"] is mbb]
+        down = [r["downtime_s"] for r in mine]
+        target = f"<= {TARGETS[volume]:g}" if mbb else f">= {TARGETS['sequential_at_least']:g}"
+        ok = max(down) <= TARGETS[volume] if mbb else min(down) >= TARGETS["sequential_at_least"]
+        cut = [r["cut_over_s"] for r in mine if r["cut_over_s"] is not None]
+        entry = {
+            "volume": volume,
+            "make_before_break": mbb,
+            "downtime_median_s": st.median(down),
+            "downtime_max_s": max(down),
+            "target_s": TARGETS[volume] if mbb else TARGETS["sequential_at_least"],
+            "meets_target": ok,
+            "wall_median_s": st.median(r["wall_s"] for r in mine),
+            "prepare_median_s": st.median(r["prepare_s"] for r in mine),
+            "cut_over_median_s": st.median(cut) if cut else None,
+            "aws_calls_median": st.median(r["aws_calls"] for r in mine),
+        }
+        summary.append(entry)
+        print(
+            f"| {volume} | {'make before break' if mbb else 'sequential'} "
+            f"| {entry['downtime_median_s']:.1f} / {entry['downtime_max_s']:.1f} | {target} {'ok' if ok else 'MISSED'} "
+            f"| {entry['wall_median_s']:.1f} | {entry['prepare_median_s']:.1f} "
+            f"| {entry['cut_over_median_s'] or 0:.1f} | {entry['aws_calls_median']:.0f} |"
+        )
+    print("\nHub AWS calls per switch by action (median over the switches):\n")
+    actions = sorted({a for r in rows for a in r["aws_calls_by_action"]})
+    print("| action | " + " | ".join(f"{v} {'mbb' if m else 'seq'}" for v, m in worlds) + " |")
+    print("| --- |" + " --- |" * len(worlds))
+    for a in actions:
+        cells = []
+        for volume, mbb in worlds:
+            mine = [r for r in rows if r["volume"] == volume and r["make_before_break"] is mbb]
+            cells.append(f"{st.median(r['aws_calls_by_action'].get(a, 0) for r in mine):g}")
+        print(f"| {a} | " + " | ".join(cells) + " |")
+    return {"delays_s": REALISTIC, "targets_s": TARGETS, "summary": summary, "switches": rows}
+
+
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 async def main(args):
+    if args.downtime_only:
+        data = {"downtime": downtime_section(args)}
+        RESULTS = HERE / "results"
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / "aws.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        old.update(data)
+        path.write_text(json.dumps(old, indent=2))
+        print("\nwrote benchmarks/results/aws.json (downtime)")
+        return 0
     with tempfile.TemporaryDirectory() as tmp, moto_server(tmp) as moto:
         import boto3
 
@@ -264,6 +434,8 @@ async def main(args):
                            "bucket_bound_s": bound},
             "polling": {"scale": SCALE, "window_s": WINDOW, "results": rows},
         }  # fmt: skip
+        if args.downtime:
+            data["downtime"] = downtime_section(args)
         RESULTS = HERE / "results"
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "aws.json").write_text(json.dumps(data, indent=2))
@@ -280,5 +452,8 @@ if __name__ == "__main__":
     )
     parser.add_argument("--switches", type=int, default=10)
     parser.add_argument("--concurrent", type=int, default=100)
+    parser.add_argument("--downtime", action="store_true", help="also the real-hub downtime part (root)")
+    parser.add_argument("--downtime-only", action="store_true", help="only the real-hub downtime part")
+    parser.add_argument("--downtime-switches", type=int, default=2)
     os.environ.setdefault("DS_COMPUTE_AWS_THREADS", "64")
     sys.exit(asyncio.run(main(parser.parse_args())))
