@@ -13,6 +13,8 @@ are tested against the same cases (``tests/format_cases.json``).
   ``512 B``, ``512 MiB``, ``1.5 GiB``, ``2 GiB``.
 - :func:`duration`: ``45 s``, ``5 min``, ``1 h 05 min``, ``2 h``,
   ``2 d 3 h``, ``3 d`` (rounded down to the unit shown).
+- :func:`hours`: how many hours a budget buys, rounded down: ``0 h``,
+  ``< 0.1 h``, ``0.5 h``, ``2 h``, ``9.9 h``, ``24 h``, ``1,234 h``.
 - :func:`cores`, :func:`gpus`, :func:`percent`.
 
 Missing values (``None``, not a number) give ``""``: the caller decides what
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["NO_PRICE", "cores", "duration", "gpus", "money", "percent", "price", "size"]
+__all__ = ["NO_PRICE", "cores", "duration", "gpus", "hours", "money", "percent", "price", "size"]
 
 #: what a tier without a price (``hourly_cost`` null) shows instead of one
 NO_PRICE = "no price"
@@ -103,6 +105,24 @@ def duration(seconds: Any) -> str:
         return f"{hours} h {minutes:02d} min" if minutes else f"{hours} h"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def hours(n: Any) -> str:
+    """``0 h``, ``< 0.1 h``, ``2.5 h``, ``24 h``, ``1,234 h``: rounded down (what a
+    budget buys is never overstated); one decimal below 10 h."""
+    x = _number(n)
+    if x is None:
+        return ""
+    if x <= 0:
+        return "0 h"
+    if x < 0.1:
+        return "< 0.1 h"
+    if x < 10:
+        text = f"{math.floor(x * 10 + 1e-9) / 10:.1f}"
+        text = text[:-2] if text.endswith(".0") else text
+    else:
+        text = f"{math.floor(x + 1e-9):,}"
+    return f"{text} h"
 
 
 def cores(n: Any) -> str:

@@ -107,6 +107,28 @@ export function duration(seconds: unknown): string {
   return hours ? `${days} d ${hours} h` : `${days} d`;
 }
 
+/**
+ * `0 h`, `< 0.1 h`, `2.5 h`, `24 h`, `1,234 h`: rounded down (what a budget
+ * buys is never overstated); one decimal below 10 h.
+ */
+export function hours(n: unknown): string {
+  const x = num(n);
+  if (x === null) {
+    return '';
+  }
+  if (x <= 0) {
+    return '0 h';
+  }
+  if (x < 0.1) {
+    return '< 0.1 h';
+  }
+  if (x < 10) {
+    const text = (Math.floor(x * 10 + 1e-9) / 10).toFixed(1);
+    return `${text.endsWith('.0') ? text.slice(0, -2) : text} h`;
+  }
+  return `${thousands(Math.floor(x + 1e-9).toFixed(0))} h`;
+}
+
 /** `1 CPU`, `0.5 CPU`, `4 CPUs` (up to two decimals). */
 export function cores(n: unknown): string {
   const x = num(n);
