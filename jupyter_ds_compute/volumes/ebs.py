@@ -84,6 +84,16 @@ class EBSVolume(VolumeDriver, aws.AWS):
         help="""Device names to attach as, first free one wins (the instance's own mappings are checked).""",
     ).tag(config=True)
 
+    wait_poll_max = Float(
+        1.0,
+        help="""
+        Longest pause (seconds) between two looks at the volume while waiting
+        for it to attach or detach. These waits are the user's downtime during
+        a switch's cut-over, so they poll often (the AWS rate limiter,
+        ``c.AWS.rate_limits``, still bounds DescribeVolumes).
+        """,
+    ).tag(config=True)
+
     attach_timeout = Float(
         120.0,
         help="""
@@ -237,7 +247,9 @@ class EBSVolume(VolumeDriver, aws.AWS):
             return vol if vol is not None and vol["State"] == state else None
 
         try:
-            return await aws.wait_until(probe, what=f"volume {self.volume_id} to be {state}", timeout=timeout)
+            return await aws.wait_until(
+                probe, what=f"volume {self.volume_id} to be {state}", timeout=timeout, cap=self.wait_poll_max
+            )
         except aws.WaitTimeout as e:
             raise VolumeError(
                 f"Your volume {self.volume_id} did not become {state} in time", log_message=str(e)
@@ -336,7 +348,10 @@ class EBSVolume(VolumeDriver, aws.AWS):
 
         try:
             await aws.wait_until(
-                probe, what=f"volume {self.volume_id} to attach to {instance_id}", timeout=self.attach_timeout
+                probe,
+                what=f"volume {self.volume_id} to attach to {instance_id}",
+                timeout=self.attach_timeout,
+                cap=self.wait_poll_max,
             )
         except aws.WaitTimeout:
             self.log.error(
