@@ -26,7 +26,29 @@ export interface ITier extends ITierInfo {
   policy?: 'group' | 'cap' | 'budget' | string | null;
   default?: boolean;
   max_servers?: number | null;
+  /** Seconds idle before a server on this tier is moved to the default tier. */
   idle_downshift_after?: number | null;
+  /** The longest grant (seconds) a request may ask for; null: not requestable. */
+  max_grant?: number | null;
+  /** Refused by its groups, has `max_grant`, and nothing pending or granted. */
+  requestable?: boolean;
+  /** The user's pending request for this tier. */
+  request?: { id: string; created: string; duration: number } | null;
+  /** The user's running grant of this tier (`expires`: ISO time). */
+  grant?: { id: string; expires: string } | null;
+}
+
+/** `POST requests {"profile", "duration", "reason"}` answer (201). */
+export interface IAccessRequest {
+  id: string;
+  user?: string;
+  profile: string;
+  /** Seconds asked for. */
+  duration: number;
+  reason: string;
+  /** `pending`, `approved`, `denied`, `expired`. */
+  state: string;
+  expires?: string | null;
 }
 
 /** Where spending stands: `unlimited` (no budget), `ok`, `warn`, `spent`. */
@@ -58,7 +80,11 @@ export interface IBudget {
 export interface INotice {
   /** ISO time of the action. */
   time: string;
-  /** `idle-downshift` or `idle-stop`. */
+  /**
+   * `idle-downshift`, `idle-stop`, `grant-downshift` (this server), or the
+   * user's `request-approved`, `request-denied`, `grant-expiring`,
+   * `grant-expired`.
+   */
   kind: string;
   from_profile?: string | null;
   to_profile?: string | null;
