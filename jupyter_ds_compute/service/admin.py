@@ -7,7 +7,9 @@ whose token (or HubOAuth cookie) holds ``custom:ds-compute:admin``
 gets a 403 page. An action on a server also needs the server scopes of
 :func:`.authz.can_act_on` (``admin:servers``/``servers!user=...``).
 
-- ``GET admin?tier=&state=&user=``: one row per server (users without a
+- ``GET admin?tier=&state=&user=``: charts (:mod:`.charts`: cost per tier
+  and per user this budget period, switches per day, servers per tier over
+  time; SVG rendered here, no script), then one row per server (users without a
   server get one ``stopped`` row): tier, state, volume id and where it is
   attached, time on tier, cost this budget period, last activity; actions.
   The volume comes from the server's spawner state (``volume_info``: the
@@ -31,7 +33,7 @@ from urllib.parse import urlencode
 from tornado import web
 
 from .. import formatting, policy, tiers
-from . import authz
+from . import authz, charts
 from .accounting import parse_time
 from .grants import GrantRefused
 from .handlers import APIError, PageHandler
@@ -90,6 +92,7 @@ class AdminHandler(AdminBase):
         since = policy.period_start(now, settings["budget_period"])
         costs = self.live.accounting.per_server(since, now)
         intervals = self.live.accounting.open_intervals()
+        tier_names = {t.slug: t.display_name for t in tiers.tiers_of(self.profiles)}
         rows = []
         for u in sorted(users, key=lambda u: u["name"]):
             servers = dict(u.get("servers") or {})
@@ -109,7 +112,8 @@ class AdminHandler(AdminBase):
         ]
         self.render_page(
             "admin.html",
-            requests=await self._pending(users, now),
+            requests=await self._pending(users, now, tier_names),
+            charts=charts.admin_charts(self.live.accounting.db, settings["budget_period"], now, tier_names),
             rows=shown,
             total=len(rows),
             tiers=tiers.tiers_of(self.profiles),
@@ -122,8 +126,9 @@ class AdminHandler(AdminBase):
             audit=self.store.list_audit(limit=15),
         )
 
-    async def _pending(self, users: list[dict], now: float) -> list[dict]:
-        """The pending requests with each requester's spending and budget this period."""
+    async def _pending(self, users: list[dict], now: float, tier_names: dict) -> list[dict]:
+        """The pending requests with each requester's spending and budget this period
+        (and that spending per day as a chart)."""
         groups_of = {u["name"]: u.get("groups") or [] for u in users}
         out = []
         for q in self.store.list_requests(states=("pending",)):
@@ -145,6 +150,14 @@ class AdminHandler(AdminBase):
                     max_grant=max_grant,
                     usage=dict(usage, spent=usage.get("user_spent", usage.get("spent", 0.0))),
                     asked_ago=formatting.duration(max(0.0, now - created)) + " ago",
+                    usage_chart=charts.requester_chart(
+                        self.live.accounting.db,
+                        q["user"],
+                        self.live.settings["budget_period"],
+                        now,
+                        f"ds-usage-{q['id']}",
+                        tier_names,
+                    ),
                 )
             )
         return out

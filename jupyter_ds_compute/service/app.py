@@ -94,6 +94,7 @@ from .hubside import hub_handlers
 from .idle import IdleWatcher
 from .metrics import make_registry
 from .orchestrator import Orchestrator
+from .requestpage import request_page_handlers
 from .store import Store
 from .tiersource import TierSource
 
@@ -678,7 +679,11 @@ def create_application(service: DSComputeService) -> web.Application:
         volume_root=service.volume_root,
     )
     return web.Application(
-        hub_handlers(prefix) + admin_handlers(prefix) + default_handlers(prefix), **settings
+        hub_handlers(prefix)
+        + admin_handlers(prefix)
+        + request_page_handlers(prefix)
+        + default_handlers(prefix),
+        **settings,
     )
 
 
