@@ -10,12 +10,21 @@ import { Widget } from '@lumino/widgets';
 
 import {
   formatCPU,
+  formatDuration,
   formatGPU,
   formatMemory,
   price,
   tierName,
   tierSummary
 } from './format';
+import {
+  budgetWarning,
+  costLines,
+  durationProblem,
+  durationText,
+  grantedUntil,
+  requestPending
+} from './cost';
 import {
   FOLLOW_INTERVAL,
   FOLLOW_MAX_ERRORS,
@@ -31,7 +40,14 @@ import {
 } from './follow';
 import { IDSComputeModel, notUnderHub } from './model';
 import { DSComputeError, requestAPI } from './request';
-import { ISwitchRecord, ISwitchReply, ITier, ITiersReply } from './types';
+import {
+  IAccessRequest,
+  IBudget,
+  ISwitchRecord,
+  ISwitchReply,
+  ITier,
+  ITiersReply
+} from './types';
 
 /** `data-testid` of each dialog button, by the button's class name. */
 const BUTTON_TEST_IDS: { [className: string]: string } = {
@@ -39,7 +55,8 @@ const BUTTON_TEST_IDS: { [className: string]: string } = {
   'jp-DSCompute-closeButton': 'ds-compute-close',
   'jp-DSCompute-nextButton': 'ds-compute-next',
   'jp-DSCompute-switchButton': 'ds-compute-switch',
-  'jp-DSCompute-saveAndSwitchButton': 'ds-compute-save-and-switch'
+  'jp-DSCompute-saveAndSwitchButton': 'ds-compute-save-and-switch',
+  'jp-DSCompute-sendRequestButton': 'ds-compute-send-request'
 };
 
 /**
@@ -64,12 +81,18 @@ const renderer = new Renderer();
  * The dialog body: one card per tier, loaded from `GET tiers`.
  *
  * The current tier is marked and cannot be chosen; tiers the policy refuses
- * are greyed and show the reason. `getValue()` is the chosen tier or null.
+ * are greyed and show the reason, and *Request access…* when they can be
+ * requested (`onRequest`). Every card shows what the tier costs against the
+ * budget (cost.ts). `getValue()` is the chosen tier or null.
  */
 export class TierPicker extends Widget {
-  constructor(trans: TranslationBundle) {
+  constructor(
+    trans: TranslationBundle,
+    onRequest: ((tier: ITier) => void) | null = null
+  ) {
     super();
     this._trans = trans;
+    this._onRequest = onRequest;
     this.addClass('jp-DSCompute-picker');
     this.node.dataset.testid = 'ds-compute-picker';
     this._message = document.createElement('p');
@@ -86,6 +109,11 @@ export class TierPicker extends Widget {
   /** The chosen tier, or null. */
   getValue(): ITier | null {
     return this._selected;
+  }
+
+  /** The user's budget from `GET tiers` (null until loaded or unknown). */
+  get budget(): IBudget | null {
+    return this._budget;
   }
 
   /** Resolves once the tiers are shown (or the error is). */
@@ -111,6 +139,7 @@ export class TierPicker extends Widget {
       this._message.dataset.testid = 'ds-compute-error';
       return;
     }
+    this._budget = reply?.budget ?? null;
     const tiers = reply?.tiers ?? [];
     if (tiers.length === 0) {
       this._message.textContent = trans.__('No compute tiers are configured.');
@@ -195,12 +224,48 @@ export class TierPicker extends Widget {
     }
     card.appendChild(specs);
 
+    const costs = document.createElement('div');
+    costs.className = 'jp-DSCompute-tierCost';
+    costs.dataset.testid = `ds-compute-tier-cost-${tier.slug}`;
+    for (const line of costLines(tier, this._budget, trans)) {
+      const item = document.createElement('div');
+      item.textContent = line;
+      costs.appendChild(item);
+    }
+    card.appendChild(costs);
+
     if (!tier.allowed && tier.reason) {
       const reason = document.createElement('div');
       reason.className = 'jp-DSCompute-tierReason';
       reason.dataset.testid = `ds-compute-tier-reason-${tier.slug}`;
       reason.textContent = tier.reason;
       card.appendChild(reason);
+    }
+    if (tier.grant?.expires) {
+      const grant = document.createElement('div');
+      grant.className = 'jp-DSCompute-tierAccess';
+      grant.dataset.testid = `ds-compute-tier-grant-${tier.slug}`;
+      grant.textContent = grantedUntil(tier.grant.expires, trans);
+      card.appendChild(grant);
+    }
+    if (tier.request) {
+      const pending = document.createElement('div');
+      pending.className = 'jp-DSCompute-tierAccess';
+      pending.dataset.testid = `ds-compute-tier-pending-${tier.slug}`;
+      pending.textContent = requestPending(tier.request, trans);
+      card.appendChild(pending);
+    } else if (!tier.allowed && tier.requestable && this._onRequest) {
+      const onRequest = this._onRequest;
+      const ask = document.createElement('button');
+      ask.type = 'button';
+      ask.className = 'jp-mod-styled jp-mod-reject jp-DSCompute-requestButton';
+      ask.dataset.testid = `ds-compute-request-${tier.slug}`;
+      ask.textContent = trans.__('Request access…');
+      ask.addEventListener('click', event => {
+        event.stopPropagation();
+        onRequest(tier);
+      });
+      card.appendChild(ask);
     }
 
     if (selectable) {
@@ -241,9 +306,11 @@ export class TierPicker extends Widget {
   }
 
   private _trans: TranslationBundle;
+  private _onRequest: ((tier: ITier) => void) | null;
   private _message: HTMLElement;
   private _list: HTMLElement;
   private _selected: ITier | null = null;
+  private _budget: IBudget | null = null;
   private _ready: Promise<void>;
 }
 
@@ -274,6 +341,193 @@ function badge(text: string, className: string): HTMLElement {
   node.className = `jp-DSCompute-badge ${className}`;
   node.textContent = text;
   return node;
+}
+
+/** The longest reason the service accepts (`policy.MAX_REASON_LENGTH`). */
+const MAX_REASON_LENGTH = 1000;
+
+/** What the user typed into the request form. */
+interface IRequestValues {
+  duration: string;
+  reason: string;
+}
+
+/**
+ * The *Request access…* form: a duration (bounded by the tier's
+ * `max_grant`, the max by default) and a reason; a problem shows next to
+ * the field it names (`errors`, keyed `duration`, `reason` or `form`).
+ */
+class RequestForm extends Widget {
+  constructor(
+    tier: ITier,
+    values: IRequestValues,
+    errors: { [field: string]: string },
+    trans: TranslationBundle
+  ) {
+    super();
+    this.addClass('jp-DSCompute-requestForm');
+    this.node.dataset.testid = 'ds-compute-request-form';
+    const intro = document.createElement('p');
+    intro.textContent = trans.__(
+      'An admin or approver decides. You are told here when they have; access ends by itself after the time you ask for.'
+    );
+    this.node.appendChild(intro);
+    if (errors.form) {
+      this.node.appendChild(fieldError('form', errors.form));
+    }
+
+    const maxGrant = tier.max_grant ?? null;
+    this._duration = document.createElement('input');
+    this._duration.type = 'text';
+    this._duration.name = 'duration';
+    this._duration.dataset.testid = 'ds-compute-request-duration';
+    this._duration.value = values.duration;
+    this._duration.placeholder = maxGrant
+      ? durationText(maxGrant)
+      : trans.__('7d');
+    this.node.appendChild(
+      field(
+        trans.__('For how long'),
+        this._duration,
+        maxGrant
+          ? trans.__(
+              'At most %1, e.g. %2, 12h, 30m.',
+              formatDuration(maxGrant),
+              durationText(maxGrant)
+            )
+          : trans.__('e.g. 7d, 12h, 30m.'),
+        errors.duration ? fieldError('duration', errors.duration) : null
+      )
+    );
+
+    this._reason = document.createElement('textarea');
+    this._reason.name = 'reason';
+    this._reason.rows = 3;
+    this._reason.maxLength = MAX_REASON_LENGTH;
+    this._reason.dataset.testid = 'ds-compute-request-reason';
+    this._reason.value = values.reason;
+    this._reason.placeholder = trans.__('e.g. train the activity model');
+    this.node.appendChild(
+      field(
+        trans.__('Why'),
+        this._reason,
+        trans.__('What you need the tier for (the deciders read it).'),
+        errors.reason ? fieldError('reason', errors.reason) : null
+      )
+    );
+  }
+
+  getValue(): IRequestValues {
+    return { duration: this._duration.value, reason: this._reason.value };
+  }
+
+  private _duration: HTMLInputElement;
+  private _reason: HTMLTextAreaElement;
+}
+
+/** A labelled form field with its hint and, when there is one, its error. */
+function field(
+  label: string,
+  input: HTMLElement,
+  hint: string,
+  error: HTMLElement | null
+): HTMLElement {
+  const node = document.createElement('label');
+  node.className = 'jp-DSCompute-field';
+  const title = document.createElement('span');
+  title.className = 'jp-DSCompute-fieldLabel';
+  title.textContent = label;
+  const help = document.createElement('span');
+  help.className = 'jp-DSCompute-fieldHint';
+  help.textContent = hint;
+  node.append(title, input, help);
+  if (error) {
+    node.appendChild(error);
+  }
+  return node;
+}
+
+function fieldError(name: string, message: string): HTMLElement {
+  const node = document.createElement('div');
+  node.className = 'jp-DSCompute-fieldError';
+  node.dataset.testid = `ds-compute-request-error-${name}`;
+  node.textContent = message;
+  return node;
+}
+
+/**
+ * Ask for access to `tier` (`POST requests {profile, duration, reason}`);
+ * the form comes back with the problem next to its field until the service
+ * takes the request or the user cancels. Resolves whether it was taken.
+ */
+export async function requestAccess(
+  tier: ITier,
+  trans: TranslationBundle
+): Promise<boolean> {
+  let values: IRequestValues = {
+    duration: tier.max_grant ? durationText(tier.max_grant) : '',
+    reason: ''
+  };
+  let errors: { [field: string]: string } = {};
+  for (;;) {
+    const result = await showDialog<IRequestValues>({
+      title: trans.__('Request access to %1', tierName(tier)),
+      body: new RequestForm(tier, values, errors, trans),
+      renderer,
+      buttons: [
+        Dialog.cancelButton({
+          label: trans.__('Cancel'),
+          className: 'jp-DSCompute-cancelButton'
+        }),
+        Dialog.okButton({
+          label: trans.__('Send request'),
+          className: 'jp-DSCompute-sendRequestButton'
+        })
+      ]
+    });
+    if (!result.button.accept || !result.value) {
+      return false;
+    }
+    values = result.value;
+    errors = {};
+    const problem = durationProblem(values.duration, tier.max_grant, trans);
+    if (problem) {
+      errors.duration = problem;
+    }
+    if (!values.reason.trim()) {
+      errors.reason = trans.__('Say what you need the tier for.');
+    }
+    if (Object.keys(errors).length) {
+      continue;
+    }
+    try {
+      const reply = await requestAPI<IAccessRequest>('requests', {
+        method: 'POST',
+        body: JSON.stringify({
+          profile: tier.slug,
+          duration: values.duration.trim(),
+          reason: values.reason.trim()
+        })
+      });
+      Notification.success(
+        trans.__(
+          'You asked for %1 for %2. You are told here when an admin or approver has decided.',
+          tierName(tier),
+          formatDuration(reply?.duration)
+        ),
+        { autoClose: 8000 }
+      );
+      return true;
+    } catch (error) {
+      const message = (error as Error).message || String(error);
+      const named =
+        error instanceof DSComputeError && error.status === 400
+          ? error.body?.field
+          : null;
+      errors[named === 'duration' || named === 'reason' ? named : 'form'] =
+        message;
+    }
+  }
 }
 
 /**
@@ -311,7 +565,8 @@ async function confirmSwitch(
   tier: ITier,
   hasUnsaved: boolean,
   trans: TranslationBundle,
-  keepStateDefault = false
+  keepStateDefault = false,
+  budget: IBudget | null = null
 ): Promise<IConfirmed> {
   const body = document.createElement('div');
   body.className = 'jp-DSCompute-confirm';
@@ -331,6 +586,24 @@ async function confirmSwitch(
     const p = document.createElement('p');
     p.textContent = line;
     body.appendChild(p);
+  }
+  // what it costs, before the user confirms (cost.ts)
+  const costs = document.createElement('div');
+  costs.className = 'jp-DSCompute-tierCost';
+  costs.dataset.testid = 'ds-compute-confirm-cost';
+  for (const line of costLines(tier, budget, trans)) {
+    const item = document.createElement('div');
+    item.textContent = line;
+    costs.appendChild(item);
+  }
+  body.appendChild(costs);
+  const overBudget = budgetWarning(tier, budget, trans);
+  if (overBudget) {
+    const warning = document.createElement('p');
+    warning.className = 'jp-DSCompute-warning';
+    warning.dataset.testid = 'ds-compute-budget-warning';
+    warning.textContent = overBudget;
+    body.appendChild(warning);
   }
   // "Keep my variables": the server saves every kernel's variables to the
   // volume and the new machine restores them (serverext/state.py)
@@ -415,23 +688,41 @@ export async function switchMachine(options: ISwitchOptions): Promise<void> {
     await showNotUnderHub(trans);
     return;
   }
-  const picker = new TierPicker(trans);
-  const picked = await showDialog<ITier | null>({
-    title: trans.__('Switch machine'),
-    body: picker,
-    renderer,
-    buttons: [
-      Dialog.cancelButton({
-        label: trans.__('Cancel'),
-        className: 'jp-DSCompute-cancelButton'
-      }),
-      Dialog.okButton({
-        label: trans.__('Switch…'),
-        className: 'jp-DSCompute-nextButton'
-      })
-    ]
-  });
-  const tier = picked.button.accept ? picked.value : null;
+  let tier: ITier | null = null;
+  let budget: IBudget | null = null;
+  for (;;) {
+    // *Request access…* on a card closes the picker (one dialog at a time:
+    // two would fight over the focus), asks, and opens the picker again,
+    // which then shows the request pending.
+    let requested: ITier | null = null;
+    const picker: TierPicker = new TierPicker(trans, chosen => {
+      requested = chosen;
+      dialog.resolve(0);
+    });
+    const dialog: Dialog<ITier | null> = new Dialog<ITier | null>({
+      title: trans.__('Switch machine'),
+      body: picker,
+      renderer,
+      buttons: [
+        Dialog.cancelButton({
+          label: trans.__('Cancel'),
+          className: 'jp-DSCompute-cancelButton'
+        }),
+        Dialog.okButton({
+          label: trans.__('Switch…'),
+          className: 'jp-DSCompute-nextButton'
+        })
+      ]
+    });
+    const picked = await dialog.launch();
+    budget = picker.budget;
+    if (requested !== null) {
+      await requestAccess(requested, trans);
+      continue;
+    }
+    tier = picked.button.accept ? picked.value : null;
+    break;
+  }
   if (!tier) {
     return;
   }
@@ -440,7 +731,8 @@ export async function switchMachine(options: ISwitchOptions): Promise<void> {
     tier,
     isDirty(),
     trans,
-    model.keepState
+    model.keepState,
+    budget
   );
   if (how === 'cancel') {
     return;

@@ -9,7 +9,20 @@ import { INotice, IStatus } from './types';
 const MAX_SHOWN = 3;
 
 /**
- * Shows the hub service's policy notices (e.g. an idle downshift) as
+ * Notices that offer *Switch machine…*: after a move down (back up, or to
+ * another tier), before a grant ends (move off in time), after an approval
+ * (move onto the tier now allowed).
+ */
+const SWITCH_KINDS = new Set([
+  'idle-downshift',
+  'grant-downshift',
+  'grant-expiring',
+  'request-approved'
+]);
+
+/**
+ * Shows the hub service's policy notices (an idle downshift, the answer to
+ * an access request, a grant about to end or ended) as
  * JupyterLab notifications, each once per browser: the time of the newest
  * notice shown is kept in localStorage, per user and server.
  *
@@ -57,7 +70,7 @@ export class NoticeWatcher {
 
   private _show(notice: INotice): void {
     const actions: Notification.IAction[] = [];
-    if (this._switchMachine && notice.kind === 'idle-downshift') {
+    if (this._switchMachine && SWITCH_KINDS.has(notice.kind)) {
       const run = this._switchMachine;
       actions.push({
         label: this._trans.__('Switch machine…'),
@@ -65,7 +78,9 @@ export class NoticeWatcher {
         callback: () => run()
       });
     }
-    Notification.warning(notice.message, { autoClose: false, actions });
+    // an approval is good news; everything else a policy did needs a look
+    const type = notice.kind === 'request-approved' ? 'success' : 'warning';
+    Notification.emit(notice.message, type, { autoClose: false, actions });
   }
 }
 
