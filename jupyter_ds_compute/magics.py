@@ -13,6 +13,7 @@ kernels of environments that do not have jupyter-ds-compute installed. The HTTP 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shlex
@@ -178,6 +179,111 @@ def format_ago(ts: Any, now: float | None = None) -> str:
     return format_duration(max(0.0, now - ts)) + " ago"
 
 
+def format_local_time(iso: Any) -> str:
+    """An ISO time in this kernel's local time (``2030-05-02 12:00 CEST``); as given
+    when it does not parse."""
+    try:
+        when = datetime.datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
+    except ValueError:
+        return str(iso)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.astimezone().strftime("%Y-%m-%d %H:%M %Z").rstrip()
+
+
+# -- cost before switching ----------------------------------------------------
+# The same numbers as Lab's switch dialog (labextension/src/cost.ts).
+def budget_left(budget: Any) -> float | None:
+    """What is left of a limited budget (>= 0), or None when unlimited or unknown."""
+    if not isinstance(budget, dict) or budget.get("state") == "unlimited":
+        return None
+    total, spent = budget.get("budget"), budget.get("spent")
+    if isinstance(total, bool) or not isinstance(total, (int, float)):
+        return None
+    spent = spent if isinstance(spent, (int, float)) and not isinstance(spent, bool) else 0.0
+    return max(0.0, float(total) - float(spent))
+
+
+def _positive_price(tier: Mapping[str, Any]) -> float | None:
+    x = tier.get("hourly_cost")
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 else None
+
+
+def hours_on_budget(budget: Any, tier: Mapping[str, Any]) -> float | None:
+    """Hours the rest of the budget buys on ``tier``; None when unlimited/unknown or free."""
+    left, per_hour = budget_left(budget), _positive_price(tier)
+    return None if left is None or per_hour is None else left / per_hour
+
+
+def exceeds_within_hour(budget: Any, tier: Mapping[str, Any]) -> bool:
+    """Whether an hour on ``tier`` costs more than what is left of the budget."""
+    left, per_hour = budget_left(budget), _positive_price(tier)
+    return left is not None and per_hour is not None and left < per_hour
+
+
+def _period(budget: Any) -> str:
+    period = budget.get("period") if isinstance(budget, dict) else None
+    return f"this {period}" if period else "this period"
+
+
+def format_idle(tier: Mapping[str, Any]) -> str:
+    idle = tier.get("idle_downshift_after")
+    return fmt.duration(idle) if isinstance(idle, (int, float)) and idle > 0 else "never"
+
+
+def format_buys(budget: Any, tier: Mapping[str, Any]) -> str:
+    """The ``buys`` column: hours the rest of the budget lasts on the tier."""
+    if budget_left(budget) is None:
+        return "unlimited" if isinstance(budget, dict) and budget.get("state") == "unlimited" else "?"
+    buys = hours_on_budget(budget, tier)
+    return "free" if buys is None else fmt.hours(buys)
+
+
+def cost_line(tier: Mapping[str, Any], budget: Any) -> str:
+    """``GPU: $4.00/h; $60.00 left this month, 15 h on it; idle downshift after 30 min``."""
+    name = tier.get("display_name") or tier.get("slug")
+    parts = [f"{name}: {format_price(tier)}"]
+    left = budget_left(budget)
+    if left is not None:
+        buys = hours_on_budget(budget, tier)
+        parts.append(
+            f"{fmt.money(left)} left {_period(budget)} of your budget"
+            + ("" if buys is None else f", {fmt.hours(buys)} on it")
+        )
+    elif isinstance(budget, dict) and budget.get("state") == "unlimited":
+        parts.append("no budget limit")
+    idle = format_idle(tier)
+    parts.append("never moved down when idle" if idle == "never" else f"idle downshift after {idle}")
+    return "; ".join(parts)
+
+
+def budget_warning(tier: Mapping[str, Any], budget: Any) -> str:
+    """The warning before a switch that would use the budget up within the hour ("" otherwise)."""
+    if not exceeds_within_hour(budget, tier):
+        return ""
+    buys = hours_on_budget(budget, tier) or 0.0
+    return (
+        f"WARNING: this switch would use up your budget within the hour: {fmt.money(budget_left(budget))} "
+        f"left {_period(budget)} lasts about {fmt.duration(int(buys * 3600))} on "
+        f"{tier.get('display_name') or tier.get('slug')} ({format_price(tier)}); then only your "
+        "default tier is available."
+    )
+
+
+def format_budget(budget: Any) -> str:
+    """The line under ``%ds_compute tiers`` about the budget."""
+    left = budget_left(budget)
+    if left is None:
+        if isinstance(budget, dict) and budget.get("state") == "unlimited":
+            return "Budget: no limit."
+        return "Budget: not known (the ds-compute service did not say)."
+    whose = f" (group {budget['name']})" if budget.get("kind") == "group" and budget.get("name") else ""
+    return (
+        f"Budget{whose}: {fmt.money(left)} left {_period(budget)} "
+        f"({fmt.money(budget.get('spent'))} of {fmt.money(budget.get('budget'))} spent)."
+    )
+
+
 def format_table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -241,10 +347,15 @@ def format_cost(st: Mapping[str, Any]) -> str:
 
 def format_tiers(model: Mapping[str, Any]) -> str:
     rows = []
+    budget = model.get("budget")
     for t in model.get("tiers") or []:
         cpu, mem, gpu = _tier_resources(t)
         if t.get("allowed", True):
-            note = f"granted until {t['grant']['expires']}" if isinstance(t.get("grant"), dict) else ""
+            note = (
+                f"granted until {format_local_time(t['grant'].get('expires'))}"
+                if isinstance(t.get("grant"), dict)
+                else ""
+            )
         else:
             note = "not allowed" + (f": {t['reason']}" if t.get("reason") else "")
             if isinstance(t.get("request"), dict):
@@ -260,11 +371,15 @@ def format_tiers(model: Mapping[str, Any]) -> str:
                 mem,
                 gpu,
                 format_price(t),
+                format_buys(budget, t),
+                format_idle(t),
                 note,
             ]
         )
-    out = format_table(["", "tier", "name", "cpu", "memory", "gpu", "price", ""], rows)
-    out += "\n* = this server's tier. Switch with: %ds_compute switch TIER"
+    out = format_table(["", "tier", "name", "cpu", "memory", "gpu", "price", "buys", "idle", ""], rows)
+    out += "\n" + format_budget(budget)
+    out += "\n* = this server's tier; buys = the hours what is left of your budget lasts on the tier;"
+    out += "\nidle = idle time before the server moves to your default tier. Switch with: %ds_compute switch TIER"
     if model.get("warning"):
         out += f"\nNote: {model['warning']}"
     return out
@@ -481,6 +596,7 @@ def switch(
     args: list[str],
     env: Mapping[str, str],
     ask: Callable[[str], str] = input,
+    say: Callable[[str], Any] = print,
 ) -> str:
     keep_state = "--keep-state" in args
     args = [a for a in args if a != "--keep-state"]
@@ -497,6 +613,11 @@ def switch(
     if target.get("allowed") is False:
         reason = target.get("reason") or "not allowed"
         return f"You cannot switch to {name}: {reason}"
+    # what it costs, before it happens (the warning only with a limited budget)
+    say(cost_line(target, tiers.get("budget")))
+    warning = budget_warning(target, tiers.get("budget"))
+    if warning:
+        say(warning)
     if not yes:
         what = (
             "The kernel will restart (its variables come along)" if keep_state else "The kernel will restart"
@@ -535,8 +656,14 @@ def switch(
     raise DSComputeError(f"Switch to {tier} refused: {msg} (HTTP {status})")
 
 
-def run(line: str, env: Mapping[str, str] | None = None, ask: Callable[[str], str] = input) -> str:
-    """Run one ``%ds_compute`` command line; the text to show."""
+def run(
+    line: str,
+    env: Mapping[str, str] | None = None,
+    ask: Callable[[str], str] = input,
+    say: Callable[[str], Any] = print,
+) -> str:
+    """Run one ``%ds_compute`` command line; the text to show (``say`` shows
+    what comes before a question or a switch)."""
     env = os.environ if env is None else env
     try:
         args = shlex.split(line)
@@ -559,7 +686,7 @@ def run(line: str, env: Mapping[str, str] | None = None, ask: Callable[[str], st
         path, fmt = simple[cmd]
         return fmt(get_json(path, env))
     if cmd == "switch":
-        return switch(rest, env, ask)
+        return switch(rest, env, ask, say)
     if cmd == "request":
         return request(rest, env)
     if cmd == "requests":
@@ -607,7 +734,7 @@ if Magics is not None:
             volume) move with the server; what is in the kernel's memory does not.
             """
             try:
-                text = run(line, ask=input)
+                text = run(line, ask=input, say=print)
             except BadUsage as e:
                 raise UsageError(str(e)) from None
             except DSComputeError as e:

@@ -89,7 +89,7 @@ def test_format_tiers_marks_current_and_refusals():
         {"current": "small", "tiers": [dict(t, current=t["slug"] == "small") for t in TIERS]}
     )
     lines = out.splitlines()
-    assert lines[0].split() == ["tier", "name", "cpu", "memory", "gpu", "price"]
+    assert lines[0].split() == ["tier", "name", "cpu", "memory", "gpu", "price", "buys", "idle"]
     small = next(line for line in lines if " small " in f" {line} ")
     assert small.startswith("*") and "$2.00/h" in small and "2 GiB" in small
     big = next(line for line in lines if " big " in line)
@@ -313,9 +313,10 @@ def magic(run, jp_serverapp, http_server):
             call.prompts.append(prompt)
             return ask
 
-        return run(asyncio.to_thread(magics.run, line, None, answer))
+        return run(asyncio.to_thread(magics.run, line, None, answer, call.said.append))
 
     call.prompts = []
+    call.said = []
     return call
 
 
@@ -461,3 +462,109 @@ def test_request_through_the_server(magic, fake_service):
     )
     with pytest.raises(magics.DSComputeError, match="at most 2d.*duration"):
         magic('request gpu --for 7d --why "x"')
+
+
+# -- cost before switching (issue 17) --------------------------------------------------
+MONTH = {"state": "ok", "spent": 40.0, "budget": 100.0, "fraction": 0.4, "kind": "user", "period": "month"}
+UNLIMITED = {"state": "unlimited", "spent": 3.0, "budget": None, "fraction": None}
+GPU4 = dict(TIER_GPU, hourly_cost=4.0, idle_downshift_after=1800)
+
+
+def test_budget_numbers():
+    assert magics.budget_left(MONTH) == 60.0
+    assert magics.budget_left(dict(MONTH, spent=140.0)) == 0.0
+    assert magics.budget_left(UNLIMITED) is None and magics.budget_left(None) is None
+    assert magics.hours_on_budget(MONTH, GPU4) == 15.0
+    assert magics.hours_on_budget(MONTH, dict(GPU4, hourly_cost=0)) is None
+    assert magics.hours_on_budget(MONTH, dict(GPU4, hourly_cost=None)) is None
+    assert magics.exceeds_within_hour(dict(MONTH, spent=97.0), GPU4)
+    assert not magics.exceeds_within_hour(dict(MONTH, spent=96.0), GPU4)  # exactly an hour left
+    assert not magics.exceeds_within_hour(UNLIMITED, GPU4)
+    assert not magics.exceeds_within_hour(None, GPU4)
+    assert not magics.exceeds_within_hour(dict(MONTH, spent=100.0), dict(GPU4, hourly_cost=0))
+
+
+def test_cost_line_and_warning():
+    assert magics.cost_line(GPU4, MONTH) == (
+        "GPU: $4.00/h; $60.00 left this month of your budget, 15 h on it; idle downshift after 30 min"
+    )
+    assert (
+        magics.cost_line(TIER_SMALL, UNLIMITED)
+        == "Small: $2.00/h; no budget limit; never moved down when idle"
+    )
+    assert magics.cost_line(TIER_SMALL, None) == "Small: $2.00/h; never moved down when idle"
+    assert magics.budget_warning(GPU4, dict(MONTH, spent=98.0)) == (
+        "WARNING: this switch would use up your budget within the hour: $2.00 left this month lasts "
+        "about 30 min on GPU ($4.00/h); then only your default tier is available."
+    )
+    assert magics.budget_warning(GPU4, MONTH) == ""
+    assert magics.budget_warning(GPU4, UNLIMITED) == ""
+
+
+def test_format_budget():
+    assert magics.format_budget(MONTH) == "Budget: $60.00 left this month ($40.00 of $100.00 spent)."
+    group = dict(MONTH, kind="group", name="physics")
+    assert magics.format_budget(group).startswith("Budget (group physics): $60.00 left")
+    assert magics.format_budget(UNLIMITED) == "Budget: no limit."
+    assert "not known" in magics.format_budget(None)
+
+
+def test_format_local_time(monkeypatch):
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        assert magics.format_local_time("2030-05-02T10:00:00+00:00") == "2030-05-02 12:00 CEST"
+        assert magics.format_local_time("2030-01-02T10:00:00Z") == "2030-01-02 11:00 CET"
+        assert magics.format_local_time("soon") == "soon"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_format_tiers_cost_columns_and_access():
+    tiers = [
+        dict(TIER_SMALL, allowed=True, current=True, idle_downshift_after=None),
+        dict(GPU4, allowed=True, grant={"id": "g1", "expires": "2030-05-02T10:00:00+00:00"}),
+        dict(TIER_BIG, allowed=False, reason="only for group hpc", requestable=True, max_grant=86400),
+        dict(TIER_BIG, slug="huge", allowed=False, reason="only for group hpc", request={"id": "r1"}),
+    ]
+    out = magics.format_tiers({"current": "small", "tiers": tiers, "budget": MONTH})
+    rows = {line.split()[0 if not line.startswith("*") else 1]: line for line in out.splitlines()[2:6]}
+    assert "30 h" in rows["small"] and "never" in rows["small"]
+    assert "15 h" in rows["gpu"] and "30 min" in rows["gpu"]
+    assert "granted until " + magics.format_local_time("2030-05-02T10:00:00+00:00") in rows["gpu"]
+    assert "6.6 h" in rows["big"] and "%ds_compute request big" in rows["big"]
+    assert "your request is pending" in rows["huge"]
+    assert "Budget: $60.00 left this month ($40.00 of $100.00 spent)." in out
+    unlimited = magics.format_tiers({"current": "small", "tiers": tiers, "budget": UNLIMITED})
+    assert "unlimited" in unlimited.splitlines()[3] and "Budget: no limit." in unlimited
+
+
+def test_switch_prints_the_cost_and_the_budget_warning(magic, fake_service):
+    tiers = [dict(t, idle_downshift_after=600 if t["slug"] == "gpu" else None) for t in TIERS]
+    fake_service.tiers_reply = (200, {"tiers": tiers, "budget": dict(MONTH, spent=98.0)})
+    assert "Switching to GPU" in magic("switch gpu --yes")
+    assert magic.said == [
+        "GPU: $3.50/h; $2.00 left this month of your budget, 0.5 h on it; idle downshift after 10 min",
+        "WARNING: this switch would use up your budget within the hour: $2.00 left this month lasts "
+        "about 34 min on GPU ($3.50/h); then only your default tier is available.",
+    ]
+    # said before it asks; nothing posted when the answer is no
+    magic.said.clear()
+    posts = len([c for c in fake_service.calls if c["method"] == "POST"])
+    assert magic("switch gpu", ask="n") == "Not switching."
+    assert magic.said[1].startswith("WARNING:") and len(magic.prompts) == 1
+    assert len([c for c in fake_service.calls if c["method"] == "POST"]) == posts
+    # an unlimited budget: the cost line, no warning
+    magic.said.clear()
+    fake_service.tiers_reply = (200, {"tiers": tiers, "budget": UNLIMITED})
+    assert "Switching to GPU" in magic("switch gpu --yes")
+    assert magic.said == ["GPU: $3.50/h; no budget limit; idle downshift after 10 min"]
+
+
+def test_tiers_through_the_server_show_cost(magic, fake_service):
+    fake_service.tiers_reply = (200, {"tiers": TIERS, "budget": MONTH})
+    out = magic("tiers")
+    gpu = next(line for line in out.splitlines() if line.split()[:1] == ["gpu"])
+    assert "$3.50/h" in gpu and "17 h" in gpu  # $60 / $3.50
+    assert "Budget: $60.00 left this month" in out
