@@ -2,15 +2,20 @@
 
 Pure functions over the normalized profile list of :mod:`.tiers`: which tiers
 and choices a user sees, their resources and price in words, and a warning
-when a GPU tier asks for more GPUs than this host has.
+when a GPU tier asks for more GPUs than this host has. With the user's
+budget (the service's answer, :class:`.spawnpolicy.BudgetClient`) each priced
+tier says what is left and how many hours that buys on it; a tier the user
+may not use but can request (``max_grant``) is shown disabled with a
+*Request access* link to the service's request page.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlencode
 
-from . import formatting
+from . import formatting, policy
 from .tiers import (
     FORM_OPTION_PREFIX,
     UNLISTED_SUFFIX,
@@ -72,12 +77,52 @@ def _choice_context(slug, key, option, user_groups, chosen) -> dict:
     }
 
 
+def request_page_url(hub_base_url: str | None) -> str:
+    """The service's *Request access* page as a path from the hub's ``base_url``
+    (``/hub/`` -> ``/services/ds-compute/request``), so it works whatever
+    name the browser reaches the hub by."""
+    from .hubconfig import SERVICE_NAME
+
+    base = hub_base_url or "/hub/"
+    root = base[: -len("hub/")] if base.endswith("hub/") else "/"
+    return f"{root}services/{SERVICE_NAME}/request"
+
+
+def budget_line(budget: dict | None) -> dict | None:
+    """What the form says about the user's budget: ``{"left", "left_label",
+    "budget_label", "period", "state"}``; None without a budget (unlimited,
+    or the service did not answer)."""
+    if not isinstance(budget, dict):
+        return None
+    amount, spent = formatting._number(budget.get("budget")), formatting._number(budget.get("spent"))
+    if amount is None:
+        return None
+    left = max(0.0, amount - (spent or 0.0))
+    return {
+        "left": left,
+        "left_label": formatting.money(left),
+        "budget_label": formatting.money(amount),
+        "period": str(budget.get("period") or "period"),
+        "state": str(budget.get("state") or ""),
+    }
+
+
+def _hours_left(left: float | None, cost: float | None) -> str:
+    """How long ``left`` lasts on a tier of price ``cost`` per hour (``4 h``); "" when
+    free or nothing is left."""
+    if left is None or left <= 0 or not cost or cost <= 0:
+        return ""
+    return formatting.duration(left / cost * 3600)
+
+
 def form_context(
     profiles: Any,
     user_groups: Iterable[str] | None,
     gpu_devices_available: int | None,
     is_admin: bool = False,
     user_options: dict | None = None,
+    budget: dict | None = None,
+    request_url: str | None = None,
 ) -> list[dict]:
     """Per tier, what ``templates/form.html`` needs.
 
@@ -90,6 +135,14 @@ def form_context(
     ``price`` ""; one without a cpu/mem limit says "unlimited".
     ``gpu_warning`` is set when the tier needs more GPUs than
     ``gpu_devices_available`` (None: unknown, no warning).
+
+    ``budget`` (the service's budget answer, or None when it is unknown)
+    gives each priced tier ``budget_left`` and ``hours_left`` (what is left
+    this period and how long it lasts there); ``idle_downshift`` says after
+    how long idle a server on the tier is moved down. With ``request_url``
+    (the service's request page), a tier refused by its groups that has
+    ``max_grant`` is listed for everyone, disabled, with ``requestable`` and
+    ``request_link``.
     """
     profiles = normalize_profile_list(profiles)
     groups = list(user_groups or ())
@@ -105,12 +158,19 @@ def form_context(
     model = for_user(profiles, groups)  # allowed, reason, default: the one model
     default = next((m["slug"] for m in model if m["default"]), None)
     selected_slug = previous[0]["slug"] if previous else default
+    money = budget_line(budget)
 
     result = []
     for profile, entry in zip(profiles, model, strict=True):
         tier = Tier.from_profile(profile)
         reason = entry["reason"]
-        if reason and not is_admin:
+        requestable = bool(
+            reason
+            and request_url
+            and tier.max_grant is not None
+            and policy.group_refusal(tier.allowed_groups, groups) is not None
+        )
+        if reason and not is_admin and not requestable:
             continue
         if previous and previous[0] is profile:
             selections = previous[1]
@@ -151,6 +211,15 @@ def form_context(
                     else ""
                 ),
                 "options": options,
+                "budget_left": money["left_label"] if money and tier.hourly_cost else "",
+                "hours_left": _hours_left(money["left"] if money else None, tier.hourly_cost),
+                "budget_period": money["period"] if money else "",
+                "idle_downshift": (
+                    formatting.duration(tier.idle_downshift_after) if tier.idle_downshift_after else ""
+                ),
+                "requestable": requestable,
+                "request_link": f"{request_url}?{urlencode({'profile': tier.slug})}" if requestable else "",
+                "max_grant_label": formatting.duration(tier.max_grant) if tier.max_grant else "",
             }
         )
     return result

@@ -369,6 +369,8 @@ class DSComputeSpawner(Spawner):
 
     async def _render_options_form(self):
         profiles = await self.load_profiles()
+        budget = await self._form_budget()
+        request_url = form.request_page_url(getattr(self.hub, "base_url", None)) if self.service_url else None
         # like KubeSpawner 7.1: the previous tier and choices are preselected
         # (form_context drops them when no longer valid)
         context = form.form_context(
@@ -377,8 +379,22 @@ class DSComputeSpawner(Spawner):
             gpu_devices_available=len(self.gpu_devices),
             is_admin=bool(getattr(self.user, "admin", False)),
             user_options=self.user_options or self._last_good_options or None,
+            budget=budget,
+            request_url=request_url,
         )
-        return _form_template().render(tiers=context, selected=None)
+        return _form_template().render(tiers=context, selected=None, budget=form.budget_line(budget))
+
+    async def _form_budget(self):
+        """The user's budget for the spawn form, or None (no budget line) when
+        the service is not set up or does not answer: the form never fails for it."""
+        client = self._budget_client()
+        if client is None:
+            return None
+        try:
+            return await client.budget(self.user.name, self._user_groups())
+        except spawnpolicy.ServiceUnavailable as e:
+            self.log.info("No budget line on the spawn form of %s: %s", self._log_name, e)
+            return None
 
     async def _apply_tier_options(self, user_options):
         """Validate ``user_options``, resolve the tier, apply its overrides.
