@@ -171,6 +171,13 @@ def test_servers_over_time_counts_intervals(store):
     assert per["small"] == [1, 1, 1, 1, 1, 1]
 
 
+def test_servers_over_time_shows_a_server_shorter_than_a_step(store):
+    usage(store.db, "a", "gpu", 1.0, 130, 140)
+    usage(store.db, "b", "gpu", 1.0, 250, 250)  # seen by one poll only
+    times, per = charts.servers_over_time(store.db, 0, 500, samples=6)
+    assert per["gpu"] == [0, 0, 1, 1, 0, 0]
+
+
 def test_switches_per_day_outcomes_and_durations(store):
     db = store.db
     today = calendar.timegm((2026, 12, 2, 0, 0, 0))

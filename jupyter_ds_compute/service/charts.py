@@ -402,8 +402,10 @@ def cost_per_day(db: sqlite3.Connection, since: float, now: float, user: str | N
 
 
 def servers_over_time(db: sqlite3.Connection, since: float, now: float, samples: int = SAMPLES) -> tuple:
-    """``(times, {tier: [servers running at each time]})``: ``samples`` times from
-    ``since`` to ``now``; a server counts from its interval's start to its end."""
+    """``(times, {tier: [servers]})``: ``samples`` times from ``since`` to ``now``;
+    each number is the most servers on the tier at once since the time before
+    (so a server shorter than a step still shows). A server counts from its
+    usage interval's start to its end."""
     rows = db.execute(
         'SELECT profile, start, "end" FROM usage WHERE "end" >= ? AND start <= ?', (since, now)
     ).fetchall()
@@ -414,14 +416,17 @@ def servers_over_time(db: sqlite3.Connection, since: float, now: float, samples:
     for r in rows:
         by_tier.setdefault(r["profile"] or "", []).append((r["start"], r["end"]))
     for tier, spans in sorted(by_tier.items()):
-        # sweep: +1 at a start, -1 just after an end (an interval covers [start, end])
+        # sweep: +1 at a start, -1 at an end; at the same moment starts come first,
+        # so an interval covers [start, end] and a zero-length one still counts
         events = sorted([(s, 0, 1) for s, _ in spans] + [(e, 1, -1) for _, e in spans])
         counts, running, j = [], 0, 0
         for t in times:
-            while j < len(events) and (events[j][0] < t or (events[j][0] == t and events[j][1] == 0)):
+            peak = running
+            while j < len(events) and events[j][0] <= t:
                 running += events[j][2]
+                peak = max(peak, running)
                 j += 1
-            counts.append(running)
+            counts.append(peak)
         out[tier] = counts
     return times, out
 
@@ -497,7 +502,7 @@ def admin_charts(
     charts.append(
         line_chart(
             "ds-chart-servers",
-            "Servers per tier over time",
+            "Servers per tier over time (the most at once in each step)",
             times,
             [(names.get(k, k) or "(none)", v) for k, v in per_tier.items()],
         )
