@@ -482,7 +482,9 @@ def test_prepared_script_preloads_a_python_server(tmp_path):
     cfg.SlurmBackend.python = sys.executable
     b = backend(config=cfg)
     b.python = sys.executable
-    words = shlex.split(b.prepared_script(tier("small"), [str(server), "--debug"], "/usr/bin").splitlines()[-1])
+    words = shlex.split(
+        b.prepared_script(tier("small"), [str(server), "--debug"], "/usr/bin").splitlines()[-1]
+    )
     assert words[words.index("--script") + 1] == str(server)
     assert "jupyterhub.singleuser" in words[words.index("--preload") + 1].split(",")
     # not a Python script (or another interpreter's): the launcher execs it, nothing preloaded
