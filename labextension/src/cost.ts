@@ -72,20 +72,24 @@ function periodText(
 }
 
 /**
- * The cost lines of a tier's card (and of the confirm step): the price per
- * hour; what is left of the budget and how many hours it buys on the tier;
- * the idle-downshift time.
+ * The cost lines of the confirm step (and, without the price its header
+ * shows already, of a tier's card): the price per hour; what is left of
+ * the budget and how many hours it buys on the tier; the idle-downshift time.
  */
 export function costLines(
   tier: ITier,
   budget: IBudget | null | undefined,
-  trans: TranslationBundle
+  trans: TranslationBundle,
+  withPrice = true
 ): string[] {
-  const lines = [
-    tier.hourly_cost === null || tier.hourly_cost === undefined
-      ? trans.__('Price: %1', trans.__('no price'))
-      : trans.__('Price: %1', price(tier.hourly_cost))
-  ];
+  const lines: string[] = [];
+  if (withPrice) {
+    lines.push(
+      tier.hourly_cost === null || tier.hourly_cost === undefined
+        ? trans.__('Price: %1', trans.__('no price'))
+        : trans.__('Price: %1', price(tier.hourly_cost))
+    );
+  }
   const left = budgetLeft(budget);
   if (left !== null) {
     const buys = hoursOnBudget(budget, tier);

@@ -152,6 +152,10 @@ export class TierPicker extends Widget {
       this._list.appendChild(
         this._createCard(tier, tier.slug === reply.current)
       );
+      const ask = this._requestButton(tier);
+      if (ask) {
+        this._list.appendChild(ask);
+      }
     }
     this._updateNextButton();
   }
@@ -227,7 +231,8 @@ export class TierPicker extends Widget {
     const costs = document.createElement('div');
     costs.className = 'jp-DSCompute-tierCost';
     costs.dataset.testid = `ds-compute-tier-cost-${tier.slug}`;
-    for (const line of costLines(tier, this._budget, trans)) {
+    // the price is in the header already
+    for (const line of costLines(tier, this._budget, trans, false)) {
       const item = document.createElement('div');
       item.textContent = line;
       costs.appendChild(item);
@@ -254,18 +259,6 @@ export class TierPicker extends Widget {
       pending.dataset.testid = `ds-compute-tier-pending-${tier.slug}`;
       pending.textContent = requestPending(tier.request, trans);
       card.appendChild(pending);
-    } else if (!tier.allowed && tier.requestable && this._onRequest) {
-      const onRequest = this._onRequest;
-      const ask = document.createElement('button');
-      ask.type = 'button';
-      ask.className = 'jp-mod-styled jp-mod-reject jp-DSCompute-requestButton';
-      ask.dataset.testid = `ds-compute-request-${tier.slug}`;
-      ask.textContent = trans.__('Request access…');
-      ask.addEventListener('click', event => {
-        event.stopPropagation();
-        onRequest(tier);
-      });
-      card.appendChild(ask);
     }
 
     if (selectable) {
@@ -279,6 +272,35 @@ export class TierPicker extends Widget {
       });
     }
     return card;
+  }
+
+  /**
+   * *Request access…* for a tier that can be requested: under its card, not
+   * in it (the refused card is an aria-disabled radio, and so would be
+   * everything in it).
+   */
+  private _requestButton(tier: ITier): HTMLElement | null {
+    const onRequest = this._onRequest;
+    if (tier.allowed || !tier.requestable || tier.request || !onRequest) {
+      return null;
+    }
+    const row = document.createElement('div');
+    row.className = 'jp-DSCompute-tierActions';
+    const ask = document.createElement('button');
+    ask.type = 'button';
+    ask.className = 'jp-mod-styled jp-mod-reject jp-DSCompute-requestButton';
+    ask.dataset.testid = `ds-compute-request-${tier.slug}`;
+    ask.textContent = this._trans.__('Request access…');
+    ask.setAttribute(
+      'aria-label',
+      this._trans.__('Request access to %1…', tierName(tier))
+    );
+    ask.addEventListener('click', event => {
+      event.stopPropagation();
+      onRequest(tier);
+    });
+    row.appendChild(ask);
+    return row;
   }
 
   private _select(tier: ITier, card: HTMLElement): void {
@@ -391,9 +413,8 @@ class RequestForm extends Widget {
         this._duration,
         maxGrant
           ? trans.__(
-              'At most %1, e.g. %2, 12h, 30m.',
-              formatDuration(maxGrant),
-              durationText(maxGrant)
+              'At most %1. Write it like 7d, 12h or 30m.',
+              formatDuration(maxGrant)
             )
           : trans.__('e.g. 7d, 12h, 30m.'),
         errors.duration ? fieldError('duration', errors.duration) : null

@@ -94,6 +94,11 @@ test('the cost lines of a card: price, budget left and what it buys, idle time',
     cost.costLines({ slug: 'x', hourly_cost: null }, UNLIMITED, trans),
     ['Price: no price', 'Budget: no limit', 'Idle: never moved down']
   );
+  // a card shows its price in its header already
+  assert.deepEqual(cost.costLines(GPU, month(40), trans, false), [
+    'Budget: $60.00 left this month, 15 h on this tier',
+    'Idle: moved to your default tier after 30 min'
+  ]);
   // no budget known (the service did not answer): no budget line
   assert.equal(cost.costLines(GPU, null, trans).length, 2);
   assert.match(
