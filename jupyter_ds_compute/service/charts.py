@@ -27,6 +27,7 @@ Two layers, both plain Python:
 from __future__ import annotations
 
 import html
+import math
 import re
 import sqlite3
 import statistics
@@ -225,7 +226,9 @@ def stacked_bar_chart(
     top = max(totals)
     slot = plot_w / len(categories)
     bar_w = max(2.0, slot * 0.7)
-    every = max(1, round(len(categories) / 10))
+    # axis labels: days as MM-DD; every k-th one so that they do not overlap
+    axis = [c[5:] if re.fullmatch(r"\d{4}-\d{2}-\d{2}", c) else _short(c) for c in map(str, categories)]
+    every = max(1, math.ceil((6.5 * max(len(a) for a in axis) + 8) / slot))
     desc = (
         f"{len(categories)} {category_label.lower()}s from {categories[0]} to {categories[-1]};"
         f" total {fmt(sum(totals))}; at most {fmt(top)} in one."
@@ -262,7 +265,7 @@ def stacked_bar_chart(
         if i % every == 0:
             parts.append(
                 f'<text x="{_num(x + bar_w / 2)}" y="{height - bottom + 14}" text-anchor="middle">'
-                f"{_e(_short(cat))}</text>"
+                f"{_e(axis[i])}</text>"
             )
     parts.append("</svg>")
     rows = []
