@@ -138,7 +138,8 @@ def form_context(
 
     ``budget`` (the service's budget answer, or None when it is unknown)
     gives each priced tier ``budget_left`` and ``hours_left`` (what is left
-    this period and how long it lasts there); ``idle_downshift`` says after
+    this period and how long it lasts there) and ``budget_short`` (it lasts
+    less than an hour there); ``idle_downshift`` says after
     how long idle a server on the tier is moved down. With ``request_url``
     (the service's request page), a tier refused by its groups that has
     ``max_grant`` is listed for everyone, disabled, with ``requestable`` and
@@ -214,6 +215,8 @@ def form_context(
                 "budget_left": money["left_label"] if money and tier.hourly_cost else "",
                 "hours_left": _hours_left(money["left"] if money else None, tier.hourly_cost),
                 "budget_period": money["period"] if money else "",
+                # within the next hour the budget would be spent on this tier
+                "budget_short": bool(money and tier.hourly_cost and money["left"] < tier.hourly_cost),
                 "idle_downshift": (
                     formatting.duration(tier.idle_downshift_after) if tier.idle_downshift_after else ""
                 ),

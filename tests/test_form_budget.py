@@ -54,6 +54,20 @@ def test_no_budget_no_budget_line(budget):
     assert "ds-budget-line" not in render(list(ctx.values()), budget)
 
 
+def test_budget_short_within_the_hour():
+    budget = dict(BUDGET, spent=8.5)  # $1.50 left: 3 h on Small, 45 min on GPU
+    ctx = by_slug(form.form_context(PROFILES, [], 0, budget=budget, request_url=REQUEST_URL))
+    assert ctx["small"]["budget_short"] is False and ctx["gpu"]["budget_short"] is True
+    assert ctx["gpu"]["hours_left"] == "45 min" and ctx["free"]["budget_short"] is False
+    page = render(list(ctx.values()), budget)
+    gpu = page[page.index('id="profile-item-gpu"') :]
+    assert "Your budget would be spent within the hour here: $1.50 left this month: about 45 min" in gpu
+    assert (
+        "within the hour"
+        not in page[page.index('id="profile-item-small"') : page.index('id="profile-item-gpu"')]
+    )
+
+
 def test_budget_spent_says_nothing_left():
     line = form.budget_line({"spent": 12.0, "budget": 10.0, "state": "spent", "period": "week"})
     assert line["left"] == 0 and line["left_label"] == "$0.00"
