@@ -317,8 +317,14 @@ def downtime_section(args):
     for volume, mbb in worlds:
         mine = [r for r in rows if r["volume"] == volume and r["make_before_break"] is mbb]
         down = [r["downtime_s"] for r in mine]
-        target = f"<= {TARGETS[volume]:g}" if mbb else f">= {TARGETS['sequential_at_least']:g}"
-        ok = max(down) <= TARGETS[volume] if mbb else min(down) >= TARGETS["sequential_at_least"]
+        # the issue's targets are medians; the sequential row is the baseline the issue expects
+        # (>= 45 s), told, not judged
+        target = (
+            f"median <= {TARGETS[volume]:g}"
+            if mbb
+            else f"baseline, issue says >= {TARGETS['sequential_at_least']:g}"
+        )
+        ok = st.median(down) <= TARGETS[volume] if mbb else None
         cut = [r["cut_over_s"] for r in mine if r["cut_over_s"] is not None]
         entry = {
             "volume": volume,
@@ -335,7 +341,7 @@ def downtime_section(args):
         summary.append(entry)
         print(
             f"| {volume} | {'make before break' if mbb else 'sequential'} "
-            f"| {entry['downtime_median_s']:.1f} / {entry['downtime_max_s']:.1f} | {target} {'ok' if ok else 'MISSED'} "
+            f"| {entry['downtime_median_s']:.1f} / {entry['downtime_max_s']:.1f} | {target}{'' if ok is None else (' ok' if ok else ' MISSED')} "
             f"| {entry['wall_median_s']:.1f} | {entry['prepare_median_s']:.1f} "
             f"| {entry['cut_over_median_s'] or 0:.1f} | {entry['aws_calls_median']:.0f} |"
         )

@@ -61,7 +61,14 @@ HUB_ENV = dict(
     DS_COMPUTE_AWS_HUB_ID=HUB_ID,
 )
 PREPARE_TIMEOUT = 25
-HUB_EXTRA_CONFIG = AWS_HUB_CONFIG + f"c.DSComputeService.prepare_timeout = {PREPARE_TIMEOUT}\n"
+#: an instance's bootstrap waits this long for its spec, then shuts itself down
+SPEC_TIMEOUT = 30
+HUB_EXTRA_CONFIG = (
+    AWS_HUB_CONFIG
+    + f"c.DSComputeService.prepare_timeout = {PREPARE_TIMEOUT}\n"
+    + f"c.EC2Backend.spec_timeout = {SPEC_TIMEOUT}\n"
+    + "c.DSComputeService.cutover_hold_timeout = 120\n"
+)
 LAUNCH_DELAY, BOOT_DELAY, ATTACH_DELAY, DETACH_DELAY = 2.0, 1.0, 1.0, 1.0
 
 
@@ -279,5 +286,43 @@ def test_instance_not_ready_in_prepare_timeout_is_terminated(hub, ec2, emulator)
     _, inst = check_accounting(ec2, user, "small")
     assert inst["InstanceId"] == old["InstanceId"]
     assert hub.server_api(user, "ds-compute/api/status", token).status_code == 200
+    hub.stop_server(user, timeout=120)
+    check_accounting(ec2, user, None)
+
+
+def test_prepared_instance_of_a_hub_that_died_shuts_itself_down(hub, ec2, emulator):
+    """Killed with the hub mid-switch (prepared, the cut-over held), the prepared
+    instance gets no spec: its bootstrap shuts it down after spec_timeout, and
+    the hub, started again, still has the old server."""
+    user = hub.create_user("aws-mbb-orphan")
+    token = hub.user_token(user)
+    hub.spawn(user, {"profile": "small"}, timeout=180)
+    _, old = check_accounting(ec2, user, "small")
+    r = service(hub, "POST", "api/switches", token, json={"profile": "gpu", "hold_cutover": True})
+    assert r.status_code == 202, r.text
+    sid = r.json()["id"]
+    wait_for(
+        lambda: service(hub, "GET", f"api/switches/{sid}", token).json()["phase"] == "ready",
+        90,
+        interval=0.3,
+        message="prepared and held",
+    )
+    (prepared,) = [i for i in live_instances(ec2, user) if i["InstanceId"] != old["InstanceId"]]
+    os.killpg(hub.proc.pid, 9)  # the hub and its service, at once
+    hub.proc.wait(10)
+    hub._kill_proxy()
+    hub.proc = None
+    wait_for(
+        lambda: prepared["InstanceId"] not in {i["InstanceId"] for i in live_instances(ec2, user)},
+        SPEC_TIMEOUT + 30,
+        interval=0.5,
+        message="the orphaned prepared instance shut itself down",
+    )
+    assert "no launch spec arrived; shutting down" in emulator.console(prepared["InstanceId"])
+    hub.start()
+    rec = outcome(hub, token, sid, timeout=120)
+    assert rec["state"] in ("failed", "rolled_back"), rec
+    _, inst = check_accounting(ec2, user, "small")
+    assert inst["InstanceId"] == old["InstanceId"]
     hub.stop_server(user, timeout=120)
     check_accounting(ec2, user, None)

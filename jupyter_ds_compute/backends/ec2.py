@@ -270,7 +270,14 @@ class EC2Backend(Backend, aws.AWS):
         600.0, help="""Seconds for an instance to reach ``stopped`` / ``terminated``."""
     ).tag(config=True)
 
-    spec_timeout = Float(900.0, help="""Seconds the bootstrap waits for its launch spec.""").tag(config=True)
+    spec_timeout = Float(
+        900.0,
+        help="""
+        Seconds the bootstrap waits for its launch spec; then the instance shuts
+        itself down (terminated with ``on_stop = "terminate"``, else stopped), so an
+        instance prepared for a switch whose hub went away does not run on.
+        """,
+    ).tag(config=True)
 
     capacity_retries = Integer(
         3,

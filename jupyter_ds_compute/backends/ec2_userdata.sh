@@ -8,7 +8,9 @@
 # the server as the configured uid/gid until it exits; its exit status and
 # the tail of its log go to <prefix><instance-id>.exit for the hub. While it
 # waits for the spec, <prefix><instance-id>.waiting says so (a switch prepares
-# the instance ahead and hands the spec over at its cut-over).
+# the instance ahead and hands the spec over at its cut-over). No spec within
+# the timeout: the instance shuts itself down (terminated or stopped, as its
+# InstanceInitiatedShutdownBehavior says), so nothing prepared outlives a hub.
 #
 # The machine image needs: bash, python3 with boto3, jupyterhub-singleuser
 # (and jupyter-ds-compute for the server extension), util-linux (setpriv,
@@ -84,7 +86,10 @@ while True:
         break
     except ssm.exceptions.ParameterNotFound:
         if time.monotonic() > deadline:
-            log("no launch spec arrived; giving up")
+            # nobody will start a server here (a prepared instance whose switch or hub is
+            # gone): shut down, which ends it as its InstanceInitiatedShutdownBehavior says
+            log("no launch spec arrived; shutting down")
+            subprocess.run(["shutdown", "-h", "now"], check=False)
             sys.exit(1)
         time.sleep(0.5)
 try:

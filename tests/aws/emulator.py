@@ -21,7 +21,9 @@ A thread polls the moto server. When an instance tagged by a hub reaches
   ``mount -t efs -o accesspoint=fsap-… fs-…:/ DIR`` into a bind mount of
   ``<root>/efs/<fs-id><access point root>``;
 - when the instance leaves ``running`` (stop/terminate), ends its processes
-  (SIGTERM, then SIGKILL), like the OS shutdown would.
+  (SIGTERM, then SIGKILL), like the OS shutdown would;
+- turns a ``shutdown`` inside the instance (a wrapper on ``PATH``) into what EC2
+  does then: terminate or stop, as its ``InstanceInitiatedShutdownBehavior`` says.
 
 Realistic timing (moto is instant: its instances are ``running`` as soon as
 they are launched). ``launch_delay`` seconds after the emulator first sees
@@ -69,6 +71,23 @@ if [ "${1:-}" = "-t" ] && [ "${2:-}" = "efs" ]; then
     exec /bin/mount --bind "$src" "$target"
 fi
 exec /bin/mount "$@"
+"""
+
+
+SHUTDOWN_WRAPPER = r"""#!/bin/bash
+# test double: "shutdown" inside an instance -> what EC2 does when its OS shuts
+# down (InstanceInitiatedShutdownBehavior: terminate or stop)
+exec python3 - <<'EOF'
+import os
+import boto3
+ec2 = boto3.client("ec2", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+iid = os.environ["DS_COMPUTE_INSTANCE_ID"]
+how = ec2.describe_instance_attribute(InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior")
+if how["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate":
+    ec2.terminate_instances(InstanceIds=[iid])
+else:
+    ec2.stop_instances(InstanceIds=[iid])
+EOF
 """
 
 
@@ -127,8 +146,9 @@ class InstanceEmulator:
         self.efs = boto3.client("efs", **kw)
         self.bin = self.workdir / "bin"
         self.bin.mkdir(exist_ok=True)
-        (self.bin / "mount").write_text(MOUNT_WRAPPER)
-        os.chmod(self.bin / "mount", 0o755)
+        for name, text in (("mount", MOUNT_WRAPPER), ("shutdown", SHUTDOWN_WRAPPER)):
+            (self.bin / name).write_text(text)
+            os.chmod(self.bin / name, 0o755)
         self.efs_root = self.workdir / "efs"
         self.efs_map = self.workdir / "efs-map"
         self.efs_map.mkdir(exist_ok=True)
