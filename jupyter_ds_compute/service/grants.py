@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime, timezone
 
 from .. import formatting, policy, tiers
 from .hubapi import HubAPIError, HubUnavailable, server_label
@@ -33,7 +34,29 @@ from .periodic import Periodic
 from .store import RequestExists, isoformat, utcnow
 from .tiersource import NoTiers
 
-__all__ = ["GrantRefused", "Grants"]
+__all__ = ["GrantRefused", "Grants", "approver_of", "readable_utc", "tier_name"]
+
+
+def readable_utc(ts: float | None) -> str:
+    """A unix time as the notices give it: ``2026-12-08 14:05 UTC`` (Lab shows them as they are)."""
+    if ts is None:
+        return "an unknown time"
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def tier_name(profiles: list[dict] | None, slug: str) -> str:
+    """The display name of tier ``slug`` in ``profiles`` (the slug if it is not there any more)."""
+    for p in profiles or ():
+        if p.get("slug") == slug:
+            return p.get("display_name") or slug
+    return slug
+
+
+def approver_of(profiles: list[dict], caller: dict) -> list[str]:
+    """The names of the tiers whose ``approvers`` groups ``caller`` (an identity
+    model: its groups may be a minute old) is a member of."""
+    groups = set(caller.get("groups") or ())
+    return [t.display_name for t in tiers.tiers_of(profiles) if set(t.approvers or ()) & groups]
 
 
 class GrantRefused(Exception):
@@ -263,7 +286,8 @@ class Grants:
         if not approve:
             if approved is not None:
                 raise GrantRefused(400, "'duration' is only for an approval.", "duration")
-            return self._record_decision(caller, record, approve=False, reason=reason)
+            name = tier_name(profiles, record["profile"])
+            return self._record_decision(caller, record, approve=False, reason=reason, name=name)
         tier = self.tier_of(profiles, record["profile"])
         if tier.max_grant is None or policy.grant_group(tier.allowed_groups) is None:
             raise GrantRefused(409, f"Tier {tier.display_name!r} cannot be granted any more (no max_grant).")
@@ -292,7 +316,13 @@ class Grants:
             ) from None
         try:
             return self._record_decision(
-                caller, record, approve=True, reason=reason, granted=granted, group=group
+                caller,
+                record,
+                approve=True,
+                reason=reason,
+                granted=granted,
+                group=group,
+                name=tier.display_name,
             )
         except GrantRefused:
             # decided (denied) by someone else while the hub added the member: undo the membership
@@ -303,7 +333,9 @@ class Grants:
                     self.log.error("Could not undo %s's membership of %s: %s", record["user"], group, e)
             raise
 
-    def _record_decision(self, caller, record, *, approve, reason, granted=None, group=None) -> dict:
+    def _record_decision(
+        self, caller, record, *, approve, reason, granted=None, group=None, name=None
+    ) -> dict:
         decided = self.store.decide_request(
             record["id"],
             approve=approve,
@@ -315,11 +347,12 @@ class Grants:
         if decided is None:  # decided by someone else meanwhile
             raise GrantRefused(409, f"Request {record['id']} was decided meanwhile.", "id")
         outcome = "approved" if approve else "denied"
+        name = name or record["profile"]
         if approve:
-            text = f"Your request for tier {record['profile']} is approved until {decided['expires']}"
+            text = f"Your request for tier {name} is approved until {readable_utc(decided['expires_ts'])}"
             text += f" ({formatting.duration(granted)})" + (f": {reason}" if reason else "")
         else:
-            text = f"Your request for tier {record['profile']} is denied: {reason}"
+            text = f"Your request for tier {name} is denied: {reason}"
         self.store.audit(
             "access:decision",
             actor=caller["name"],
@@ -368,8 +401,9 @@ class Grants:
 
     def notify(self, grant: dict, now: float) -> dict:
         left = formatting.duration(max(0.0, grant["expires_ts"] - now))
+        name = tier_name(self.tier_source.known, grant["profile"])
         text = (
-            f"Your access to tier {grant['profile']} ends in {left} (at {grant['expires']}): "
+            f"Your access to tier {name} ends in {left} (at {readable_utc(grant['expires_ts'])}): "
             "a server on it will then be moved to your default tier"
         )
         self.store.update_request(grant["id"], noticed=now)
@@ -389,7 +423,8 @@ class Grants:
         if grant["grant_group"]:
             await self.hub.remove_group_member(grant["grant_group"], grant["user"])
         self.store.update_request(grant["id"], state="expired", ended=now)
-        text = f"Your access to tier {grant['profile']} ended at {grant['expires']}"
+        name = tier_name(self.tier_source.known, grant["profile"])
+        text = f"Your access to tier {name} ended at {readable_utc(grant['expires_ts'])}"
         self.store.audit(
             "access:grant",
             actor="policy:grant",
@@ -437,7 +472,8 @@ class Grants:
                 continue
             target_name = tiers.get_tier(profiles, target).display_name
             message = (
-                f"your access to tier {tier.display_name} ended at {grant['expires']}: moved to {target_name}"
+                f"your access to tier {tier.display_name} ended at {readable_utc(grant['expires_ts'])}: "
+                f"moved to {target_name}"
             )
             try:
                 record = await self.orchestrator.request_switch(
