@@ -21,7 +21,9 @@ gets a 403 page. An action on a server also needs the server scopes of
 - ``POST admin/requests/<id>`` (cookie + ``_xsrf``): approve (optionally
   for a shorter duration) or deny (with a reason) a pending request for a
   tier; the page lists them with the requester's spending and budget this
-  period (docs/internals.md, "Requests and grants").
+  period (docs/internals.md, "Requests and grants"). The section and the
+  decision are those of the decisions page (:mod:`.decisions`, ``requests``),
+  where a tier's approvers decide.
 - ``GET admin/audit?user=&event=``: the audit log.
 """
 
@@ -35,6 +37,7 @@ from tornado import web
 from .. import formatting, policy, tiers
 from . import authz, charts
 from .accounting import parse_time
+from .decisions import decided_message, decision_body, pending_rows
 from .grants import GrantRefused
 from .handlers import APIError, PageHandler
 from .hubapi import HubAPIError
@@ -112,7 +115,12 @@ class AdminHandler(AdminBase):
         ]
         self.render_page(
             "admin.html",
-            requests=await self._pending(users, now, tier_names),
+            requests=await pending_rows(
+                self,
+                self.store.list_requests(states=("pending",)),
+                {u["name"]: u.get("groups") or [] for u in users},
+            ),
+            decide_url=f"{self.prefix}admin/requests/",
             charts=charts.admin_charts(self.live.accounting.db, settings["budget_period"], now, tier_names),
             rows=shown,
             total=len(rows),
@@ -125,42 +133,6 @@ class AdminHandler(AdminBase):
             period=settings["budget_period"],
             audit=self.store.list_audit(limit=15),
         )
-
-    async def _pending(self, users: list[dict], now: float, tier_names: dict) -> list[dict]:
-        """The pending requests with each requester's spending and budget this period
-        (and that spending per day as a chart)."""
-        groups_of = {u["name"]: u.get("groups") or [] for u in users}
-        out = []
-        for q in self.store.list_requests(states=("pending",)):
-            try:
-                tier = tiers.get_tier(self.profiles, q["profile"])
-                name, max_grant = tier.display_name, tier.max_grant
-            except tiers.TierOptionsError:
-                name, max_grant = q["profile"], None
-            try:
-                usage = await self.live.budget(q["user"], groups_of.get(q["user"], []))
-            except HubAPIError as e:
-                self.log.warning("Budget of %s for the admin page: %s", q["user"], e)
-                usage = {"spent": 0.0, "budget": None, "state": "unknown"}
-            created = parse_time(q["created"]) or now
-            out.append(
-                dict(
-                    q,
-                    tier_name=name,
-                    max_grant=max_grant,
-                    usage=dict(usage, spent=usage.get("user_spent", usage.get("spent", 0.0))),
-                    asked_ago=formatting.duration(max(0.0, now - created)) + " ago",
-                    usage_chart=charts.requester_chart(
-                        self.live.accounting.db,
-                        q["user"],
-                        self.live.settings["budget_period"],
-                        now,
-                        f"ds-usage-{q['id']}",
-                        tier_names,
-                    ),
-                )
-            )
-        return out
 
     def _row(self, u, name, srv, costs, intervals, now):
         user = u["name"]
@@ -295,28 +267,11 @@ class AdminRequestHandler(AdminBase):
     @web.authenticated
     async def post(self, request_id):
         self.check_admin()
-        decision = self.get_body_argument("decision", "")
-        if decision not in ("approve", "deny"):
-            return self._back(error="Choose Approve or Deny.")
-        body = {"approve": decision == "approve"}
-        duration = self.get_body_argument("duration", "").strip()
-        reason = self.get_body_argument("reason", "").strip()
-        if duration:
-            body["duration"] = duration
-        if reason:
-            body["reason"] = reason
         try:
-            record = await self.settings["grants"].decide(self.current_user, request_id, body)
+            record = await self.settings["grants"].decide(self.current_user, request_id, decision_body(self))
         except GrantRefused as e:
             return self._back(error=e.message)
-        if record["state"] == "approved":
-            msg = (
-                f"Approved {record['user']}'s request for {record['profile']} until {record['expires']} "
-                f"({formatting.duration(record['granted'])})."
-            )
-        else:
-            msg = f"Denied {record['user']}'s request for {record['profile']}."
-        self._back(msg=msg)
+        self._back(msg=decided_message(record, self.profiles))
 
     def _back(self, **args):
         self.redirect(f"{self.prefix}admin?" + urlencode(args))

@@ -87,6 +87,7 @@ from .._version import __version__
 from ..policy import PolicySettings
 from .accounting import LivePolicy
 from .admin import admin_handlers
+from .decisions import decisions_handlers
 from .grants import Grants
 from .handlers import default_handlers
 from .hubapi import HubAPI
@@ -682,6 +683,7 @@ def create_application(service: DSComputeService) -> web.Application:
         hub_handlers(prefix)
         + admin_handlers(prefix)
         + request_page_handlers(prefix)
+        + decisions_handlers(prefix)
         + default_handlers(prefix),
         **settings,
     )

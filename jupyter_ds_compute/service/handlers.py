@@ -32,7 +32,7 @@ from tornado import web
 from .. import formatting, tiers
 from . import authz
 from .accounting import parse_time
-from .grants import GrantRefused
+from .grants import GrantRefused, approver_of
 from .grants import public as grants_public
 from .hubapi import HubAPIError
 from .orchestrator import SwitchRefused, token_server
@@ -683,13 +683,25 @@ class ProgressPageHandler(PageHandler):
 
 
 class IndexHandler(PageHandler):
-    """``GET /services/ds-compute/``: the user's recent switches (the Services menu link)."""
+    """``GET /services/ds-compute/``: the user's recent switches (the Services menu link),
+    and a link to the requests the caller may decide (``requests``) when there are any."""
 
     @web.authenticated
-    def get(self):
+    async def get(self):
         user = self.current_user
         switches = self.store.list_switches(user=None if self.is_admin() else user["name"], limit=50)
-        self.render_page("index.html", switches=switches)
+        to_decide = 0
+        if user.get("kind", "user") == "user" and self.store.list_requests(states=("pending",)):
+            try:
+                to_decide = len(await self.settings["grants"].decidable(user))
+            except GrantRefused as e:  # the hub did not answer: the page without the count
+                self.log.warning("Requests %s may decide, for the index page: %s", user["name"], e.message)
+        self.render_page(
+            "index.html",
+            switches=switches,
+            to_decide=to_decide,
+            decides=self.is_admin() or bool(approver_of(self.profiles, user)),
+        )
 
 
 class OAuthCallbackHandler(HubOAuthCallbackHandler):
