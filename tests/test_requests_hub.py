@@ -1,8 +1,9 @@
 """Requests and grants on a real hub: request -> pending on the admin page ->
 approved there (shorter) -> the user can switch to the tier -> the notice ->
 the end: out of the group, the server switched down with a notice; an
-approver group's member decides, a denial's reason is shown; bad input
-and non-approvers are refused."""
+approver group's member decides (through the API, and on the decisions page
+found from the index page), a denial's reason is shown; bad input and
+non-approvers are refused."""
 
 import re
 import sqlite3
@@ -201,3 +202,46 @@ def test_approver_group_and_denial_reason(hub, groups):
     assert "grant-team" not in groups_of(hub, user)
     own = hub.service("GET", "api/requests", token).json()["requests"]
     assert own[0]["state"] == "denied" and own[0]["decided_by"] == "lead"
+
+
+def test_approver_decides_on_the_decisions_page(hub, groups):
+    """A member of the tier's approvers group (not an admin) finds the request
+    from the service's index page and approves it, shorter, on the decisions page."""
+    user = hub.create_user("asker3")
+    lead = hub.create_user("lead3", groups=["grant-leads"])
+    token = hub.user_token(user)
+    r = hub.service(
+        "POST", "api/requests", token, json={"profile": "granted", "duration": "1h", "reason": "tune it"}
+    )
+    assert r.status_code == 201, r.text
+    request_id = r.json()["id"]
+    session = hub.login(lead)
+    index = session.get(f"{hub.url}/services/ds-compute/")
+    assert index.status_code == 200, index.text[:300]
+    assert 'data-testid="to-decide"' in index.text and "/services/ds-compute/requests" in index.text
+    page = session.get(f"{hub.url}/services/ds-compute/requests")
+    assert page.status_code == 200, page.text[:300]
+    row = re.search(rf'<tr data-request="{request_id}".*?</tr>', page.text, re.S)
+    assert row and "tune it" in row.group(0) and "data-spent=" in row.group(0), page.text[:2000]
+    url = f"{hub.url}/services/ds-compute/requests/{request_id}"
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1)
+    # a cookie POST without the page's xsrf token is not the approver's
+    r = session.post(url, data={"decision": "approve"})
+    assert r.status_code == 403, r.text[:300]
+    # longer than asked: 400 naming the field, the page again
+    r = session.post(url, data={"_xsrf": xsrf, "decision": "approve", "duration": "2h"})
+    assert r.status_code == 400 and 'data-field="duration"' in r.text, r.text[:1000]
+    assert "grant-team" not in groups_of(hub, user)
+    r = session.post(url, data={"_xsrf": xsrf, "decision": "approve", "duration": "10m"})
+    assert r.status_code == 200 and "Approved asker3&#39;s request for Granted until " in r.text, r.text[
+        :1000
+    ]
+    assert "grant-team" in groups_of(hub, user)
+    own = hub.service("GET", "api/requests", token).json()["requests"]
+    assert own[0]["state"] == "approved" and own[0]["decided_by"] == "lead3" and own[0]["granted"] == 600
+    _, notices = tier(hub, token, "granted")
+    approved = next(n for n in notices if n["kind"] == "request-approved")
+    assert re.fullmatch(
+        r"Your request for tier Granted is approved until \d{4}-\d\d-\d\d \d\d:\d\d UTC \(10 min\)",
+        approved["message"],
+    ), approved
