@@ -350,6 +350,7 @@ class DSComputeSpawner(Spawner):
         self._applied_options = None
         self._watch = None
         self._watch_service()
+        self._keep_warm_pools()
 
     # -- tiers -------------------------------------------------------------
 
@@ -713,6 +714,21 @@ class DSComputeSpawner(Spawner):
             return
         if self.service_api_url and self.service_api_token:
             self._watch = AheadWatch.for_spawner(self)
+
+    def _keep_warm_pools(self):
+        """Start the hub's warm-pool keeper if a tier wants one (EC2 only, :mod:`.backends.ec2pool`)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        try:
+            from .backends.ec2pool import WarmPool
+        except ImportError:  # pragma: no cover (tornado and traitlets are the hub's own)
+            return
+        try:
+            WarmPool.for_spawner(self)
+        except Exception:
+            self.log.exception("Could not start the warm-pool keeper")
 
     @property
     def _ahead(self):

@@ -78,6 +78,7 @@ _PROFILE_FIELDS = frozenset(
         "hourly_cost",
         "allowed_groups",
         "max_servers",
+        "warm_pool",
         "idle_downshift_after",
         "max_grant",
         "approvers",
@@ -464,6 +465,9 @@ def _check_resources(c: _Checker, p: dict) -> None:
     m = p.get("max_servers")
     if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 0):
         c.fail("max_servers", f"must be an integer >= 0 or None, got {_shown(m)}")
+    pool = p.get("warm_pool", 0)
+    if not isinstance(pool, int) or isinstance(pool, bool) or pool < 0:
+        c.fail("warm_pool", f"must be an integer >= 0 (machines kept ready), got {_shown(pool)}")
     idle = p.get("idle_downshift_after")
     if idle is not None and (not _is_number(idle) or idle <= 0):
         c.fail(
@@ -703,6 +707,8 @@ class Tier:
     max_grant: float | None = None
     #: groups whose members decide requests for the tier (besides admins)
     approvers: tuple[str, ...] = ()
+    #: machines kept prepared for the tier (EC2 only: ``backends/ec2pool.py``)
+    warm_pool: int = 0
 
     @classmethod
     def from_profile(cls, profile: dict) -> "Tier":
@@ -730,6 +736,7 @@ class Tier:
             raw=profile,
             max_grant=profile.get("max_grant"),
             approvers=tuple(profile.get("approvers") or ()),
+            warm_pool=int(profile.get("warm_pool") or 0),
         )
 
     @property

@@ -311,6 +311,41 @@ class EC2Backend(Backend, aws.AWS):
         """,
     ).tag(config=True)
 
+    warm_pool_zones = List(
+        Unicode(),
+        help="""
+        Availability zones of the warm pools (tiers with ``warm_pool: N`` keep
+        ``N`` booted instances *per zone listed here*; EBS volumes are zonal, so
+        a pool instance serves only volumes of its zone, EFS any). Each must
+        be the zone of one of :attr:`subnet_ids`. Default: the zone of the
+        first of :attr:`subnet_ids` (put ``c.EBSVolume.availability_zone``
+        there too).
+
+        Example::
+
+            c.EC2Backend.warm_pool_zones = ["eu-west-1a"]
+
+        .. versionadded:: 0.4
+        """,
+    ).tag(config=True)
+
+    warm_pool_lifetime = Float(
+        3600.0,
+        help="""
+        Seconds a warm-pool instance's bootstrap waits for a launch spec before
+        it shuts the instance down (its :attr:`spec_timeout`): the pool
+        instances of a hub that is gone cost at most this long. The hub retires
+        (terminates and replaces) pool instances a minute before.
+
+        .. versionadded:: 0.4
+        """,
+    ).tag(config=True)
+
+    warm_pool_interval = Float(
+        10.0,
+        help="""Seconds between two rounds of the warm-pool keeper (a take wakes it at once).""",
+    ).tag(config=True)
+
     # state
     instance_id = ""
     zone = None
@@ -378,6 +413,10 @@ class EC2Backend(Backend, aws.AWS):
     async def prepare(self, tier):
         if self._prepared:
             return await self._take_prepared(tier)
+        if await self._take_from_pool(tier, self.spawner.volume.zone()):
+            await self._end_leftovers()
+            self.host = self._host_info()
+            return self.host
         inst = await self._acquire(tier, self.spawner.volume.zone())
         # the answer that showed ours running shows the others too
         await self._end_leftovers()
@@ -431,9 +470,12 @@ class EC2Backend(Backend, aws.AWS):
         instance never taken terminates it.
         """
         zone = self.spawner.volume.zone()
+        self._prepared = True
+        if await self._take_from_pool(tier, zone):
+            self.host = self._host_info()
+            return self.host
         where = f" in {zone}, where your volume is" if zone else ""
         self.emit(f"Launching your {tier.display_name} instance{where} while your server keeps running")
-        self._prepared = True
         inst = await self._acquire(tier, zone)
         await self._resolve_address(inst)
         await self._wait_bootstrap()
@@ -485,6 +527,52 @@ class EC2Backend(Backend, aws.AWS):
                 log_message=str(e),
             )
         self.emit(f"Instance {self.instance_id} booted ({time.monotonic() - started:.1f}s)")
+
+    async def _take_from_pool(self, tier, zone):
+        """Take a booted instance of ``tier`` from the hub's warm pool in ``zone``
+        (None: any) and make it this server's (retagged); False if there is none.
+
+        The pool hands each instance out once (:meth:`.ec2pool.WarmPool.take`,
+        synchronous); the ``CreateTags`` that follows makes it this server's
+        for every later check (leftovers, ``stop``)."""
+        if not getattr(tier, "warm_pool", 0):
+            return False
+        from .ec2pool import POOL_TAG, WarmPool
+
+        pool = WarmPool.existing(self)
+        if pool is None:
+            return False
+        instance_type = self._tier_setting(tier, "instance_type", self.instance_types, self.default_instance_type)
+        entry = pool.take(tier.slug, zone, instance_type)
+        if entry is None:
+            where = f" in {zone}" if zone else ""
+            self.log.info("%s: no %s instance ready in the warm pool%s", self.log_name, tier.slug, where)
+            return False
+        self.launch_token = entry["launch"]
+        tags = self._tags(tier)
+        tags[POOL_TAG] = ""
+        try:
+            await self.aws("ec2", "create_tags", Resources=[entry["id"]], Tags=aws.tag_list(tags))
+        except Exception as e:
+            pool.discard(entry, f"could not retag it for {self.log_name}: {aws.error_message(e)}")
+            self.launch_token = ""
+            return False
+        self.instance_id, self.zone = entry["id"], entry["zone"]
+        self.instance_type, self.tier_slug = entry["instance_type"], tier.slug
+        self.ip, self._port_override = entry["ip"], int(entry["port"] or 0)
+        self._launched_at = time.monotonic()
+        self.poller.track(self.instance_id)
+        known = self.poller.known(self.instance_id) or {
+            "InstanceId": self.instance_id,
+            "State": {"Name": "running"},
+            "Placement": {"AvailabilityZone": self.zone},
+        }
+        self.poller.remember({**known, "Tags": aws.tag_list({**aws.tag_dict(known.get("Tags")), **tags})})
+        self.emit(
+            f"Using instance {self.instance_id} from the {tier.display_name} warm pool "
+            f"(booted {time.time() - entry['since']:.0f}s ago): nothing to launch"
+        )
+        return True
 
     async def _take_prepared(self, tier):
         """``prepare`` of the start that takes the prepared instance: no launch.
@@ -851,7 +939,8 @@ class EC2Backend(Backend, aws.AWS):
         # our tags never change and instance ids are never reused: the last
         # description the hub saw (a poll, the launch) tells whose it is
         inst = self.poller.known(self.instance_id)
-        if inst is None or inst["State"]["Name"] != "running":
+        # (a warm-pool instance changed owner tags once, when taken: ask if they are not ours)
+        if inst is None or inst["State"]["Name"] != "running" or not self.is_ours(inst.get("Tags"), self.spawner):
             inst = await self._describe_instance()
         state = (inst or {}).get("State", {}).get("Name")
         if inst is None or state == "terminated":
