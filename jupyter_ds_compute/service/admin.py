@@ -35,7 +35,7 @@ from urllib.parse import urlencode
 from tornado import web
 
 from .. import formatting, policy, tiers
-from . import authz, charts
+from . import authz, charts, warmpool
 from .accounting import parse_time
 from .decisions import decided_message, decision_body, pending_rows
 from .grants import GrantRefused
@@ -132,6 +132,10 @@ class AdminHandler(AdminBase):
             error=self.get_argument("error", ""),
             period=settings["budget_period"],
             audit=self.store.list_audit(limit=15),
+            warm_pools=[
+                dict(p, display_name=tier_names.get(p["tier"], p["tier"]))
+                for p in warmpool.summary(self.store.db, since, now)
+            ],
         )
 
     def _row(self, u, name, srv, costs, intervals, now):

@@ -14,16 +14,20 @@ start (``c.DSComputeSpawner.service_api_token`` = the service's
   set differs from ``version`` or after ``wait`` (at most 60) seconds
 - ``POST api/hub/prepared {"switch","status","message","host"}`` -> 204, or 404 when
   no switch wants that machine (the spawner then releases it)
+- ``POST api/hub/pool {"tier","zone","instances":[{"id","since"}]}`` -> 204: the
+  instances idle in a warm pool now (:mod:`.warmpool` accounts their cost)
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import time
 
 from tornado import web
 
 from .hubapi import HubAPIError
+from . import warmpool
 from .prepare import PREPARE_STATUSES
 
 __all__ = ["hub_handlers"]
@@ -139,10 +143,61 @@ class PreparedHandler(HubSideHandler):
         self.finish()
 
 
+#: instances one pool report may list
+MAX_POOL_INSTANCES = 1000
+
+
+class PoolHandler(HubSideHandler):
+    def post(self):
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            return self.fail(400, "The request body is not valid JSON.")
+        if not isinstance(body, dict):
+            return self.fail(400, "The request body must be a JSON object.")
+        for key in ("tier", "zone"):
+            if not isinstance(body.get(key), str) or not body[key] or len(body[key]) > 200:
+                return self.fail(400, f"'{key}' must be a non-empty string.", key)
+        tier = next((p for p in self.settings["profiles"] if p.get("slug") == body["tier"]), None)
+        if tier is None:
+            return self.fail(400, f"'tier': the service knows no tier {body['tier'][:100]!r}.", "tier")
+        instances = body.get("instances")
+        if not isinstance(instances, list) or len(instances) > MAX_POOL_INSTANCES:
+            return self.fail(400, f"'instances' must be a list of at most {MAX_POOL_INSTANCES}.", "instances")
+        now = time.time()
+        for i, inst in enumerate(instances):
+            if not isinstance(inst, dict):
+                return self.fail(400, f"'instances[{i}]' must be an object.", "instances")
+            iid, since = inst.get("id"), inst.get("since")
+            if not isinstance(iid, str) or not iid or len(iid) > 100:
+                return self.fail(400, f"'instances[{i}].id' must be a non-empty string.", "instances")
+            if (
+                not isinstance(since, (int, float))
+                or isinstance(since, bool)
+                or not (0 < since <= now + 60)
+                or since != since
+            ):
+                return self.fail(
+                    400, f"'instances[{i}].since' must be a time (seconds since the epoch), not in the future.",
+                    "instances",
+                )
+        warmpool.record(
+            self.settings["store"].db,
+            body["tier"],
+            body["zone"],
+            [{"id": x["id"], "since": float(x["since"])} for x in instances],
+            float(tier.get("hourly_cost") or 0.0),
+            now=now,
+        )
+        self.set_status(204)
+        self.finish()
+
+
 def hub_handlers(prefix: str) -> list[tuple]:
     return [
         (prefix + "api/hub/budget", BudgetHandler),
         (prefix + "api/hub/events", EventsHandler),
         (prefix + "api/hub/prepare", PrepareWatchHandler),
         (prefix + "api/hub/prepared", PreparedHandler),
+        (prefix + "api/hub/pool", PoolHandler),
     ]

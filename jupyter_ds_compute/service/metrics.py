@@ -17,6 +17,8 @@ metric                                              type       labels
 ``ds_compute_access_requests_total``                counter    ``tier``, ``outcome`` (pending, refused,
                                                                approved, denied, expiring, expired)
 ``ds_compute_grant_downshifts_total``               counter    ``from_tier``, ``to_tier``
+``ds_compute_warm_pool_machines``                   gauge      ``tier`` (booted, waiting, no user)
+``ds_compute_warm_pool_idle_cost_total``            counter    ``tier`` (the operator's, unit of ``hourly_cost``)
 ==================================================  =========  ===============================
 """
 
@@ -30,6 +32,7 @@ from prometheus_client.core import (
 )
 
 from .. import tiers
+from . import warmpool
 from .store import FINAL_STATES
 
 __all__ = ["DURATION_BUCKETS", "DSComputeCollector", "make_registry"]
@@ -141,6 +144,23 @@ class DSComputeCollector:
         ):
             grant.add_metric([r["f"], r["t"]], r["n"])
         yield grant
+
+        pool_machines = GaugeMetricFamily(
+            "ds_compute_warm_pool_machines",
+            "Instances booted and waiting in a tier's warm pools (reported by the hub).",
+            labels=["tier"],
+        )
+        pool_cost = CounterMetricFamily(
+            "ds_compute_warm_pool_idle_cost",
+            "Idle time of warm-pool instances at the tier's hourly_cost: the operator's, in no budget.",
+            labels=["tier"],
+        )
+        counts = warmpool.machines(db)
+        for tier, cost in sorted(warmpool.idle_cost(db).items()):
+            pool_machines.add_metric([tier], counts.get(tier, 0))
+            pool_cost.add_metric([tier], cost)
+        yield pool_machines
+        yield pool_cost
 
 
 def make_registry(store, live, profiles) -> CollectorRegistry:
