@@ -62,3 +62,13 @@ def test_admin_audit_table_durations():
     ]  # fmt: skip
     page = render("admin_audit_table.html", events=events)
     assert "<td>1 min</td>" in page and "75.0" not in page
+
+
+def test_admin_links_follow_the_admin_scope_not_the_admin_flag():
+    from jupyter_ds_compute.service import authz
+
+    flagged = {"name": "root-ish", "admin": True, "scopes": ["access:services!service=ds-compute"]}
+    scoped = {"name": "ops", "admin": False, "scopes": [authz.ADMIN_SCOPE]}
+    for user, shown in ((flagged, False), (scoped, True)):
+        page = render("index.html", user=user, is_admin=authz.is_admin(user))
+        assert ("Compute admin" in page) is shown, user

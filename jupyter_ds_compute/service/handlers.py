@@ -635,6 +635,8 @@ class PageHandler(BaseHandler):
     def render_page(self, name: str, **ns):
         env = self.settings["jinja_env"]
         ns.setdefault("user", self.current_user)
+        # the admin links by the scope the pages check (authz.is_admin), never the admin flag
+        ns.setdefault("is_admin", authz.is_admin(self.current_user))
         ns.setdefault("base_url", self.base_url)
         ns.setdefault("prefix", self.prefix)
         ns.setdefault("hub_static", f"{self.base_url}hub/static/")
