@@ -248,11 +248,9 @@ def downtime_world(volume, mbb, switches, done, total, pool=0):
     from aws.emulator import InstanceEmulator
     from aws.motoserver import MotoServer
     from conftest import hub_workdir
-    from hubtest import Hub, free_port
+    from hubtest import Hub, free_port, wait_for
     from switch import ds_switch
     from test_aws_hub import HUB_EXTRA_CONFIG
-
-    from hubtest import wait_for
 
     workdir = Path(hub_workdir(f"bench-aws-{volume}-{'pool' if pool else 'mbb' if mbb else 'seq'}"))
     port = free_port()
@@ -306,7 +304,7 @@ def downtime_world(volume, mbb, switches, done, total, pool=0):
             target = DOWNTIME_ROUTE[i % len(DOWNTIME_ROUTE)]
             if pool:
                 progress(done + i, total, f"{label}: waiting for the {target} pool instance")
-                wait_for(lambda: _pool_ready(target, hub_env["DS_COMPUTE_AWS_HUB_ID"]), 600, interval=1)
+                wait_for(lambda t=target: _pool_ready(t, hub_env["DS_COMPUTE_AWS_HUB_ID"]), 600, interval=1)
             progress(done + i, total, f"{label}: switch to {target}")
             moto.clear_calls()
             r = ds_switch(hub, user, token, target)
@@ -367,6 +365,7 @@ def downtime_section(args):
         "| cut-over (s) | AWS calls per switch |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     summary = []
+
     def of(volume, mbb, pool):
         return [
             r
@@ -442,11 +441,17 @@ async def main(args):
         path = RESULTS / "aws.json"
         old = json.loads(path.read_text()) if path.exists() else {}
         # rows of the worlds not run this time are kept
-        ran = {(e["volume"], e["make_before_break"], e.get("warm_pool", 0)) for e in data["downtime"]["summary"]}
+        ran = {
+            (e["volume"], e["make_before_break"], e.get("warm_pool", 0)) for e in data["downtime"]["summary"]
+        }
         kept = old.get("downtime") or {}
 
         def others(items):
-            return [e for e in items or [] if (e["volume"], e["make_before_break"], e.get("warm_pool", 0)) not in ran]
+            return [
+                e
+                for e in items or []
+                if (e["volume"], e["make_before_break"], e.get("warm_pool", 0)) not in ran
+            ]
 
         data["downtime"]["summary"] = others(kept.get("summary")) + data["downtime"]["summary"]
         data["downtime"]["switches"] = others(kept.get("switches")) + data["downtime"]["switches"]

@@ -14,25 +14,10 @@ import os
 
 import boto3
 import pytest
-from test_aws_hub import check_accounting, live_instances, read, write
-from test_aws_prepare_hub import (  # noqa: F401 (module fixtures: one moto + emulator world)
-    ATTACH_DELAY,
-    BOOT_DELAY,
-    HUB_ENV,
-    LAUNCH_DELAY,
-    _no_faults,
-    aws_world,
-    ec2,
-    emulator,
-    moto,
-    outcome,
-    request,
-    steps,
-    ts,
-)
-from test_aws_prepare_hub import HUB_EXTRA_CONFIG as PREPARE_HUB_CONFIG
-from test_aws_hub import service
+import test_aws_prepare_hub as prepare_hub
 from hubtest import wait_for
+from test_aws_hub import check_accounting, live_instances, read, service, write
+from test_aws_prepare_hub import BOOT_DELAY, HUB_ENV, LAUNCH_DELAY, outcome, request, steps
 
 from jupyter_ds_compute.backends.ec2pool import POOL_TAG
 
@@ -44,7 +29,15 @@ pytestmark = [
     ),
 ]
 
-HUB_EXTRA_CONFIG = PREPARE_HUB_CONFIG + (
+# one moto + emulator world per module, as test_aws_prepare_hub has it
+aws_world = prepare_hub.aws_world
+moto, emulator, ec2, _no_faults = (
+    prepare_hub.moto,
+    prepare_hub.emulator,
+    prepare_hub.ec2,
+    prepare_hub._no_faults,
+)
+HUB_EXTRA_CONFIG = prepare_hub.HUB_EXTRA_CONFIG + (
     "c.DSComputeSpawner.profile_list = [dict(p, warm_pool=1) if p['slug'] == 'gpu' else p"
     " for p in c.DSComputeSpawner.profile_list]\n"
     "c.EC2Backend.warm_pool_interval = 1\n"
@@ -53,9 +46,9 @@ HUB_EXTRA_CONFIG = PREPARE_HUB_CONFIG + (
 HUB_ID = HUB_ENV["DS_COMPUTE_AWS_HUB_ID"]
 
 
-def pool_ready(ec2):
+def pool_ready(client):
     """Running gpu pool instances whose bootstrap waits for a spec."""
-    r = ec2.describe_instances(
+    r = client.describe_instances(
         Filters=[
             {"Name": "tag:ds-compute:hub", "Values": [HUB_ID]},
             {"Name": f"tag:{POOL_TAG}", "Values": ["gpu"]},
@@ -74,10 +67,13 @@ def pool_ready(ec2):
     return waiting
 
 
-def pool_launched(ec2):
+def pool_launched(client):
     """Every instance ever launched with the pool tag (a taken one keeps the key, empty)."""
-    r = ec2.describe_instances(
-        Filters=[{"Name": "tag:ds-compute:hub", "Values": [HUB_ID]}, {"Name": "tag-key", "Values": [POOL_TAG]}]
+    r = client.describe_instances(
+        Filters=[
+            {"Name": "tag:ds-compute:hub", "Values": [HUB_ID]},
+            {"Name": "tag-key", "Values": [POOL_TAG]},
+        ]
     )
     return {i["InstanceId"] for res in r["Reservations"] for i in res["Instances"]}
 
@@ -128,7 +124,9 @@ def test_switch_onto_a_warm_pool_tier_launches_nothing_and_the_pool_refills(hub,
         return text if 'ds_compute_warm_pool_machines{tier="gpu"} 1.0' in text else None
 
     text = wait_for(reported, 90, interval=1, message="the pool reported to the service")
-    line = next(x for x in text.splitlines() if x.startswith('ds_compute_warm_pool_idle_cost_total{tier="gpu"}'))
+    line = next(
+        x for x in text.splitlines() if x.startswith('ds_compute_warm_pool_idle_cost_total{tier="gpu"}')
+    )
     assert float(line.split()[-1]) > 0, line
     page = service(hub, "GET", "admin", admin)
     assert page.status_code == 200 and 'data-testid="warm-pools"' in page.text, page.text[:500]

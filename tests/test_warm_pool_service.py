@@ -110,7 +110,9 @@ async def test_bad_json_is_400(store):
 async def test_pool_report_counts_the_machines_and_their_idle_cost(store):
     since = time.time() - 600
     async with app(store) as url:
-        code, _ = await post(url, report(instances=[{"id": "i-1", "since": since}, {"id": "i-2", "since": since}]))
+        code, _ = await post(
+            url, report(instances=[{"id": "i-1", "since": since}, {"id": "i-2", "since": since}])
+        )
         assert code == 204
         assert warmpool.machines(store.db) == {"gpu": 2}
         # i-1 was taken: the next report leaves it out; its idle time ends there
@@ -166,9 +168,16 @@ def test_metrics_export_machines_and_idle_cost(store):
     live = types.SimpleNamespace(active=[], accounting=accounting.Accounting(store.db))
     text = generate_latest(make_registry(store, live, PROFILES)).decode()
     assert 'ds_compute_warm_pool_machines{tier="gpu"} 1.0' in text
-    line = next(x for x in text.splitlines() if x.startswith('ds_compute_warm_pool_idle_cost_total{tier="gpu"}'))
+    line = next(
+        x for x in text.splitlines() if x.startswith('ds_compute_warm_pool_idle_cost_total{tier="gpu"}')
+    )
     assert 3.59 < float(line.split()[-1]) < 3.62, line
     summary = warmpool.summary(store.db, now - 1800, now)
     assert summary == [
-        {"tier": "gpu", "machines": 1, "period_cost": pytest.approx(1.8, abs=0.01), "total_cost": pytest.approx(3.6, abs=0.01)}
+        {
+            "tier": "gpu",
+            "machines": 1,
+            "period_cost": pytest.approx(1.8, abs=0.01),
+            "total_cost": pytest.approx(3.6, abs=0.01),
+        }
     ]

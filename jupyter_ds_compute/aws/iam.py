@@ -45,7 +45,7 @@ OWN_LAUNCH_PARAMETER = "own-launch-parameter"  # parameter<prefix>${ec2:Instance
 HUB_ACTIONS: dict[str, list[tuple[str, str, str]]] = {
     "ec2-backend": [
         ("ec2:RunInstances", ANY, "start a server's instance"),
-        ("ec2:CreateTags", ANY, "RunInstances with TagSpecifications; a warm-pool instance taken by a server"),
+        ("ec2:CreateTags", ANY, "RunInstances with TagSpecifications; taking a warm-pool instance"),
         ("ec2:DescribeInstances", ANY, "poll, find by launch token, reuse stopped, leftovers"),
         ("ec2:DescribeSubnets", ANY, "the zones of the allowed subnets"),
         ("ec2:StartInstances", ANY, "reuse_stopped"),

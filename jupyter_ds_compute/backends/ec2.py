@@ -542,7 +542,9 @@ class EC2Backend(Backend, aws.AWS):
         pool = WarmPool.existing(self)
         if pool is None:
             return False
-        instance_type = self._tier_setting(tier, "instance_type", self.instance_types, self.default_instance_type)
+        instance_type = self._tier_setting(
+            tier, "instance_type", self.instance_types, self.default_instance_type
+        )
         entry = pool.take(tier.slug, zone, instance_type)
         if entry is None:
             where = f" in {zone}" if zone else ""
@@ -940,7 +942,11 @@ class EC2Backend(Backend, aws.AWS):
         # description the hub saw (a poll, the launch) tells whose it is
         inst = self.poller.known(self.instance_id)
         # (a warm-pool instance changed owner tags once, when taken: ask if they are not ours)
-        if inst is None or inst["State"]["Name"] != "running" or not self.is_ours(inst.get("Tags"), self.spawner):
+        if (
+            inst is None
+            or inst["State"]["Name"] != "running"
+            or not self.is_ours(inst.get("Tags"), self.spawner)
+        ):
             inst = await self._describe_instance()
         state = (inst or {}).get("State", {}).get("Name")
         if inst is None or state == "terminated":

@@ -233,7 +233,11 @@ class WarmPool:
                 if entry["instance_type"] == instance_type and self._usable(entry, now):
                     entries.remove(entry)
                     self.log.info(
-                        "Warm pool %s/%s: instance %s taken (%d left); replenishing", s, z, entry["id"], len(entries)
+                        "Warm pool %s/%s: instance %s taken (%d left); replenishing",
+                        s,
+                        z,
+                        entry["id"],
+                        len(entries),
                     )
                     self._wake.set()
                     return entry
@@ -241,7 +245,9 @@ class WarmPool:
 
     def discard(self, entry, why) -> None:
         """A taken instance that could not be retagged: terminate it."""
-        self.log.warning("Warm pool %s/%s: terminating %s: %s", entry["tier"], entry["zone"], entry["id"], why)
+        self.log.warning(
+            "Warm pool %s/%s: terminating %s: %s", entry["tier"], entry["zone"], entry["id"], why
+        )
         asyncio.ensure_future(self._terminate([entry["id"]]))
 
     def count(self, slug=None) -> int:
@@ -278,7 +284,8 @@ class WarmPool:
         ids = [
             i["InstanceId"]
             for i in stale
-            if aws.tag_dict(i.get("Tags")).get(POOL_TAG) and not aws.tag_dict(i.get("Tags")).get("ds-compute:user")
+            if aws.tag_dict(i.get("Tags")).get(POOL_TAG)
+            and not aws.tag_dict(i.get("Tags")).get("ds-compute:user")
         ]
         if ids:
             self.log.warning("Warm pool: terminating %s, left untaken by a previous hub process", sorted(ids))
@@ -315,7 +322,9 @@ class WarmPool:
                 inst = answer.get(entry["id"])
                 state = (inst or {}).get("State", {}).get("Name")
                 if inst is not None and state not in ("pending", "running"):
-                    self.log.warning("Warm pool %s/%s: instance %s is %s; replacing it", slug, zone, entry["id"], state)
+                    self.log.warning(
+                        "Warm pool %s/%s: instance %s is %s; replacing it", slug, zone, entry["id"], state
+                    )
                 elif not self._usable(entry, now):
                     retire.append(entry["id"])
                 else:

@@ -26,8 +26,8 @@ import time
 
 from tornado import web
 
-from .hubapi import HubAPIError
 from . import warmpool
+from .hubapi import HubAPIError
 from .prepare import PREPARE_STATUSES
 
 __all__ = ["hub_handlers"]
@@ -178,7 +178,8 @@ class PoolHandler(HubSideHandler):
                 or since != since
             ):
                 return self.fail(
-                    400, f"'instances[{i}].since' must be a time (seconds since the epoch), not in the future.",
+                    400,
+                    f"'instances[{i}].since' must be a time (seconds since the epoch), not in the future.",
                     "instances",
                 )
         warmpool.record(

@@ -43,7 +43,9 @@ def ensure(db: sqlite3.Connection) -> None:
     db.execute(_SCHEMA)
 
 
-def record(db: sqlite3.Connection, tier: str, zone: str, instances: list[dict], price: float, now=None) -> None:
+def record(
+    db: sqlite3.Connection, tier: str, zone: str, instances: list[dict], price: float, now=None
+) -> None:
     """One pool report: ``instances`` (``{"id", "since"}``) are idle in pool ``tier``/``zone`` now."""
     now = time.time() if now is None else now
     ensure(db)
