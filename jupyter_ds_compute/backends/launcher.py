@@ -50,6 +50,12 @@ def import_env(env) -> dict:
 RESERVE_PREFIX = "DS_COMPUTE_ENV_RESERVE_"
 
 
+def env_reserve() -> dict:
+    """The variables that make a launcher's first environment block large enough
+    (4 x 32 KiB, each below Linux's 128 KiB per string) for the server's real one."""
+    return {f"{RESERVE_PREFIX}{i}": "0" * 32768 for i in range(4)}
+
+
 def rewrite_proc_environ(env) -> bool:
     """Put ``env`` into this process's original environment block, so that
     ``/proc/<pid>/environ`` (read by the hub's leftover and volume checks and by

@@ -463,9 +463,8 @@ class LocalBackend(SystemAccountMixin, Backend):
             ",".join(self.launcher_preload),
         ]
         env = dict(env, DS_COMPUTE_SERVER_KEY=key)
-        # room in the launcher's environment block for the server's real one
-        # (launcher.rewrite_proc_environ): 4 x 32 KiB, each below Linux's 128 KiB per string
-        env.update({f"{launcher.RESERVE_PREFIX}{i}": "0" * 32768 for i in range(4)})
+        # room in the launcher's environment block for the server's real one (launcher.rewrite_proc_environ)
+        env.update(launcher.env_reserve())
         t0 = time.monotonic()
         try:
             with open(self._log_path(), "ab", buffering=0) as logf:

@@ -643,7 +643,7 @@ class SlurmBackend(SystemAccountMixin, Backend):
         env = dict(env, DS_COMPUTE_SERVER_KEY=key, DS_COMPUTE_SLURM_DIR=self.workdir)
         exported = self.job_env(env)
         # room in the job's environment block for the server's real one (launcher.rewrite_proc_environ)
-        exported.update({f"{launcher.RESERVE_PREFIX}{i}": "0" * 32768 for i in range(4)})
+        exported.update(launcher.env_reserve())
         argv = self.sbatch_argv(tier, self.workdir, volume_path)
         # shielded: a release while sbatch runs still learns the job id (stop() waits for it)
         script = self.prepared_script(tier, cmd, env.get("PATH") or os.environ.get("PATH", ""))
