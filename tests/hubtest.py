@@ -145,11 +145,16 @@ class Hub:
 
         try:
             wait_for(up, timeout=timeout, message="hub /hub/health")
-            wait_for(
-                lambda: requests.get(f"{self.url}/services/ds-compute/api/health", timeout=2).ok,
-                timeout=timeout,
-                message="ds-compute service health",
-            )
+
+            def service_up():
+                if self.proc.poll() is not None:
+                    raise Fatal(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
+                return requests.get(f"{self.url}/services/ds-compute/api/health", timeout=2).ok
+
+            # the hub answers before its managed service does (JupyterHub starts it, waits
+            # for it, then routes it); a machine busy with the previous module's teardown
+            # has been seen to need more than a minute for that
+            wait_for(service_up, timeout=max(timeout, 180), interval=0.5, message="ds-compute service health")
         except Exception:
             print(self.log_tail(200), file=sys.stderr)
             self.stop(servers=False)
