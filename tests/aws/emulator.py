@@ -16,7 +16,11 @@ A thread polls the moto server. When an instance tagged by a hub reaches
   sparse image ``<root>/<vol-id>.img``, linked as
   ``<device dir>/nvme-Amazon_Elastic_Block_Store_<serial>`` while (and only
   while) moto says it is attached there — so the bootstrap's real code finds,
-  formats (only if empty) and mounts it;
+  formats (only if empty) and mounts it; a snapshot copies its volume's
+  image (``<root>/<snap-id>.img``, at the first round after moto has it,
+  after the shutdown of instances that left ``running``) and a volume made
+  from a snapshot starts as a copy of that image, so data crosses zones
+  only through snapshots, as on EC2;
 - maps EFS access points through a ``mount`` wrapper on ``PATH`` that turns
   ``mount -t efs -o accesspoint=fsap-… fs-…:/ DIR`` into a bind mount of
   ``<root>/efs/<fs-id><access point root>``;
@@ -131,6 +135,7 @@ class InstanceEmulator:
         self.image_size = image_size_gib * 2**30
         self.instances: dict[str, Instance] = {}
         self.loops: dict[str, str] = {}  # volume id -> /dev/loopN (one per volume, kept)
+        self.snapshots: dict[str, str] = {}  # snapshot id -> volume id it copied
         self.booted: list[str] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -197,15 +202,35 @@ class InstanceEmulator:
         for inst in self.instances.values():
             if not inst.addressed and now - inst.seen >= self.launch_delay:
                 self._address(inst)
+        self._copy_snapshots()
         self._map_volumes()
         for inst in self.instances.values():
             booted = now - inst.seen >= self.launch_delay + self.boot_delay
             if inst.addressed and inst.proc is None and booted:
                 self._boot(inst)
 
+    def _copy_snapshots(self):
+        """A new snapshot of a hub's volume: copy the volume's image (sparse)."""
+        r = self.ec2.describe_snapshots(
+            OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": ["ds-compute:hub"]}]
+        )
+        for snap in r.get("Snapshots", []):
+            sid = snap["SnapshotId"]
+            if sid in self.snapshots:
+                continue
+            if any(snap["VolumeId"] in inst.devices for inst in self.instances.values()):
+                continue  # still on an instance being shut down: copied at a later round
+            source = self.workdir / f"{snap['VolumeId']}.img"
+            if source.exists():
+                subprocess.run(
+                    ["cp", "--sparse=always", str(source), str(self.workdir / f"{sid}.img")], check=True
+                )
+            self.snapshots[sid] = snap["VolumeId"]
+
     def _map_volumes(self):
         r = self.ec2.describe_volumes(Filters=[{"Name": "tag-key", "Values": ["ds-compute:hub"]}])
         attached = {}
+        made_from = {v["VolumeId"]: v.get("SnapshotId") for v in r.get("Volumes", [])}
         for vol in r.get("Volumes", []):
             for att in vol.get("Attachments") or []:
                 if att.get("State") == "attached":
@@ -213,17 +238,23 @@ class InstanceEmulator:
         for iid, inst in self.instances.items():
             want = attached.get(iid, set())
             for vid in want - set(inst.devices):
+                snapshot = made_from.get(vid)
+                if snapshot and snapshot not in self.snapshots and not (self.workdir / f"{vid}.img").exists():
+                    continue  # made from a snapshot not copied yet: mapped at a later round
                 link = inst.devdir / f"nvme-Amazon_Elastic_Block_Store_{vid.replace('-', '')}"
-                loop = self._loop(vid)
+                loop = self._loop(vid, snapshot)
                 link.symlink_to(loop)
                 inst.devices[vid] = link
             for vid in set(inst.devices) - want:
                 inst.devices.pop(vid).unlink(missing_ok=True)
 
-    def _loop(self, vid):
+    def _loop(self, vid, snapshot=None):
         if vid not in self.loops:
             image = self.workdir / f"{vid}.img"
-            if not image.exists():
+            copy = self.workdir / f"{snapshot}.img" if snapshot else None
+            if not image.exists() and copy is not None and copy.exists():
+                subprocess.run(["cp", "--sparse=always", str(copy), str(image)], check=True)
+            elif not image.exists():
                 with open(image, "wb") as f:
                     f.truncate(self.image_size)
             out = subprocess.run(

@@ -20,10 +20,14 @@ Run as ``python tests/aws/motoserver.py --port N`` (tests start it through
   volume reads ``in-use`` with a ``detaching`` attachment (moto has already
   detached it). The instance emulator reads the same answers, so the device
   shows up on the "instance" only once the attach is over.
+- EBS snapshots that take time (moto's complete at once): for
+  ``delays["snapshot"]`` seconds after a ``CreateSnapshot`` the snapshot
+  reads ``pending`` with a growing ``progress``; a ``CreateVolume`` from it
+  meanwhile is refused with ``IncorrectState``, as EC2 refuses it.
 
 Control endpoints (JSON): ``POST /_fault/arm`` a rule, ``POST /_fault/reset``,
 ``GET /_fault/stats``, ``POST /_fault/rate`` ``{"RunInstances": [burst, per_s]}``,
-``POST /_fault/delays`` ``{"attach": 5, "detach": 5}`` (kept across resets).
+``POST /_fault/delays`` ``{"attach": 5, "detach": 5, "snapshot": 10}`` (kept across resets).
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class FaultMiddleware:
         self.attached = {}
         #: volume id -> (until, instance id, device) of an emulated detach
         self.detaching = {}
+        #: snapshot id -> monotonic time of its CreateSnapshot
+        self.snapshots = {}
         self.reset()
 
     def reset(self):
@@ -166,6 +172,16 @@ class FaultMiddleware:
             self._note_volume_change(action, params)
             if action == "DescribeVolumes" and not rule:
                 return self._rewrite(environ, start_response, self._delay_volumes)
+            if self.delays.get("snapshot") and action in ("CreateSnapshot", "DescribeSnapshots"):
+                return self._rewrite(environ, start_response, self._delay_snapshots)
+            if self.delays.get("snapshot") and action == "CreateVolume" and not rule:
+                pending = self._snapshot_progress(params.get("SnapshotId", ""))
+                if pending is not None:
+                    rule = {
+                        "error": "IncorrectState",
+                        "status": 400,
+                        "message": f"Snapshot '{params['SnapshotId']}' is not 'completed' ({pending}%).",
+                    }
         if rule and rule.get("error"):
             out = EC2_ERROR.format(
                 code=rule["error"], message=rule.get("message", rule["error"]), rid="fault"
@@ -230,6 +246,33 @@ class FaultMiddleware:
             return m.group(1) + status + m.group(4) + atts
 
         return self._VOLUME.sub(fix, text)
+
+    def _snapshot_progress(self, sid):
+        """Percent done of a snapshot still pending, else None."""
+        with self.lock:
+            created = self.snapshots.get(sid)
+        took = self.delays.get("snapshot", 0)
+        if created is None or time.monotonic() >= created + took:
+            return None
+        return int(100 * (time.monotonic() - created) / took)
+
+    _SNAPSHOT = re.compile(
+        r"<snapshotId>(snap-[0-9a-f]+)</snapshotId>.*?(?=<snapshotId>|</snapshotSet>|$)", re.S
+    )
+
+    def _delay_snapshots(self, text):
+        def fix(m):
+            sid, item = m.group(1), m.group(0)
+            if "<CreateSnapshotResponse" in text:
+                with self.lock:
+                    self.snapshots.setdefault(sid, time.monotonic())
+            pct = self._snapshot_progress(sid)
+            if pct is None:
+                return item
+            item = item.replace("<status>completed</status>", "<status>pending</status>")
+            return re.sub(r"<progress>[^<]*</progress>", f"<progress>{pct}%</progress>", item)
+
+        return self._SNAPSHOT.sub(fix, text)
 
     def _rewrite(self, environ, start_response, edit):
         """Run moto, then ``edit(text)`` its answer."""
@@ -356,9 +399,10 @@ class MotoServer:
     def clear_calls(self):
         return self.control("POST", "calls")
 
-    def set_delays(self, attach=0.0, detach=0.0):
-        """EBS attach/detach that take ``attach``/``detach`` seconds (0: instant, moto's)."""
-        return self.control("POST", "delays", {"attach": attach, "detach": detach})
+    def set_delays(self, attach=0.0, detach=0.0, snapshot=0.0):
+        """EBS attach/detach/snapshots that take ``attach``/``detach``/``snapshot``
+        seconds (0: instant, moto's)."""
+        return self.control("POST", "delays", {"attach": attach, "detach": detach, "snapshot": snapshot})
 
     def env(self):
         """Environment for boto3 clients of this server."""
