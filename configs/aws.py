@@ -75,6 +75,9 @@ c.EBSVolume.volume_type = "gp3"  # noqa: F821
 c.EBSVolume.mount_path = "/home/jovyan"  # noqa: F821
 c.EBSVolume.snapshot_interval = 24 * 3600  # a snapshot at the first stop of each day  # noqa: F821
 c.EBSVolume.snapshot_before_delete = True  # noqa: F821
+# a tier with capacity only in another zone of the subnets: the volume follows
+# (snapshot -> new volume there; the original deleted once the server answers)
+c.EBSVolume.move_across_zones = True  # noqa: F821
 c.EFSVolume.subnet_ids = c.EC2Backend.subnet_ids  # noqa: F821
 c.EFSVolume.mount_path = "/home/jovyan"  # noqa: F821
 

@@ -349,6 +349,8 @@ class DSComputeSpawner(Spawner):
         self._start_future = None
         self._applied_options = None
         self._watch = None
+        #: deleting the original of a moved volume, after the server answered
+        self._finishing_move = None
         self._watch_service()
         self._keep_warm_pools()
 
@@ -478,16 +480,16 @@ class DSComputeSpawner(Spawner):
 
     def _record_refusal(self, tier, kind, reason):
         """The service's audit log gets the refusal (in the background, best effort)."""
+        self._record_event(tier, "a spawn refusal", policy=kind, reason=f"spawn refused: {reason}")
+
+    def _record_event(self, tier, what, **event):
+        """``POST api/hub/events`` for this server and ``tier`` (in the background, best effort)."""
         client = self._budget_client()
         if client is None:
             return
         asyncio.ensure_future(
-            client.record_refusal(
-                user=self.user.name,
-                server_name=self.name,
-                to_profile=tier.slug,
-                policy=kind,
-                reason=f"spawn refused: {reason}",
+            client.record_event(
+                what=what, user=self.user.name, server_name=self.name, to_profile=tier.slug, **event
             )
         )
 
@@ -604,6 +606,8 @@ class DSComputeSpawner(Spawner):
         # the server's own processes (a prepared launcher) do not hold the volume against it
         host.extra.setdefault("server_key", key)
         self.ip, self.port = backend.bind()
+        if host.zone and volume.zone() and host.zone != volume.zone() and volume.moves_across_zones:
+            volume_id = await self._move_volume(tier, volume, host.zone)
         self._emit(40, f"Attaching volume {volume_id} on {host.id}")
         path = await volume.attach(host)
         self.volume_info = await self._describe_volume(volume)
@@ -619,8 +623,70 @@ class DSComputeSpawner(Spawner):
         self._emit(70, "Waiting for the server to answer")
         await self._drain(backend, self._wait_ready(backend, ip, port))
         self._last_good_options = dict(self.user_options)
+        if volume.moved_from:
+            # the server answers on the moved volume: now the original may go
+            self._finishing_move = asyncio.ensure_future(self._finish_move(tier, volume))
         self._emit(95, f"Server ready on {tier.display_name}")
         return ip, port
+
+    # -- a volume that moves to the machine's zone ----------------------------------
+
+    async def _move_volume(self, tier, volume, zone):
+        """Copy the volume into ``zone``, where the backend found capacity (EBS:
+        snapshot → new volume); the original stays until the server answers."""
+        self._emit(
+            30,
+            f"Moving your volume from {volume.zone()} to {zone}, where your {tier.display_name} machine is",
+        )
+
+        def progress(message):
+            last = self._events[-1]["progress"] if self._events else 30
+            self._emit(min(last + 1, 39), message)
+
+        try:
+            move = await volume.move_to_zone(zone, progress)
+        except DSComputeError as e:
+            self._record_volume_event(tier, "failed", f"move to {zone} failed: {e.message}")
+            raise
+        self._save_state()  # a hub that stops now still knows both volumes
+        self._record_volume_event(
+            tier,
+            "started",
+            f"{move['from']} ({move['from_zone']}) -> {move['to']} ({move['to_zone']}) via {move['via']}",
+        )
+        return move["to"]
+
+    async def _finish_move(self, tier, volume):
+        """Delete the original of a moved volume (best effort: a pending move is
+        finished by the next start that comes up)."""
+        moved = dict(volume.moved_from or {})
+        try:
+            result = await volume.finish_move()
+        except Exception as e:  # noqa: BLE001 - kept for the next start
+            self.log.warning(
+                "Could not finish the volume move of %s (kept, retried at the next start): %s",
+                self._log_name,
+                e,
+            )
+            return
+        if result:
+            self._save_state()
+            self._record_volume_event(
+                tier,
+                "done",
+                f"{moved.get('volume_id')} ({moved.get('zone')}) -> {volume.volume_id} ({volume.zone()}); "
+                f"deleted {', '.join(result['deleted']) or 'nothing'}",
+            )
+
+    def _record_volume_event(self, tier, outcome, reason):
+        """``volume:move`` in the service's audit log (in the background, best effort)."""
+        self._record_event(tier, "a volume move", volume="move", outcome=outcome, reason=reason)
+
+    def _save_state(self):
+        """Write this spawner's state to the hub's database now (not only after the start)."""
+        if self.orm_spawner is not None and self.db is not None:
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
 
     async def _drain(self, backend, coro):
         """Run ``coro`` while copying the backend's progress messages."""
@@ -703,6 +769,25 @@ class DSComputeSpawner(Spawner):
             await self._stop_all(now=True)
         except Exception:
             self.log.exception("Cleanup after failed start of %s", self._log_name)
+            return
+        if self._volume is None:
+            return
+        try:
+            undone = await self._volume.undo_move()
+        except Exception:
+            self.log.exception(
+                "Undoing the volume move of %s (the copy is kept as the volume)", self._log_name
+            )
+            return
+        if undone:
+            self.volume_info = await self._describe_volume(self._volume)
+            self._save_state()
+            self._emit(100, f"Back on your volume {self._volume.volume_id}: the copy was deleted")
+            self._record_volume_event(
+                self.tier,
+                "undone",
+                f"start failed: kept {', '.join(undone['kept'])}; deleted {', '.join(undone['deleted'])}",
+            )
 
     # -- make before break: a machine prepared while the old server serves ------
 

@@ -127,9 +127,10 @@ class BudgetClient:
         ran up is in the service's accounts and the next start must see it."""
         self._cache = {k: v for k, v in self._cache.items() if k[0] != user}
 
-    async def record_refusal(self, **event) -> None:
-        """Append a ``policy:<kind>`` refusal to the service's audit log; never raises."""
+    async def record_event(self, what="an event", **event) -> None:
+        """Append ``event`` (``POST api/hub/events``: a ``policy`` refusal or a
+        ``volume`` event) to the service's audit log; never raises."""
         try:
             await self._fetch("POST", "api/hub/events", event)
         except ServiceUnavailable as e:
-            log.warning("Could not record a spawn refusal in the ds-compute audit log: %s", e)
+            log.warning("Could not record %s in the ds-compute audit log: %s", what, e)

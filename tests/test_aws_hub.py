@@ -335,3 +335,131 @@ def test_throttled_concurrent_spawns_all_succeed(hub, ec2, moto):
     for u in users:
         hub.stop_server(u, timeout=120)
         check_accounting(ec2, u, None)
+
+
+# -- a volume that moves to the zone with capacity ----------------------------------
+
+
+def subnet_in(ec2, zone):
+    (subnet,) = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"] if s["AvailabilityZone"] == zone]
+    return subnet
+
+
+def user_snapshots(ec2, user):
+    r = ec2.describe_snapshots(
+        OwnerIds=["self"],
+        Filters=[
+            {"Name": "tag:ds-compute:user", "Values": [user]},
+            {"Name": "tag:ds-compute:hub", "Values": [HUB_ID]},
+        ],
+    )
+    return {s["SnapshotId"]: {t["Key"]: t["Value"] for t in s.get("Tags", [])} for s in r["Snapshots"]}
+
+
+def audit_page(hub, user, needle):
+    """The admin audit page of ``user``'s volume events, once it shows ``needle``
+    (the spawner reports them in the background)."""
+    admin = hub.login("admin", hub.admin_password)
+
+    def page():
+        r = admin.get(
+            f"{hub.url}/services/ds-compute/admin/audit",
+            params={"user": user, "event": "volume:"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        return r.text if needle in r.text else None
+
+    return wait_for(page, 30, message=f"{needle} in the audit log")
+
+
+def test_no_capacity_in_the_volumes_zone_moves_the_volume_and_loses_nothing(hub, ec2, moto, emulator):
+    """gpu has capacity only in us-east-1b: the switch launches there, copies the
+    volume through a snapshot (progress shows it), the server comes up on the
+    copy with every file, and then the original and the snapshot are deleted."""
+    user = hub.create_user("aws-move")
+    token = hub.user_token(user)
+    hub.spawn(user, {"profile": "small"}, timeout=180)
+    (original,) = user_volumes(ec2, user)
+    assert original["AvailabilityZone"] == "us-east-1a"
+    write(hub, user, token, "data.csv", "a,b\n1,2\n")
+    moto.arm(
+        action="RunInstances", error="InsufficientInstanceCapacity", status=500,
+        match={"InstanceType": "g5.xlarge", "SubnetId": subnet_in(ec2, "us-east-1a")},
+    )  # fmt: skip
+    moto.set_delays(snapshot=2)
+    try:
+        with AttachmentWatch(user) as watch:
+            rec = switch(hub, user, token, "gpu", timeout=300)
+    finally:
+        moto.set_delays()
+    assert rec["state"] == "succeeded", rec
+    assert watch.max_attached == 1
+    assert read(hub, user, token, "data.csv") == "a,b\n1,2\n"
+    write(hub, user, token, "after.txt", "written in us-east-1b")
+
+    def moved():
+        vols = user_volumes(ec2, user)
+        return vols if [v["VolumeId"] for v in vols] != [original["VolumeId"]] and len(vols) == 1 else None
+
+    # the original goes once the server answers on the copy (in the background)
+    (vol,) = wait_for(moved, 60, message="the original volume deleted")
+    assert vol["AvailabilityZone"] == "us-east-1b" and vol["Encrypted"]
+    assert {t["Key"]: t["Value"] for t in vol["Tags"]}["ds-compute:moved-from"] == original["VolumeId"]
+    wait_for(lambda: user_snapshots(ec2, user) == {}, 30, message="the move's snapshot deleted")
+    vol, inst = check_accounting(ec2, user, "gpu")
+    assert inst["Placement"]["AvailabilityZone"] == "us-east-1b"
+    log = hub.log_path.read_text(errors="replace")
+    assert f"{user}: Moving your volume from us-east-1a to us-east-1b, where your GPU machine is" in log
+    assert f"{user}: Launching a g5.xlarge in us-east-1b instead (no capacity in us-east-1a)" in log
+    assert f"{user}: Snapshot snap-" in log  # its progress
+    # never reformatted: the copy has the file system of the original
+    assert "formatting" not in emulator.console(inst["InstanceId"])
+    page = audit_page(hub, user, 'data-outcome="done"')
+    assert 'data-event="volume:move" data-outcome="started"' in page
+    assert original["VolumeId"] in page
+
+    # back to small (capacity everywhere): it runs where the volume now is, nothing moves
+    rec = switch(hub, user, token, "small")
+    assert rec["state"] == "succeeded", rec
+    vol2, inst = check_accounting(ec2, user, "small")
+    assert vol2["VolumeId"] == vol["VolumeId"] and inst["Placement"]["AvailabilityZone"] == "us-east-1b"
+    assert read(hub, user, token, "after.txt") == "written in us-east-1b"
+    hub.stop_server(user, timeout=120)
+    check_accounting(ec2, user, None)
+
+
+def test_a_move_whose_start_fails_goes_back_to_the_original(hub, ec2, moto):
+    """The copy cannot be attached: the start fails, the copy is deleted, the
+    original (untouched) and the snapshot are kept, and the switch rolls back
+    to small on the original in us-east-1a."""
+    user = hub.create_user("aws-move-fail")
+    token = hub.user_token(user)
+    hub.spawn(user, {"profile": "small"}, timeout=180)
+    (original,) = user_volumes(ec2, user)
+    write(hub, user, token, "keep.txt", "still here")
+    moto.arm(
+        action="RunInstances", error="InsufficientInstanceCapacity", status=500,
+        match={"InstanceType": "g5.xlarge", "SubnetId": subnet_in(ec2, "us-east-1a")},
+    )  # fmt: skip
+    # the switch's one attach is the copy's (make before break attaches nothing
+    # ahead); the rollback's attach of the original then works
+    moto.arm(action="AttachVolume", error="IncorrectState", status=400, times=1)
+    with AttachmentWatch(user) as watch:
+        rec = switch(hub, user, token, "gpu", timeout=300)
+    faults = moto.stats()["faults"]
+    moto.reset()
+    assert faults.get("IncorrectState") == 1, faults
+    assert rec["state"] == "rolled_back", rec
+    assert "AttachVolume operation: IncorrectState" in (rec.get("error") or ""), rec
+    assert watch.max_attached == 1
+    vol, inst = check_accounting(ec2, user, "small")
+    assert vol["VolumeId"] == original["VolumeId"] and vol["AvailabilityZone"] == "us-east-1a"
+    assert read(hub, user, token, "keep.txt") == "still here"
+    snaps = user_snapshots(ec2, user)
+    assert [t["ds-compute:reason"] for t in snaps.values()] == ["zone-move"]  # kept with the original
+    assert "Back on your volume" in hub.log_path.read_text(errors="replace")
+    page = audit_page(hub, user, 'data-outcome="undone"')
+    assert 'data-event="volume:move" data-outcome="started"' in page
+    hub.stop_server(user, timeout=120)
+    check_accounting(ec2, user, None)

@@ -120,12 +120,17 @@ async def test_prepare_ahead_in_volume_zone_old_untouched_start_launches_nothing
 
 async def test_prepared_instance_in_another_zone_is_refused(ec2, subnets):
     """An instance prepared anywhere (EFS-like, no zone) cannot take an EBS volume in
-    another zone: the take refuses, and so does the volume's attach (moto would attach)."""
+    another zone that may not move: the take refuses, and so does the volume's attach
+    (moto would attach). (A volume that may move is copied there: test_aws_hub.py.)"""
     user = "mbb-zone"
-    spawner, _, volume = make(user, subnets, EC2Backend__subnet_ids=[subnets["us-east-1b"]])
+    spawner, _, volume = make(
+        user, subnets, EC2Backend__subnet_ids=[subnets["us-east-1b"]], EBSVolume__move_across_zones=False
+    )
     await volume.ensure()
     assert volume.zone() == "us-east-1a"
-    spawner.volume = type("NoZone", (), {"zone": lambda self: None, "volume_id": ""})()
+    spawner.volume = type(
+        "NoZone", (), {"zone": lambda self: None, "volume_id": "", "moves_across_zones": False}
+    )()
     new = fresh(spawner)
     host = await prepare_ahead(new, ec2, user)
     assert host.zone == "us-east-1b"

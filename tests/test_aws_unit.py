@@ -362,7 +362,7 @@ async def test_volumes_never_created_delete_nothing_and_create_nothing(ec2, subn
 
 
 async def test_capacity_error_tries_again_then_succeeds(ec2, subnets, moto):
-    spawner, backend, volume = make("ice-once", subnets)
+    spawner, backend, volume = make("ice-once", subnets, EBSVolume__move_across_zones=False)
     await volume.ensure()
     moto.arm(action="RunInstances", error="InsufficientInstanceCapacity", times=2, status=500)
     host = await backend.prepare(tier("gpu"))
@@ -379,12 +379,172 @@ async def test_capacity_error_fails_clearly_and_leaks_nothing(ec2, subnets, moto
     await volume.ensure()
     moto.arm(action="RunInstances", error="InsufficientInstanceCapacity", status=500)
     with pytest.raises(
-        BackendError, match=r"no g5.xlarge capacity in us-east-1a.*InsufficientInstanceCapacity"
+        BackendError, match=r"no g5.xlarge capacity in us-east-1a, us-east-1b.*InsufficientInstanceCapacity"
     ):
         await backend.prepare(tier("gpu"))
-    assert moto.stats()["faults"]["InsufficientInstanceCapacity"] == 2
+    # two rounds over both zones (the volume could have moved to the other one)
+    assert moto.stats()["faults"]["InsufficientInstanceCapacity"] == 4
     assert instances(ec2, "ice-always") == []
     assert backend.get_state() == {}
+
+
+# -- a volume that moves to the zone with capacity ----------------------------------
+
+
+def drain(backend):
+    messages = []
+    while not backend.events.empty():
+        messages.append(backend.events.get_nowait())
+    return messages
+
+
+def volumes_of(ec2, user):
+    r = ec2.describe_volumes(Filters=[{"Name": "tag:ds-compute:user", "Values": [user]}])
+    return {
+        v["VolumeId"]: v
+        for v in r["Volumes"]
+        if "ds-compute:tier" not in aws.tag_dict(v.get("Tags")) and v["State"] != "deleted"
+    }
+
+
+def our_snapshots(ec2, user):
+    r = ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag:ds-compute:user", "Values": [user]}])
+    return {s["SnapshotId"]: s for s in r["Snapshots"]}
+
+
+async def test_capacity_only_in_another_zone_launches_there_when_the_volume_can_move(ec2, subnets, moto):
+    spawner, backend, volume = make("ice-zone", subnets)
+    await volume.ensure()
+    moto.arm(
+        action="RunInstances", error="InsufficientInstanceCapacity", status=500,
+        match={"SubnetId": subnets["us-east-1a"]},
+    )  # fmt: skip
+    host = await backend.prepare(tier("gpu"))
+    assert host.zone == "us-east-1b" and volume.zone() == "us-east-1a"
+    assert any("in us-east-1b instead (no capacity in us-east-1a)" in m for m in drain(backend))
+    await backend.stop(now=True)
+    await backend.release()
+    # a volume that cannot move: the capacity error, nothing launched elsewhere
+    _, fixed, fixed_volume = make("ice-zone-fixed", subnets, EBSVolume__move_across_zones=False)
+    await fixed_volume.ensure()
+    with pytest.raises(BackendError, match="no g5.xlarge capacity in us-east-1a right now"):
+        await fixed.prepare(tier("gpu"))
+    assert instances(ec2, "ice-zone-fixed") == []
+
+
+async def test_ebs_move_copies_through_a_snapshot_and_keeps_the_original_until_finished(ec2, subnets):
+    user = "move-ok"
+    spawner, _, volume = make(user, subnets, EBSVolume__volume_type="io2", EBSVolume__iops=200)
+    old = await volume.ensure()
+    shown = []
+    move = await volume.move_to_zone("us-east-1b", shown.append)
+    new = volume.volume_id
+    assert move["from"] == old and move["to"] == new != old and move["to_zone"] == "us-east-1b"
+    assert volume.zone() == "us-east-1b"
+    vols = volumes_of(ec2, user)
+    assert set(vols) == {old, new}  # the original stays until the server is up
+    copy = vols[new]
+    assert copy["AvailabilityZone"] == "us-east-1b" and copy["SnapshotId"] == move["via"]
+    assert copy["Encrypted"] and copy["Size"] == 1 and copy["VolumeType"] == "io2" and copy["Iops"] == 200
+    assert aws.tag_dict(copy["Tags"])["ds-compute:moved-from"] == old
+    assert volume.is_ours(copy["Tags"], spawner)
+    snap = our_snapshots(ec2, user)[move["via"]]
+    assert aws.tag_dict(snap["Tags"])["ds-compute:reason"] == "zone-move"
+    assert any("copying the volume to us-east-1b" in m for m in shown), shown
+    # the pending move is in the state: a restarted hub knows both volumes
+    state = volume.get_state()
+    assert state["moved_from"]["volume_id"] == old and state["id"] == new
+    again = EBSVolume(spawner)
+    again.load_state(state)
+    # and the hub that lost the state finds the copy, not the original
+    lost = EBSVolume(spawner)
+    assert await lost.ensure() == new
+    result = await again.finish_move()
+    assert result["deleted"] == [f"volume {old}", f"snapshot {move['via']}"]
+    assert set(volumes_of(ec2, user)) == {new} and our_snapshots(ec2, user) == {}
+    assert again.get_state()["moved_from"] is None
+    assert await again.finish_move() is None  # idempotent
+    await again.delete()
+
+
+async def test_ebs_move_of_a_failed_start_is_undone_keeping_original_and_snapshot(ec2, subnets):
+    user = "move-undo"
+    _, _, volume = make(user, subnets)
+    old = await volume.ensure()
+    move = await volume.move_to_zone("us-east-1b", lambda m: None)
+    undone = await volume.undo_move()
+    assert undone == {
+        "kept": [f"volume {old}", f"snapshot {move['via']}"],
+        "deleted": [f"volume {move['to']}"],
+    }
+    assert volume.volume_id == old and volume.zone() == "us-east-1a" and volume.moved_from is None
+    assert set(volumes_of(ec2, user)) == {old}
+    assert set(our_snapshots(ec2, user)) == {move["via"]}
+    assert await volume.undo_move() is None
+    # a later deletion takes the kept snapshot along
+    result = await volume.delete()
+    assert f"snapshot {move['via']}" in result["deleted"] and our_snapshots(ec2, user) == {}
+
+
+async def test_ebs_move_refused_while_attached_changes_nothing(ec2, subnets):
+    user = "move-busy"
+    spawner, backend, volume = make(user, subnets)
+    host, _ = await start_host(spawner, backend, volume)
+    with pytest.raises(VolumeError, match="only when detached. Nothing was changed."):
+        await volume.move_to_zone("us-east-1b", lambda m: None)
+    assert set(volumes_of(ec2, user)) == {volume.volume_id} and our_snapshots(ec2, user) == {}
+    await stop_host(backend, volume)
+    await volume.delete()
+
+
+async def test_ebs_move_waits_for_the_snapshot_showing_its_progress(ec2, subnets, moto):
+    user = "move-slow"
+    _, _, volume = make(user, subnets)
+    old = await volume.ensure()
+    moto.set_delays(snapshot=2.5)
+    try:
+        # EC2 refuses a volume from a pending snapshot (the moto server too, now)
+        snap = ec2.create_snapshot(VolumeId=old)["SnapshotId"]
+        with pytest.raises(Exception, match="IncorrectState"):
+            ec2.create_volume(AvailabilityZone="us-east-1b", SnapshotId=snap)
+        ec2.delete_snapshot(SnapshotId=snap)
+        shown = []
+        move = await volume.move_to_zone("us-east-1c", shown.append)
+    finally:
+        moto.set_delays()
+    progress = [m for m in shown if m.startswith(f"Snapshot {move['via']} of your volume: ")]
+    assert progress and progress[-1] != "100%", shown
+    assert volumes_of(ec2, user)[move["to"]]["AvailabilityZone"] == "us-east-1c"
+    await volume.finish_move()
+    await volume.delete()
+    assert volumes_of(ec2, user) == {}
+
+
+async def test_ebs_move_deletes_copies_an_interrupted_move_left(ec2, subnets):
+    user = "move-stale"
+    spawner, _, volume = make(user, subnets)
+    old = await volume.ensure()
+    # a hub stopped between the copy's creation and saving the state
+    tags = dict(volume._tags(), **{"ds-compute:moved-from": old})
+    stale = ec2.create_volume(
+        Size=1, AvailabilityZone="us-east-1b",
+        TagSpecifications=[{"ResourceType": "volume", "Tags": aws.tag_list(tags)}],
+    )["VolumeId"]  # fmt: skip
+    move = await volume.move_to_zone("us-east-1b", lambda m: None)
+    assert set(volumes_of(ec2, user)) == {old, move["to"]} and stale != move["to"]
+    await volume.finish_move()
+    await volume.delete()
+
+
+async def test_ebs_delete_with_a_move_pending_deletes_both_volumes(ec2, subnets):
+    user = "move-delete"
+    _, _, volume = make(user, subnets)
+    old = await volume.ensure()
+    move = await volume.move_to_zone("us-east-1b", lambda m: None)
+    result = await volume.delete()
+    assert result["id"] == move["to"]
+    assert set(result["deleted"]) == {f"volume {old}", f"volume {move['to']}", f"snapshot {move['via']}"}
+    assert volumes_of(ec2, user) == {} and our_snapshots(ec2, user) == {}
 
 
 async def test_efs_volume_tries_next_zone_on_capacity_error(ec2, subnets, moto):

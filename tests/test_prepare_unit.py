@@ -5,15 +5,19 @@ tests/test_prepare_hub.py."""
 import asyncio
 import contextlib
 import json
+import types
 
 import pytest
 from fakes import FakeHub, new_switch, statuses
+from prometheus_client import generate_latest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application
 
+from jupyter_ds_compute.service import accounting
 from jupyter_ds_compute.service.hubside import hub_handlers
+from jupyter_ds_compute.service.metrics import make_registry
 from jupyter_ds_compute.service.orchestrator import Orchestrator
 from jupyter_ds_compute.service.prepare import Board
 from jupyter_ds_compute.service.store import Store
@@ -208,10 +212,12 @@ async def test_board_watch_answers_on_change_only():
 
 
 @contextlib.asynccontextmanager
-async def hubside_app():
+async def hubside_app(store=None):
     """The service's api/hub/* calls on a port of their own (in the test's loop)."""
     board = Board()
-    app = Application(hub_handlers("/services/ds-compute/"), spawner_token="secret", prepare_board=board)
+    app = Application(
+        hub_handlers("/services/ds-compute/"), spawner_token="secret", prepare_board=board, store=store
+    )
     sock, port = bind_unused_port()
     server = HTTPServer(app)
     server.add_sockets([sock])
@@ -277,6 +283,32 @@ async def test_prepared_report_reaches_the_waiting_switch():
         assert code == 204
         report = await asyncio.wait_for(waiting, 1)
     assert report.status == "ready" and report.host == "n1"
+
+
+async def test_volume_move_events_are_audited_in_the_running_switch(store):
+    sw = new_switch(store, "gpu")
+    event = {
+        "user": "alice", "server_name": "", "to_profile": "gpu", "volume": "move",
+        "outcome": "started", "reason": "vol-1 (us-east-1a) -> vol-2 (us-east-1b) via snap-1",
+    }  # fmt: skip
+    async with hubside_app(store) as (board, url):
+        code, _ = await call(url + "api/hub/events", "POST", event)
+        assert code == 204
+        for bad, field in (({"volume": "teleport"}, "volume"), ({"outcome": "maybe"}, "outcome")):
+            code, answer = await call(url + "api/hub/events", "POST", dict(event, **bad))
+            assert code == 400 and answer["field"] == field
+        code, _ = await call(url + "api/hub/events", "POST", event, token="wrong")
+        assert code == 403
+    (row,) = [e for e in store.list_audit(user="alice") if e["event"] == "volume:move"]
+    assert row["switch_id"] == sw["id"] and row["from_profile"] == "small" and row["outcome"] == "started"
+    assert "via snap-1" in row["reason"]
+    live = types.SimpleNamespace(active=[], accounting=accounting.Accounting(store.db))
+    profiles = [
+        {"slug": "small", "display_name": "Small", "default": True},
+        {"slug": "gpu", "display_name": "GPU"},
+    ]
+    text = generate_latest(make_registry(store, live, profiles)).decode()
+    assert 'ds_compute_volume_moves_total{outcome="started",tier="gpu"} 1.0' in text
 
 
 async def test_held_cut_over_waits_for_go(hub, store):

@@ -3,8 +3,11 @@
 Start (``prepare`` → volume attach → ``start``):
 
 1. ``prepare(tier)``: pick the tier's instance type and AMI, a subnet in the
-   volume's availability zone (an EBS volume never leaves its AZ; with EFS
-   any configured subnet), and launch with the bootstrap user-data
+   volume's availability zone (an EBS volume is bound to its AZ; with EFS
+   any configured subnet; when the volume's zone has no capacity and the
+   volume can move, e.g. EBS with ``c.EBSVolume.move_across_zones``, the
+   other zones' subnets, and the spawner moves the volume there before it
+   attaches), and launch with the bootstrap user-data
    (``ec2_userdata.sh``, no secrets in it) — or restart a stopped instance
    of this user and tier (:attr:`EC2Backend.reuse_stopped`). Everything is
    tagged (hub, user, server, tier, launch token, operator's tags). Wait for
@@ -18,8 +21,9 @@ Start (``prepare`` → volume attach → ``start``):
    and runs the server as :attr:`EC2Backend.instance_uid`.
 
 Make before break (a switch, :meth:`EC2Backend.prepare_ahead`): the target
-instance is launched while the old one serves — in the volume's zone (EBS),
-in any allowed subnet (EFS) — and is ready once it runs, has its address and
+instance is launched while the old one serves — in the volume's zone (EBS;
+another zone if that one has no capacity: the volume moves at the
+cut-over), in any allowed subnet (EFS) — and is ready once it runs, has its address and
 its bootstrap reports ``<prefix><instance-id>.waiting``. At the cut-over the
 old server stops (the EBS volume is detached), and ``prepare`` of that start
 launches nothing: it checks the instance still runs in the volume's zone
@@ -378,8 +382,16 @@ class EC2Backend(Backend, aws.AWS):
         """The hub-wide :class:`~.aws.InstancePoller` (one DescribeInstances per interval for all servers)."""
         return aws.InstancePoller.shared(self)
 
-    async def _subnets(self, zone):
-        """``[(subnet_id, az)]`` allowed for a volume in ``zone`` (None: any)."""
+    def _volume_zone(self):
+        """``(zone, movable)``: where the volume is (None: anywhere) and whether
+        it can move to another zone (:attr:`.VolumeDriver.moves_across_zones`)."""
+        volume = self.spawner.volume
+        return volume.zone(), bool(volume.moves_across_zones)
+
+    async def _subnets(self, zone, movable=False):
+        """``[(subnet_id, az)]`` allowed for a volume in ``zone`` (None: any); with
+        ``movable``, the subnets of the other zones follow those of ``zone``
+        (launched in only when ``zone`` has no capacity: the volume then moves)."""
         if not self.subnet_ids:
             self._fail("No subnets configured: set c.EC2Backend.subnet_ids.")
         endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL", "")
@@ -390,6 +402,8 @@ class EC2Backend(Backend, aws.AWS):
             _subnet_zones.update({(self.region, endpoint, s): az for s, az in azs.items()})
         ordered = [(s, azs[s]) for s in self.subnet_ids if s in azs]
         allowed = [(s, az) for s, az in ordered if zone is None or az == zone]
+        if zone is not None and movable:
+            allowed += [(s, az) for s, az in ordered if az != zone]
         if not allowed:
             self._fail(
                 f"None of the configured subnets is in {zone}, where your volume is: "
@@ -413,11 +427,12 @@ class EC2Backend(Backend, aws.AWS):
     async def prepare(self, tier):
         if self._prepared:
             return await self._take_prepared(tier)
-        if await self._take_from_pool(tier, self.spawner.volume.zone()):
+        zone, movable = self._volume_zone()
+        if await self._take_from_pool(tier, zone):
             await self._end_leftovers()
             self.host = self._host_info()
             return self.host
-        inst = await self._acquire(tier, self.spawner.volume.zone())
+        inst = await self._acquire(tier, zone, movable)
         # the answer that showed ours running shows the others too
         await self._end_leftovers()
         await self._resolve_address(inst)
@@ -429,18 +444,20 @@ class EC2Backend(Backend, aws.AWS):
             kind="ec2", id=self.instance_id, zone=self.zone, extra={"instance_type": self.instance_type}
         )
 
-    async def _acquire(self, tier, zone):
-        """Launch (or restart) an instance for ``tier`` in ``zone`` (None: any allowed subnet)
-        and wait until it runs; returns its description."""
+    async def _acquire(self, tier, zone, movable=False):
+        """Launch (or restart) an instance for ``tier`` in ``zone`` (None: any allowed subnet;
+        ``movable``: another zone when ``zone`` has no capacity) and wait until it runs;
+        returns its description."""
         self.instance_type = self._tier_setting(
             tier, "instance_type", self.instance_types, self.default_instance_type
         )
         self.tier_slug = tier.slug
-        subnets = await self._subnets(zone)
+        subnets = await self._subnets(zone, movable)
         inst = None
         self._reused = False
         if self.reuse_stopped:
-            inst = await self._restart_stopped(tier, {az for _, az in subnets})
+            # a stopped instance in another zone is no reason to move the volume
+            inst = await self._restart_stopped(tier, {zone} if zone else {az for _, az in subnets})
             self._reused = inst is not None
         self._launched_at = time.monotonic()
         if inst is None:
@@ -469,14 +486,19 @@ class EC2Backend(Backend, aws.AWS):
         ``start`` then only writes the launch spec; ``stop(now=True)`` of an
         instance never taken terminates it.
         """
-        zone = self.spawner.volume.zone()
+        zone, movable = self._volume_zone()
         self._prepared = True
         if await self._take_from_pool(tier, zone):
             self.host = self._host_info()
             return self.host
         where = f" in {zone}, where your volume is" if zone else ""
         self.emit(f"Launching your {tier.display_name} instance{where} while your server keeps running")
-        inst = await self._acquire(tier, zone)
+        inst = await self._acquire(tier, zone, movable)
+        if zone and self.zone != zone:
+            self.emit(
+                f"Your {tier.display_name} instance runs in {self.zone} ({zone} had no capacity): "
+                "your volume will be copied there at the switch"
+            )
         await self._resolve_address(inst)
         await self._wait_bootstrap()
         self.host = self._host_info()
@@ -593,8 +615,8 @@ class EC2Backend(Backend, aws.AWS):
         state = (inst or {}).get("State", {}).get("Name")
         if state != "running":
             self._fail(f"The instance {self.instance_id} prepared for this switch is {state or 'gone'}.")
-        zone = self.spawner.volume.zone()
-        if zone and inst["Placement"]["AvailabilityZone"] != zone:
+        zone, movable = self._volume_zone()
+        if zone and inst["Placement"]["AvailabilityZone"] != zone and not movable:
             self._fail(
                 f"The instance {self.instance_id} prepared for this switch is in "
                 f"{inst['Placement']['AvailabilityZone']}, but your volume is in {zone}."
@@ -645,7 +667,13 @@ class EC2Backend(Backend, aws.AWS):
                     kwargs["IamInstanceProfile"] = {key: self.iam_instance_profile}
                 if self.key_name:
                     kwargs["KeyName"] = self.key_name
-                self.emit(f"Launching a {self.instance_type} in {az}")
+                if tries and az not in tries:
+                    self.emit(
+                        f"Launching a {self.instance_type} in {az} instead (no capacity in "
+                        f"{', '.join(sorted(set(tries)))})"
+                    )
+                else:
+                    self.emit(f"Launching a {self.instance_type} in {az}")
                 try:
                     # botocore retries throttling (adaptive mode) but hands
                     # capacity errors back at once: we try the next subnet

@@ -8,7 +8,10 @@ start (``c.DSComputeSpawner.service_api_token`` = the service's
 ``spawner_token``), compared in constant time; not by HubOAuth.
 
 - ``GET api/hub/budget?user=<name>&group=<g>...`` -> ``{"budget": <budget_status>}``
-- ``POST api/hub/events {"user","server_name","to_profile","policy","reason"}`` -> 204
+- ``POST api/hub/events {"user","server_name","to_profile","policy","reason"}`` -> 204: a
+  spawn refusal; ``{"user","server_name","to_profile","volume": "move","outcome","reason"}``:
+  a volume moving to another zone (``started``, ``done``, ``undone``, ``failed``), audited
+  as ``volume:move`` in the switch running for that server
 - ``GET api/hub/prepare?version=<n>&wait=<seconds>`` -> ``{"version", "wanted": [<intent>]}``:
   the machines switches want prepared (:mod:`.prepare`), answered once the
   set differs from ``version`` or after ``wait`` (at most 60) seconds
@@ -33,6 +36,8 @@ from .prepare import PREPARE_STATUSES
 __all__ = ["hub_handlers"]
 
 POLICY_KINDS = ("cap", "budget")
+#: volume events the spawner reports (``volume:<kind>`` in the audit log) and their outcomes
+VOLUME_EVENTS = {"move": ("started", "done", "undone", "failed")}
 
 
 class HubSideHandler(web.RequestHandler):
@@ -84,6 +89,8 @@ class EventsHandler(HubSideHandler):
         for key in ("user", "server_name", "to_profile", "reason"):
             if not isinstance(body.get(key), str):
                 return self.fail(400, f"'{key}' must be a string.", key)
+        if "volume" in body:
+            return self._volume_event(body)
         if body.get("policy") not in POLICY_KINDS:
             return self.fail(400, f"'policy' must be one of {', '.join(POLICY_KINDS)}.", "policy")
         self.settings["store"].audit(
@@ -93,6 +100,29 @@ class EventsHandler(HubSideHandler):
             server_name=body["server_name"],
             to_profile=body["to_profile"],
             outcome="refused",
+            reason=body["reason"][:1000],
+        )
+        self.set_status(204)
+        self.finish()
+
+    def _volume_event(self, body):
+        """``volume:move`` with its outcome, in the switch running for that server (if any)."""
+        outcomes = VOLUME_EVENTS.get(body["volume"]) if isinstance(body["volume"], str) else None
+        if outcomes is None:
+            return self.fail(400, f"'volume' must be one of {', '.join(VOLUME_EVENTS)}.", "volume")
+        if body.get("outcome") not in outcomes:
+            return self.fail(400, f"'outcome' must be one of {', '.join(outcomes)}.", "outcome")
+        store = self.settings["store"]
+        active = store.active_switch(body["user"], body["server_name"])
+        store.audit(
+            f"volume:{body['volume']}",
+            actor=body["user"],
+            user=body["user"],
+            server_name=body["server_name"],
+            switch_id=active["id"] if active else None,
+            from_profile=active["from_profile"] if active else None,
+            to_profile=body["to_profile"],
+            outcome=body["outcome"],
             reason=body["reason"][:1000],
         )
         self.set_status(204)

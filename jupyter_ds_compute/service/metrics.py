@@ -145,6 +145,18 @@ class DSComputeCollector:
             grant.add_metric([r["f"], r["t"]], r["n"])
         yield grant
 
+        moves = CounterMetricFamily(
+            "ds_compute_volume_moves",
+            "Volumes moved to another availability zone (started, done, undone, failed; reported by the hub).",
+            labels=["tier", "outcome"],
+        )
+        for r in db.execute(
+            "SELECT COALESCE(to_profile, '') AS t, outcome, COUNT(*) AS n FROM audit"
+            " WHERE event = 'volume:move' GROUP BY t, outcome"
+        ):
+            moves.add_metric([r["t"], r["outcome"] or ""], r["n"])
+        yield moves
+
         pool_machines = GaugeMetricFamily(
             "ds_compute_warm_pool_machines",
             "Instances booted and waiting in a tier's warm pools (reported by the hub).",

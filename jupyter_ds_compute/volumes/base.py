@@ -11,12 +11,16 @@ Abstract: :meth:`~VolumeDriver.ensure`, :meth:`~VolumeDriver.attach`,
 :meth:`~VolumeDriver.detach`, :meth:`~VolumeDriver.delete`.  With defaults:
 :meth:`~VolumeDriver.describe`, :meth:`~VolumeDriver.zone`,
 :meth:`~VolumeDriver.wrap_command`, :meth:`~VolumeDriver.get_state`,
-:meth:`~VolumeDriver.load_state` and the attributes :attr:`~VolumeDriver.owner`,
-:attr:`~VolumeDriver.needs_root_exec`, :attr:`~VolumeDriver.delete_by_default`.
+:meth:`~VolumeDriver.load_state`, the zone move (:meth:`~VolumeDriver.move_to_zone`,
+:meth:`~VolumeDriver.finish_move`, :meth:`~VolumeDriver.undo_move`) and the
+attributes :attr:`~VolumeDriver.owner`, :attr:`~VolumeDriver.needs_root_exec`,
+:attr:`~VolumeDriver.delete_by_default`, :attr:`~VolumeDriver.moves_across_zones`.
 
 Order of calls for one start: (``owner`` set from the backend) → ``ensure``
-→ (backend ``prepare``, which may ask ``zone()``) → ``attach`` →
-``describe`` → ``wrap_command``. Stop: ``detach`` → ``describe``. Delete of
+→ (backend ``prepare``, which may ask ``zone()`` and
+``moves_across_zones``) → (``move_to_zone`` when the machine is in another
+zone) → ``attach`` → ``describe`` → ``wrap_command`` → (the server answers)
+``finish_move``; a failed start: ``detach`` → ``undo_move``. Stop: ``detach`` → ``describe``. Delete of
 the user or named server: ``delete``.
 
 Errors: raise :class:`VolumeError` (a :class:`~jupyter_ds_compute.errors.DSComputeError`)
@@ -167,6 +171,47 @@ class VolumeDriver(LoggingConfigurable):
         ``"volume vol-0abc"``; what deliberately stays, e.g. a final snapshot).
         """
         raise NotImplementedError
+
+    #: True when :meth:`move_to_zone` can copy the volume into another zone
+    #: (EBS: snapshot, then a new volume from it). A backend whose machines
+    #: have no capacity in :meth:`zone` may then launch in another zone; the
+    #: spawner moves the volume there before :meth:`attach`. May be a trait.
+    moves_across_zones = False
+
+    #: a move whose original is not deleted yet (a JSON-able dict the driver
+    #: keeps in its state), else None: the spawner calls :meth:`finish_move`
+    #: once the server answers
+    moved_from: dict | None = None
+
+    async def move_to_zone(self, zone: str, progress) -> dict:
+        """Copy the (detached) volume into ``zone`` and make the copy this
+        server's volume (:attr:`volume_id`, :meth:`zone`); the original stays
+        untouched until :meth:`finish_move` (the server is up on the copy) or
+        :meth:`undo_move` (the start failed).
+
+        Called by the spawner between the backend's ``prepare`` (whose host
+        is in ``zone``) and :meth:`attach`, only when
+        :attr:`moves_across_zones`. ``progress(message)`` shows a step on the
+        spawn page. Returns ``{"from": id, "from_zone": z, "to": id,
+        "to_zone": z, "via": what it was copied through}``. Raise
+        :class:`VolumeError`, changing nothing that holds data, if it cannot.
+        Default: refuses.
+        """
+        raise VolumeError(f"A {self.name} volume cannot move to another zone ({zone}).")
+
+    async def finish_move(self) -> dict | None:
+        """The server answered on the moved volume: delete the original (and
+        what was made only for the move). Idempotent; a move left pending by a
+        hub that stopped is finished by the next start that comes up. Returns
+        what :meth:`delete` returns, or None when no move is pending."""
+        return None
+
+    async def undo_move(self) -> dict | None:
+        """The start that moved the volume failed (the copy is detached): go
+        back to the original, untouched volume and delete the copy (nothing
+        was written to it but by the failed start). Returns ``{"kept": [...],
+        "deleted": [...]}``, or None when this start moved nothing."""
+        return None
 
     def wrap_command(self, cmd: list[str]) -> list[str]:
         """The server's argv, prefixed when mounting must happen in its namespace.

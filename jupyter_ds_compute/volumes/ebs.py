@@ -17,6 +17,17 @@ An attachment stuck in ``attaching`` (it happens on real EC2) is bounded by
 :attr:`EBSVolume.attach_timeout`; then the attachment is force-detached and
 the start fails, so the switch rolls back to the previous tier.
 
+When a tier's instances have no capacity in the volume's zone, the EC2
+backend may launch in another allowed zone (:attr:`EBSVolume.move_across_zones`):
+the volume then moves (:meth:`EBSVolume.move_to_zone`): a snapshot of the
+detached volume, a new volume from it in the instance's zone (same size,
+type, encryption; tagged ``ds-compute:moved-from``), attached instead. The
+original and the snapshot stay until the server answers on the new volume
+(:meth:`EBSVolume.finish_move` deletes both); a start that fails goes back to
+the original and deletes the copy (:meth:`EBSVolume.undo_move`), keeping the
+snapshot. The pending move is in spawner state, so a hub that stops midway
+loses nothing: the next start that comes up finishes it.
+
 On the instance, the user-data finds the device by volume id (NVMe serial,
 ``/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol…``), formats it only
 when it holds no file system, and mounts it at :attr:`EBSVolume.mount_path`.
@@ -33,6 +44,9 @@ from ..backends import aws
 from ..names import safe_name
 from .base import VolumeDriver, VolumeError
 
+#: tag of a volume made by a zone move: the id of the volume it was copied from
+MOVED_TAG = "ds-compute:moved-from"
+
 
 class EBSVolume(VolumeDriver, aws.AWS):
     """An EBS volume per user that follows them from instance to instance."""
@@ -41,8 +55,9 @@ class EBSVolume(VolumeDriver, aws.AWS):
 
     availability_zone = Unicode(
         help="""
-        Availability zone of new volumes (an EBS volume never leaves its AZ,
-        so every tier's instances for this user launch there).
+        Availability zone of new volumes (an EBS volume is bound to its AZ,
+        so every tier's instances for this user launch there, unless a tier
+        has no capacity there: see :attr:`move_across_zones`).
         Default: ``<region>a``.
 
         Example::
@@ -140,8 +155,40 @@ class EBSVolume(VolumeDriver, aws.AWS):
         """,
     ).tag(config=True)
 
+    move_across_zones = Bool(
+        True,
+        help="""
+        Let the volume move to another availability zone when the tier's
+        instances have no capacity in its zone (``InsufficientInstanceCapacity``
+        there, capacity in another of ``c.EC2Backend.subnet_ids``' zones): a
+        snapshot, a new volume from it there, the original deleted once the
+        server answers on the new one. False: such a start fails with the
+        capacity error instead.
+
+        Example::
+
+            c.EBSVolume.move_across_zones = False
+
+        .. versionadded:: 0.4
+        """,
+    ).tag(config=True)
+
+    move_timeout = Float(
+        3600.0,
+        help="""
+        Seconds for a zone move's snapshot to complete and its new volume to
+        become ``available`` (a snapshot's first copy of a large volume takes
+        long; later ones are incremental). Longer: the start fails, the
+        original volume untouched.
+        """,
+    ).tag(config=True)
+
     # state
     _zone = None
+    #: a zone move whose original is not deleted yet: {"volume_id", "zone", "snapshot_id", "at"}
+    moved_from = None
+    #: this driver object moved the volume (in this start): a failed start undoes it
+    _moved_here = False
     attached_to = ""
     device = ""
     last_snapshot = 0.0
@@ -188,7 +235,10 @@ class EBSVolume(VolumeDriver, aws.AWS):
             and "ds-compute:tier" not in aws.tag_dict(v.get("Tags"))
         ]
         vols.sort(key=lambda v: v["CreateTime"])
-        return vols[0] if vols else None
+        # a zone move not finished yet: the copy is the one in use, not its original
+        superseded = {aws.tag_dict(v.get("Tags")).get(MOVED_TAG) for v in vols}
+        current = [v for v in vols if v["VolumeId"] not in superseded] or vols
+        return current[0] if current else None
 
     async def ensure(self):
         vol = None
@@ -435,6 +485,212 @@ class EBSVolume(VolumeDriver, aws.AWS):
         await self._wait_state("available", self.detach_timeout)
         self.attached_to = self.device = ""
 
+    # -- moving to another zone --------------------------------------------------
+
+    @property
+    def moves_across_zones(self):
+        return self.move_across_zones
+
+    async def move_to_zone(self, zone, progress):
+        """Snapshot the detached volume, make a new volume from it in ``zone``
+        and use that one; the original stays until :meth:`finish_move`.
+
+        Refused (nothing changed) while the volume is attached or busy. A copy
+        left by an earlier move that never got into the state is deleted first.
+        """
+        vol = await self._describe()
+        if vol is None:
+            self._refuse(f"Volume {self.volume_id} does not exist.")
+        old_id, old_zone = vol["VolumeId"], vol["AvailabilityZone"]
+        if old_zone == zone:
+            return {"from": old_id, "from_zone": old_zone, "to": old_id, "to_zone": zone, "via": None}
+        if vol["State"] != "available" or vol.get("Attachments"):
+            self._refuse(
+                f"Volume {old_id} is {vol['State']} (attached): it can move to {zone} only when detached."
+            )
+        if self.moved_from:
+            self._refuse(
+                f"Volume {old_id} is itself the copy of {self.moved_from['volume_id']} from an unfinished "
+                "move; start the server once where it is, then switch again."
+            )
+        started = time.monotonic()
+        await self._delete_stale_copies(old_id)
+        progress(
+            f"Your volume {old_id} is in {old_zone}, your machine in {zone}: "
+            f"copying the volume to {zone} (snapshot, then a new volume)"
+        )
+        snap = await self.snapshot(reason="zone-move")
+        await self._wait_snapshot(snap, progress)
+        tags = self._tags()
+        tags[MOVED_TAG] = old_id
+        kwargs = dict(
+            AvailabilityZone=zone,
+            SnapshotId=snap,
+            Size=vol["Size"],
+            VolumeType=vol.get("VolumeType") or self.volume_type,
+            Encrypted=True,
+            TagSpecifications=[{"ResourceType": "volume", "Tags": aws.tag_list(tags)}],
+            ClientToken=hashlib.sha256(f"{self.hub_id}/{self._key()}/{snap}/{zone}".encode()).hexdigest()[
+                :64
+            ],
+        )
+        # the copy performs like the original
+        if kwargs["VolumeType"] in ("io1", "io2", "gp3") and vol.get("Iops"):
+            kwargs["Iops"] = vol["Iops"]
+        if kwargs["VolumeType"] == "gp3" and vol.get("Throughput"):
+            kwargs["Throughput"] = vol["Throughput"]
+        if vol.get("KmsKeyId") or self.kms_key_id:
+            kwargs["KmsKeyId"] = vol.get("KmsKeyId") or self.kms_key_id
+        try:
+            new = await self.aws("ec2", "create_volume", **kwargs)
+        except Exception as e:
+            raise VolumeError(
+                f"Could not make a copy of your volume in {zone}: {aws.error_message(e)}. "
+                f"Your volume {old_id} in {old_zone} was not touched (snapshot {snap} kept).",
+                log_message=f"create_volume from {snap} in {zone} for {self.log_name} failed: {e!r}",
+            ) from None
+        self.moved_from = {"volume_id": old_id, "zone": old_zone, "snapshot_id": snap, "at": time.time()}
+        self.volume_id, self._zone, self._moved_here = new["VolumeId"], zone, True
+        self.attached_to = self.device = ""
+        if new.get("State") != "available":
+            try:
+                await self._wait_state("available", self.move_timeout)
+            except VolumeError:
+                await self.undo_move()
+                raise
+        self.log.info(
+            "Volume of %s moved %s (%s) -> %s (%s) via %s in %.1fs; the original stays until the server is up",
+            self.log_name, old_id, old_zone, self.volume_id, zone, snap, time.monotonic() - started,
+        )  # fmt: skip
+        progress(f"Your volume is now {self.volume_id} in {zone} ({time.monotonic() - started:.0f}s)")
+        return {"from": old_id, "from_zone": old_zone, "to": self.volume_id, "to_zone": zone, "via": snap}
+
+    async def _wait_snapshot(self, snap, progress):
+        shown = [None]
+
+        async def probe():
+            r = await self.aws("ec2", "describe_snapshots", SnapshotIds=[snap])
+            (info,) = r.get("Snapshots") or [{}]
+            state = info.get("State")
+            if state == "error":
+                raise VolumeError(
+                    f"The snapshot {snap} of your volume failed ({info.get('StateMessage') or 'error'}); "
+                    "your volume was not touched.",
+                    log_message=f"snapshot {snap} of {self.volume_id} for {self.log_name}: error",
+                )
+            if state != "completed" and info.get("Progress") != shown[0]:
+                shown[0] = info.get("Progress")
+                if shown[0]:
+                    progress(f"Snapshot {snap} of your volume: {shown[0]}")
+            return state == "completed"
+
+        try:
+            await aws.wait_until(probe, what=f"snapshot {snap}", timeout=self.move_timeout, cap=5)
+        except aws.WaitTimeout as e:
+            raise VolumeError(
+                f"The snapshot {snap} of your volume did not complete in {self.move_timeout:g}s; "
+                "your volume was not touched.",
+                log_message=str(e),
+            ) from None
+
+    async def _delete_stale_copies(self, old_id):
+        """Delete copies of ``old_id`` an interrupted earlier move made (not in the
+        state: the original is still the volume in use, so they hold nothing newer)."""
+        r = await self.aws(
+            "ec2",
+            "describe_volumes",
+            Filters=self.owner_filters(self.spawner) + [{"Name": f"tag:{MOVED_TAG}", "Values": [old_id]}],
+        )
+        for v in r.get("Volumes", []):
+            if (
+                v["State"] != "available"
+                or v.get("Attachments")
+                or not self.is_ours(v.get("Tags"), self.spawner)
+            ):
+                continue
+            self.log.warning(
+                "Deleting %s, a copy of %s left by an interrupted zone move (%s)",
+                v["VolumeId"], old_id, self.log_name,
+            )  # fmt: skip
+            await self.aws_delete(
+                "ec2", "delete_volume", not_found="InvalidVolume.NotFound", error=VolumeError,
+                what=f"volume {v['VolumeId']}", VolumeId=v["VolumeId"],
+            )  # fmt: skip
+
+    async def _describe_id(self, vid):
+        try:
+            r = await self.aws("ec2", "describe_volumes", VolumeIds=[vid])
+        except Exception as e:
+            if aws.error_code(e) in ("InvalidVolume.NotFound", "InvalidVolumeID.Malformed"):
+                return None
+            raise
+        return (r.get("Volumes") or [None])[0]
+
+    async def finish_move(self):
+        """Delete the original of a finished move and the move's snapshot."""
+        moved = self.moved_from
+        if not moved:
+            return None
+        old, snap = moved["volume_id"], moved.get("snapshot_id")
+        deleted = []
+        try:
+            if await self._delete_original():
+                deleted.append(f"volume {old}")
+        except VolumeError as e:
+            self.log.warning("%s; kept, retried at the next start", e.log_message)
+            return {"id": old, "deleted": [], "kept": [f"volume {old}"]}
+        if snap:
+            await self.aws_delete(
+                "ec2", "delete_snapshot", not_found="InvalidSnapshot.NotFound", error=VolumeError,
+                what=f"snapshot {snap}", SnapshotId=snap,
+            )  # fmt: skip
+            deleted.append(f"snapshot {snap}")
+        self.moved_from = None
+        self._moved_here = False
+        self.log.info("Zone move of %s finished: deleted %s", self.log_name, ", ".join(deleted) or "nothing")
+        return {"id": old, "deleted": deleted, "kept": []}
+
+    async def _delete_original(self):
+        """Delete the original of the pending move (True), or find it gone (False).
+        Refused (VolumeError) while it is attached or not tagged as ours."""
+        old = self.moved_from["volume_id"]
+        vol = await self._describe_id(old)
+        if vol is None or vol["State"] in ("deleting", "deleted"):
+            return False
+        if not self.is_ours(vol.get("Tags"), self.spawner):
+            self._refuse(f"Volume {old} (the original of a zone move) is not tagged as this server's.")
+        if vol.get("Attachments"):
+            self._refuse(f"Volume {old} (the original of a zone move) is attached to an instance.")
+        await self.aws_delete(
+            "ec2", "delete_volume", not_found="InvalidVolume.NotFound", error=VolumeError,
+            what=f"volume {old}", VolumeId=old,
+        )  # fmt: skip
+        return True
+
+    async def undo_move(self):
+        """Back to the original volume; the copy (detached) is deleted, the snapshot kept."""
+        moved = self.moved_from
+        if not (moved and self._moved_here):
+            return None
+        copy = self.volume_id
+        self.attached_to = ""
+        await self._detach(force=False)
+        await self.aws_delete(
+            "ec2", "delete_volume", not_found="InvalidVolume.NotFound", error=VolumeError,
+            what=f"volume {copy}", VolumeId=copy,
+        )  # fmt: skip
+        self.volume_id, self._zone = moved["volume_id"], moved["zone"]
+        self.moved_from, self._moved_here = None, False
+        self.attached_to = self.device = ""
+        self.log.warning(
+            "Zone move of %s undone: back on %s in %s, copy %s deleted, snapshot %s kept",
+            self.log_name, self.volume_id, self._zone, copy, moved.get("snapshot_id"),
+        )  # fmt: skip
+        return {
+            "kept": [f"volume {self.volume_id}", f"snapshot {moved.get('snapshot_id')}"],
+            "deleted": [f"volume {copy}"],
+        }
+
     # -- snapshots and deletion -------------------------------------------------
 
     async def snapshot(self, reason="manual"):
@@ -482,15 +738,23 @@ class EBSVolume(VolumeDriver, aws.AWS):
         if self.snapshot_before_delete:
             final = await self.snapshot(reason="before-delete")
             kept.append(f"final snapshot {final}")
+        if self.moved_from:
+            # a zone move not finished: its original goes too (the snapshots below with it)
+            if await self._delete_original():
+                deleted.append(f"volume {self.moved_from['volume_id']}")
+            self.moved_from = None
+        # every snapshot this hub made for this server (of this volume, or of the
+        # ones it was moved from) but the final ones an earlier deletion kept
         r = await self.aws(
-            "ec2",
-            "describe_snapshots",
-            OwnerIds=["self"],
-            Filters=[{"Name": "volume-id", "Values": [vid]}] + self.owner_filters(self.spawner),
+            "ec2", "describe_snapshots", OwnerIds=["self"], Filters=self.owner_filters(self.spawner)
         )
         for snap in r.get("Snapshots", []):
             sid = snap["SnapshotId"]
-            if sid == final or not self.is_ours(snap.get("Tags"), self.spawner):
+            tags = snap.get("Tags")
+            if sid == final or not self.is_ours(tags, self.spawner):
+                continue
+            if aws.tag_dict(tags).get("ds-compute:reason") == "before-delete":
+                kept.append(f"final snapshot {sid} of an earlier deletion")
                 continue
             await self.aws_delete(
                 "ec2", "delete_snapshot", not_found="InvalidSnapshot.NotFound", error=VolumeError,
@@ -536,11 +800,14 @@ class EBSVolume(VolumeDriver, aws.AWS):
             info["state"] = vol["State"]
             atts = [a for a in vol.get("Attachments") or [] if a.get("State") in ("attaching", "attached")]
             info["attached_to"] = atts[0]["InstanceId"] if atts else None
+        if self.moved_from:
+            info["moved_from"] = self.moved_from["volume_id"]
         return info
 
     def zone(self):
-        """The volume's availability zone (known after ``ensure``): an EBS volume
-        never leaves it, so the EC2 backend launches only there."""
+        """The volume's availability zone (known after ``ensure``): the EC2
+        backend launches there (elsewhere only when that zone has no capacity
+        and :attr:`move_across_zones` lets the volume follow)."""
         return self._zone
 
     def get_state(self):
@@ -553,6 +820,7 @@ class EBSVolume(VolumeDriver, aws.AWS):
             "attached_to": self.attached_to,
             "device": self.device,
             "last_snapshot": self.last_snapshot,
+            "moved_from": self.moved_from,
         }
 
     def load_state(self, state):
@@ -561,3 +829,4 @@ class EBSVolume(VolumeDriver, aws.AWS):
         self.attached_to = state.get("attached_to", "")
         self.device = state.get("device", "")
         self.last_snapshot = state.get("last_snapshot", 0.0)
+        self.moved_from = state.get("moved_from")
