@@ -23,7 +23,10 @@ Run as ``python tests/aws/motoserver.py --port N`` (tests start it through
 - EBS snapshots that take time (moto's complete at once): for
   ``delays["snapshot"]`` seconds after a ``CreateSnapshot`` the snapshot
   reads ``pending`` with a growing ``progress``; a ``CreateVolume`` from it
-  meanwhile is refused with ``IncorrectState``, as EC2 refuses it.
+  meanwhile is refused with ``IncorrectState``, as EC2 refuses it. EBS
+  snapshots are incremental: a volume's later snapshots take
+  ``delays["snapshot_incremental"]`` (default: the same) — the blocks
+  changed since the last one, small when it was a moment ago.
 
 Control endpoints (JSON): ``POST /_fault/arm`` a rule, ``POST /_fault/reset``,
 ``GET /_fault/stats``, ``POST /_fault/rate`` ``{"RunInstances": [burst, per_s]}``,
@@ -76,8 +79,10 @@ class FaultMiddleware:
         self.attached = {}
         #: volume id -> (until, instance id, device) of an emulated detach
         self.detaching = {}
-        #: snapshot id -> monotonic time of its CreateSnapshot
+        #: snapshot id -> (monotonic time of its CreateSnapshot, seconds it takes)
         self.snapshots = {}
+        #: volume id -> how many snapshots were taken of it
+        self.snapshotted = {}
         self.reset()
 
     def reset(self):
@@ -173,7 +178,10 @@ class FaultMiddleware:
             if action == "DescribeVolumes" and not rule:
                 return self._rewrite(environ, start_response, self._delay_volumes)
             if self.delays.get("snapshot") and action in ("CreateSnapshot", "DescribeSnapshots"):
-                return self._rewrite(environ, start_response, self._delay_snapshots)
+                volume = params.get("VolumeId", "") if action == "CreateSnapshot" else ""
+                return self._rewrite(
+                    environ, start_response, lambda text: self._delay_snapshots(text, volume)
+                )
             if self.delays.get("snapshot") and action == "CreateVolume" and not rule:
                 pending = self._snapshot_progress(params.get("SnapshotId", ""))
                 if pending is not None:
@@ -250,8 +258,7 @@ class FaultMiddleware:
     def _snapshot_progress(self, sid):
         """Percent done of a snapshot still pending, else None."""
         with self.lock:
-            created = self.snapshots.get(sid)
-        took = self.delays.get("snapshot", 0)
+            created, took = self.snapshots.get(sid, (None, 0.0))
         if created is None or time.monotonic() >= created + took:
             return None
         return int(100 * (time.monotonic() - created) / took)
@@ -260,12 +267,19 @@ class FaultMiddleware:
         r"<snapshotId>(snap-[0-9a-f]+)</snapshotId>.*?(?=<snapshotId>|</snapshotSet>|$)", re.S
     )
 
-    def _delay_snapshots(self, text):
+    def _delay_snapshots(self, text, volume=""):
         def fix(m):
             sid, item = m.group(1), m.group(0)
             if "<CreateSnapshotResponse" in text:
                 with self.lock:
-                    self.snapshots.setdefault(sid, time.monotonic())
+                    n = self.snapshotted.get(volume, 0)
+                    self.snapshotted[volume] = n + 1
+                    took = (
+                        self.delays["snapshot"]
+                        if n == 0
+                        else self.delays.get("snapshot_incremental", self.delays["snapshot"])
+                    )
+                    self.snapshots.setdefault(sid, (time.monotonic(), took))
             pct = self._snapshot_progress(sid)
             if pct is None:
                 return item
@@ -399,10 +413,14 @@ class MotoServer:
     def clear_calls(self):
         return self.control("POST", "calls")
 
-    def set_delays(self, attach=0.0, detach=0.0, snapshot=0.0):
+    def set_delays(self, attach=0.0, detach=0.0, snapshot=0.0, snapshot_incremental=None):
         """EBS attach/detach/snapshots that take ``attach``/``detach``/``snapshot``
-        seconds (0: instant, moto's)."""
-        return self.control("POST", "delays", {"attach": attach, "detach": detach, "snapshot": snapshot})
+        seconds (0: instant, moto's); a volume's later snapshots ``snapshot_incremental``
+        (None: ``snapshot``)."""
+        delays = {"attach": attach, "detach": detach, "snapshot": snapshot}
+        if snapshot_incremental is not None:
+            delays["snapshot_incremental"] = snapshot_incremental or 0.001
+        return self.control("POST", "delays", delays)
 
     def env(self):
         """Environment for boto3 clients of this server."""
