@@ -631,6 +631,23 @@ class DSComputeSpawner(Spawner):
 
     # -- a volume that moves to the machine's zone ----------------------------------
 
+    async def _prepare_move(self, volume, zone, switch_id, watch):
+        """The machine prepared for a switch is in another zone: let the volume get
+        ready for the move while the server runs (best effort: the cut-over copies
+        everything if this fails)."""
+        reports = []
+
+        def progress(message):
+            self.log.info("%s: %s", self._log_name, message)
+            reports.append(asyncio.ensure_future(watch.report(switch_id, "preparing", message)))
+
+        try:
+            await volume.prepare_move(zone, progress)
+        except Exception as e:  # noqa: BLE001 - an optimisation; the move itself copies everything
+            self.log.warning("Preparing the volume move of %s to %s failed: %s", self._log_name, zone, e)
+        if reports:
+            await asyncio.gather(*reports, return_exceptions=True)
+
     async def _move_volume(self, tier, volume, zone):
         """Copy the volume into ``zone``, where the backend found capacity (EBS:
         snapshot → new volume); the original stays until the server answers."""
@@ -994,6 +1011,8 @@ class DSComputeSpawner(Spawner):
             host = await backend.prepare_ahead(tier, cmd, env, path, key)
         finally:
             relaying.cancel()
+        if host.zone and volume.zone() and host.zone != volume.zone() and volume.moves_across_zones:
+            await self._prepare_move(volume, host.zone, intent["switch"], watch)
         ahead.update(tier=tier.slug, spec=plugins.plugin_spec(spec), key=key, options=options)
         return host
 

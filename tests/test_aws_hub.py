@@ -374,9 +374,11 @@ def audit_page(hub, user, needle):
 
 
 def test_no_capacity_in_the_volumes_zone_moves_the_volume_and_loses_nothing(hub, ec2, moto, emulator):
-    """gpu has capacity only in us-east-1b: the switch launches there, copies the
-    volume through a snapshot (progress shows it), the server comes up on the
-    copy with every file, and then the original and the snapshot are deleted."""
+    """gpu has capacity only in us-east-1b: the switch launches there, snapshots
+    the volume while the old server serves, copies it through a second
+    (incremental) snapshot at the cut-over (progress shows it), the server comes
+    up on the copy with every file, and then the original and the snapshots are
+    deleted."""
     user = hub.create_user("aws-move")
     token = hub.user_token(user)
     hub.spawn(user, {"profile": "small"}, timeout=180)
@@ -387,7 +389,7 @@ def test_no_capacity_in_the_volumes_zone_moves_the_volume_and_loses_nothing(hub,
         action="RunInstances", error="InsufficientInstanceCapacity", status=500,
         match={"InstanceType": "g5.xlarge", "SubnetId": subnet_in(ec2, "us-east-1a")},
     )  # fmt: skip
-    moto.set_delays(snapshot=2)
+    moto.set_delays(snapshot=2, snapshot_incremental=0.5)
     try:
         with AttachmentWatch(user) as watch:
             rec = switch(hub, user, token, "gpu", timeout=300)
@@ -413,6 +415,9 @@ def test_no_capacity_in_the_volumes_zone_moves_the_volume_and_loses_nothing(hub,
     assert f"{user}: Moving your volume from us-east-1a to us-east-1b, where your GPU machine is" in log
     assert f"{user}: Launching a g5.xlarge in us-east-1b instead (no capacity in us-east-1a)" in log
     assert f"{user}: Snapshot snap-" in log  # its progress
+    # make before break: a first copy while the old server served, only the rest at the cut-over
+    assert f"{user}: Copying your volume {original['VolumeId']} ahead for the move to us-east-1b" in log
+    assert f"{user}: Copy ahead done" in log
     # never reformatted: the copy has the file system of the original
     assert "formatting" not in emulator.console(inst["InstanceId"])
     page = audit_page(hub, user, 'data-outcome="done"')
@@ -457,7 +462,8 @@ def test_a_move_whose_start_fails_goes_back_to_the_original(hub, ec2, moto):
     assert vol["VolumeId"] == original["VolumeId"] and vol["AvailabilityZone"] == "us-east-1a"
     assert read(hub, user, token, "keep.txt") == "still here"
     snaps = user_snapshots(ec2, user)
-    assert [t["ds-compute:reason"] for t in snaps.values()] == ["zone-move"]  # kept with the original
+    # kept with the original: the one taken ahead (make before break) and the cut-over's
+    assert sorted(t["ds-compute:reason"] for t in snaps.values()) == ["zone-move", "zone-move-ahead"]
     assert "Back on your volume" in hub.log_path.read_text(errors="replace")
     page = audit_page(hub, user, 'data-outcome="undone"')
     assert 'data-event="volume:move" data-outcome="started"' in page

@@ -467,6 +467,47 @@ async def test_ebs_move_copies_through_a_snapshot_and_keeps_the_original_until_f
     await again.delete()
 
 
+async def test_ebs_move_prepared_ahead_snapshots_the_volume_in_use_and_cleans_up(ec2, subnets, moto):
+    """Make before break: a snapshot while the server runs (the cut-over's is then
+    incremental); the server's attachment is untouched; both snapshots go at the end."""
+    user = "move-ahead"
+    spawner, backend, volume = make(user, subnets)
+    host, _ = await start_host(spawner, backend, volume)
+    old = volume.volume_id
+    moto.set_delays(snapshot=1.0, snapshot_incremental=0.2)
+    try:
+        shown = []
+        ahead = await volume.prepare_move("us-east-1b", shown.append)
+        assert attachments(ec2, old) == [host.id]  # the server's volume is not touched
+        assert any(m.startswith("Copy ahead done") for m in shown), shown
+        assert aws.tag_dict(our_snapshots(ec2, user)[ahead]["Tags"])["ds-compute:reason"] == "zone-move-ahead"
+        await stop_host(backend, volume)
+        move = await volume.move_to_zone("us-east-1b", lambda m: None)
+    finally:
+        moto.set_delays()
+    assert set(our_snapshots(ec2, user)) == {ahead, move["via"]}
+    result = await volume.finish_move()
+    assert result["deleted"] == [f"volume {old}", f"snapshot {move['via']}", f"snapshot {ahead}"]
+    assert our_snapshots(ec2, user) == {} and set(volumes_of(ec2, user)) == {move["to"]}
+    await volume.delete()
+
+
+async def test_ebs_move_ahead_that_takes_too_long_goes_on_in_the_background(ec2, subnets, moto):
+    user = "move-ahead-slow"
+    _, _, volume = make(user, subnets, EBSVolume__prepare_move_wait=0.5)
+    await volume.ensure()
+    moto.set_delays(snapshot=5.0)
+    try:
+        shown = []
+        ahead = await volume.prepare_move("us-east-1b", shown.append)
+    finally:
+        moto.set_delays()
+    assert "The copy ahead goes on in the background" in shown[-1], shown
+    assert ahead in our_snapshots(ec2, user)
+    await volume.delete()
+    assert our_snapshots(ec2, user) == {}
+
+
 async def test_ebs_move_of_a_failed_start_is_undone_keeping_original_and_snapshot(ec2, subnets):
     user = "move-undo"
     _, _, volume = make(user, subnets)

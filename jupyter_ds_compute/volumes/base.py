@@ -11,8 +11,9 @@ Abstract: :meth:`~VolumeDriver.ensure`, :meth:`~VolumeDriver.attach`,
 :meth:`~VolumeDriver.detach`, :meth:`~VolumeDriver.delete`.  With defaults:
 :meth:`~VolumeDriver.describe`, :meth:`~VolumeDriver.zone`,
 :meth:`~VolumeDriver.wrap_command`, :meth:`~VolumeDriver.get_state`,
-:meth:`~VolumeDriver.load_state`, the zone move (:meth:`~VolumeDriver.move_to_zone`,
-:meth:`~VolumeDriver.finish_move`, :meth:`~VolumeDriver.undo_move`) and the
+:meth:`~VolumeDriver.load_state`, the zone move (:meth:`~VolumeDriver.prepare_move`,
+:meth:`~VolumeDriver.move_to_zone`, :meth:`~VolumeDriver.finish_move`,
+:meth:`~VolumeDriver.undo_move`) and the
 attributes :attr:`~VolumeDriver.owner`, :attr:`~VolumeDriver.needs_root_exec`,
 :attr:`~VolumeDriver.delete_by_default`, :attr:`~VolumeDriver.moves_across_zones`.
 
@@ -198,6 +199,16 @@ class VolumeDriver(LoggingConfigurable):
         Default: refuses.
         """
         raise VolumeError(f"A {self.name} volume cannot move to another zone ({zone}).")
+
+    async def prepare_move(self, zone: str, progress) -> None:
+        """Make a later :meth:`move_to_zone` to ``zone`` quicker, while the
+        volume is still in use (make before break: the target machine is in
+        ``zone``; the cut-over moves the volume). Must not change what the
+        server sees. EBS: a snapshot now, so the cut-over's is incremental.
+        Called by the spawner after the backend's ``prepare_ahead``, only when
+        :attr:`moves_across_zones`; a failure is logged, not raised to the
+        switch. Default: nothing."""
+        return None
 
     async def finish_move(self) -> dict | None:
         """The server answered on the moved volume: delete the original (and

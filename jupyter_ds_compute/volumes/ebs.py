@@ -46,6 +46,8 @@ from .base import VolumeDriver, VolumeError
 
 #: tag of a volume made by a zone move: the id of the volume it was copied from
 MOVED_TAG = "ds-compute:moved-from"
+#: ``ds-compute:reason`` of the snapshots a zone move takes (at the cut-over, and ahead)
+MOVE_REASON, PRECOPY_REASON = "zone-move", "zone-move-ahead"
 
 
 class EBSVolume(VolumeDriver, aws.AWS):
@@ -180,6 +182,17 @@ class EBSVolume(VolumeDriver, aws.AWS):
         become ``available`` (a snapshot's first copy of a large volume takes
         long; later ones are incremental). Longer: the start fails, the
         original volume untouched.
+        """,
+    ).tag(config=True)
+
+    prepare_move_wait = Float(
+        300.0,
+        help="""
+        Seconds a switch's prepare step waits for the snapshot taken ahead of
+        a zone move (while the old server serves; the cut-over's snapshot is
+        then incremental). Longer: the switch goes on and the snapshot
+        completes in the background (the cut-over's still copies only what
+        it lacks). Counts towards ``c.DSComputeService.prepare_timeout``.
         """,
     ).tag(config=True)
 
@@ -519,7 +532,7 @@ class EBSVolume(VolumeDriver, aws.AWS):
             f"Your volume {old_id} is in {old_zone}, your machine in {zone}: "
             f"copying the volume to {zone} (snapshot, then a new volume)"
         )
-        snap = await self.snapshot(reason="zone-move")
+        snap = await self.snapshot(reason=MOVE_REASON)
         await self._wait_snapshot(snap, progress)
         tags = self._tags()
         tags[MOVED_TAG] = old_id
@@ -565,7 +578,27 @@ class EBSVolume(VolumeDriver, aws.AWS):
         progress(f"Your volume is now {self.volume_id} in {zone} ({time.monotonic() - started:.0f}s)")
         return {"from": old_id, "from_zone": old_zone, "to": self.volume_id, "to_zone": zone, "via": snap}
 
-    async def _wait_snapshot(self, snap, progress):
+    async def prepare_move(self, zone, progress):
+        """A snapshot of the volume in use (crash-consistent; only a base): EBS
+        snapshots are incremental, so the cut-over's snapshot of the detached
+        volume then copies only what changed since. Deleted by :meth:`finish_move`."""
+        started = time.monotonic()
+        progress(
+            f"Copying your volume {self.volume_id} ahead for the move to {zone} (snapshot while you work)"
+        )
+        snap = await self.snapshot(reason=PRECOPY_REASON)
+        try:
+            await self._wait_snapshot(snap, progress, timeout=self.prepare_move_wait)
+        except VolumeError as e:
+            progress(f"The copy ahead goes on in the background ({e.message.split(';')[0]})")
+            return snap
+        progress(
+            f"Copy ahead done ({time.monotonic() - started:.0f}s): the switch copies only what changes now"
+        )
+        return snap
+
+    async def _wait_snapshot(self, snap, progress, timeout=None):
+        timeout = self.move_timeout if timeout is None else timeout
         shown = [None]
 
         async def probe():
@@ -585,10 +618,10 @@ class EBSVolume(VolumeDriver, aws.AWS):
             return state == "completed"
 
         try:
-            await aws.wait_until(probe, what=f"snapshot {snap}", timeout=self.move_timeout, cap=5)
+            await aws.wait_until(probe, what=f"snapshot {snap}", timeout=timeout, cap=5)
         except aws.WaitTimeout as e:
             raise VolumeError(
-                f"The snapshot {snap} of your volume did not complete in {self.move_timeout:g}s; "
+                f"The snapshot {snap} of your volume did not complete in {timeout:g}s; "
                 "your volume was not touched.",
                 log_message=str(e),
             ) from None
@@ -639,12 +672,21 @@ class EBSVolume(VolumeDriver, aws.AWS):
         except VolumeError as e:
             self.log.warning("%s; kept, retried at the next start", e.log_message)
             return {"id": old, "deleted": [], "kept": [f"volume {old}"]}
-        if snap:
+        # the move's snapshot, and those taken ahead of it (make before break)
+        r = await self.aws(
+            "ec2", "describe_snapshots", OwnerIds=["self"],
+            Filters=self.owner_filters(self.spawner) + [
+                {"Name": "volume-id", "Values": [old]},
+                {"Name": "tag:ds-compute:reason", "Values": [MOVE_REASON, PRECOPY_REASON]},
+            ],
+        )  # fmt: skip
+        snaps = {s["SnapshotId"] for s in r.get("Snapshots", []) if self.is_ours(s.get("Tags"), self.spawner)}
+        for sid in sorted(snaps | ({snap} if snap else set()), key=lambda x: x != snap):
             await self.aws_delete(
                 "ec2", "delete_snapshot", not_found="InvalidSnapshot.NotFound", error=VolumeError,
-                what=f"snapshot {snap}", SnapshotId=snap,
+                what=f"snapshot {sid}", SnapshotId=sid,
             )  # fmt: skip
-            deleted.append(f"snapshot {snap}")
+            deleted.append(f"snapshot {sid}")
         self.moved_from = None
         self._moved_here = False
         self.log.info("Zone move of %s finished: deleted %s", self.log_name, ", ".join(deleted) or "nothing")
