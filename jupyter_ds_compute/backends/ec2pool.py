@@ -198,13 +198,25 @@ class WarmPool:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run())
 
-    async def close(self) -> None:
-        """Stop keeping (the instances stay; tests terminate them)."""
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop keeping (the instances stay; tests terminate them).
+
+        Waits at most ``timeout`` seconds for the keeper's tasks to end: a task
+        cancelled inside an AWS call has been seen not to end (its thread's
+        answer never woke it), and a hub that stops must not hang on it."""
         tasks = [self.task] if self.task else []
         tasks += [t for ts in self.launching.values() for t in ts]
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                self.log.warning(
+                    "Warm pool keeper: %d task(s) did not stop within %gs of being cancelled: %s",
+                    len(pending),
+                    timeout,
+                    ", ".join(sorted(t.get_name() for t in pending)),
+                )
         for k, v in list(self._instances.items()):
             if v is self:
                 del self._instances[k]
