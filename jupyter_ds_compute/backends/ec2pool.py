@@ -132,6 +132,8 @@ class WarmPool:
         self._reported: dict[tuple[str, str], tuple[tuple, float]] = {}
         self._wake = asyncio.Event()
         self.task: asyncio.Task | None = None
+        #: set by close(): the keeper's loop ends even if a cancellation is lost
+        self._closed = False
         self._client = None
         #: launches the keeper made (tests, benchmarks)
         self.launches = 0
@@ -201,9 +203,11 @@ class WarmPool:
     async def close(self, timeout: float = 10.0) -> None:
         """Stop keeping (the instances stay; tests terminate them).
 
-        Waits at most ``timeout`` seconds for the keeper's tasks to end: a task
-        cancelled inside an AWS call has been seen not to end (its thread's
-        answer never woke it), and a hub that stops must not hang on it."""
+        Waits at most ``timeout`` seconds for the keeper's tasks to end (a
+        cancellation lost inside ``asyncio.wait_for`` lets a launch run on to
+        its end; the keeper's loop itself stops on ``_closed``), so that a hub
+        that stops never hangs on them."""
+        self._closed = True
         tasks = [self.task] if self.task else []
         tasks += [t for ts in self.launching.values() for t in ts]
         for t in tasks:
@@ -305,7 +309,10 @@ class WarmPool:
 
     async def _run(self) -> None:
         delay = 1.0
-        while True:
+        # not "while True": Python 3.11's asyncio.wait_for (inside every AWS call)
+        # swallows a cancellation that arrives as its call completes (gh-86296),
+        # and the loop would then go on for ever
+        while not self._closed:
             try:
                 if not self.wanted:
                     await self._setup()
@@ -354,7 +361,7 @@ class WarmPool:
             tasks = self.launching[key]
             missing = n - len(keep) - len(tasks)
             fails, next_try = self._failures.get(key, (0, 0.0))
-            if missing > 0 and now >= next_try:
+            if missing > 0 and now >= next_try and not self._closed:
                 for _ in range(missing):
                     task = asyncio.ensure_future(self._launch(key))
                     tasks.add(task)
