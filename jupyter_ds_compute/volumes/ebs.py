@@ -220,16 +220,19 @@ class EBSVolume(VolumeDriver, aws.AWS):
 
     async def _describe(self):
         """The volume's description, or None if it is gone."""
+        vol = await self._describe_id(self.volume_id)
+        self._last_seen = (time.monotonic(), vol)
+        return vol
+
+    async def _describe_id(self, vid):
+        """The description of volume ``vid``, or None if it is gone."""
         try:
-            r = await self.aws("ec2", "describe_volumes", VolumeIds=[self.volume_id])
+            r = await self.aws("ec2", "describe_volumes", VolumeIds=[vid])
         except Exception as e:
             if aws.error_code(e) in ("InvalidVolume.NotFound", "InvalidVolumeID.Malformed"):
                 return None
             raise
-        vols = r.get("Volumes") or []
-        vol = vols[0] if vols else None
-        self._last_seen = (time.monotonic(), vol)
-        return vol
+        return (r.get("Volumes") or [None])[0]
 
     def _recently_seen(self, max_age=5.0):
         """The description ``detach`` just saw (a switch: detach, then ensure), else None."""
@@ -649,15 +652,6 @@ class EBSVolume(VolumeDriver, aws.AWS):
                 "ec2", "delete_volume", not_found="InvalidVolume.NotFound", error=VolumeError,
                 what=f"volume {v['VolumeId']}", VolumeId=v["VolumeId"],
             )  # fmt: skip
-
-    async def _describe_id(self, vid):
-        try:
-            r = await self.aws("ec2", "describe_volumes", VolumeIds=[vid])
-        except Exception as e:
-            if aws.error_code(e) in ("InvalidVolume.NotFound", "InvalidVolumeID.Malformed"):
-                return None
-            raise
-        return (r.get("Volumes") or [None])[0]
 
     async def finish_move(self):
         """Delete the original of a finished move and the move's snapshot."""
